@@ -1,0 +1,63 @@
+# shoal: the two commands.
+#   make demo   set up everything, install shoal, run the live demo
+#   make test   set up everything, build, run every C++ and Python test
+# Everything the build needs is installed from here (apt-get for Debian
+# packages, pip into .venv for Python packages): nothing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+BUILD  ?= build/dev
+JOBS   ?= $(shell nproc)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all demo test test-cpp test-python build sanitize-asan sanitize-tsan bench bench-quick install clean system-deps
+
+all: build
+
+system-deps:
+	@if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
+	  echo "installing Debian packages: libgtest-dev cmake g++"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libgtest-dev cmake g++ >/dev/null; \
+	fi
+
+$(VENV)/.stamp: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+$(BUILD)/build.ninja: CMakeLists.txt $(VENV)/.stamp | system-deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DPython_EXECUTABLE=$(abspath $(VPY)) $(CMAKE_ARGS)
+
+build: system-deps $(VENV)/.stamp $(BUILD)/build.ninja
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build $(BUILD) -j $(JOBS)
+
+test-cpp: build
+	cd $(BUILD) && ctest --output-on-failure -j 1
+
+test-python: build
+	PYTHONPATH=$(BUILD)/pkg $(VPY) -m pytest -q tests
+
+test: test-cpp test-python
+
+# The C++ tests again under the sanitizers, each in its own build directory.
+sanitize-asan: system-deps $(VENV)/.stamp
+	$(MAKE) test-cpp BUILD=build/asan CMAKE_ARGS="-DSHOAL_PYTHON=OFF -DSHOAL_BENCH=OFF -DSHOAL_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo"
+sanitize-tsan: system-deps $(VENV)/.stamp
+	$(MAKE) test-cpp BUILD=build/tsan CMAKE_ARGS="-DSHOAL_PYTHON=OFF -DSHOAL_BENCH=OFF -DSHOAL_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo"
+
+install: system-deps $(VENV)/.stamp
+	$(VPY) -m pip install -q --no-build-isolation .
+
+demo: install
+	$(VPY) -m shoal demo
+
+bench: build
+	PYTHONPATH=$(BUILD)/pkg $(VPY) -m bench
+
+clean:
+	rm -rf build

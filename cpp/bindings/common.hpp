@@ -1,0 +1,41 @@
+#pragma once
+// Shared helpers for the binding files: GIL-free, Ctrl-C-aware waiting.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+
+#include <chrono>
+#include <optional>
+
+#include "shoal/ipc/deadline.hpp"
+
+namespace shoal::py {
+
+namespace nb = nanobind;
+
+// How long a blocked call sleeps without the GIL before it looks for pending
+// signals (so Ctrl-C interrupts a wait with KeyboardInterrupt).
+inline constexpr std::chrono::milliseconds kSignalCheckSlice{100};
+
+// Runs `attempt(deadline) -> bool` with the GIL released, in slices, until it
+// succeeds or `timeout` (seconds; nullopt = forever) passes. Between slices it
+// takes the GIL and raises any pending Python signal exception.
+template <class Attempt>
+bool wait_interruptibly(std::optional<double> timeout, Attempt&& attempt) {
+  const Deadline deadline = Deadline::from_timeout(timeout);
+  for (;;) {
+    bool ok;
+    {
+      nb::gil_scoped_release unlocked;
+      ok = attempt(deadline.capped(kSignalCheckSlice));
+    }
+    if (ok) return true;
+    if (deadline.expired()) return false;
+    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+  }
+}
+
+void bind_ipc(nb::module_& m);
+void bind_sync(nb::module_& m);
+void bind_queue(nb::module_& m);
+
+}  // namespace shoal::py

@@ -1,0 +1,37 @@
+// The one place where the engine meets Python: registers every binding file and
+// maps engine errors onto the Python exceptions users expect.
+#include <system_error>
+
+#include "common.hpp"
+#include "shoal/ipc/errors.hpp"
+#include "shoal/ipc/segment.hpp"
+
+namespace nb = nanobind;
+
+NB_MODULE(_core, m) {
+  m.doc() = "shoal's C++ engine";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const shoal::NotFoundError& e) {
+      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+    } catch (const shoal::FrameTooLargeError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const shoal::ClosedError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const shoal::CorruptFrameError& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (const std::system_error& e) {
+      PyErr_SetObject(PyExc_OSError, nb::make_tuple(e.code().value(), e.what()).ptr());
+    }
+  });
+
+  shoal::py::bind_ipc(m);
+  shoal::py::bind_sync(m);
+  shoal::py::bind_queue(m);
+
+  // A previous process killed with SIGKILL cannot unlink its segments; the next
+  // shoal start in this user's session does it for them.
+  m.attr("reclaimed_at_import") = shoal::reclaim_stale_segments();
+}

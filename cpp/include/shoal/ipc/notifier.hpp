@@ -1,0 +1,50 @@
+#pragma once
+// An event count in shared memory: waiters sleep until a notifier bumps the
+// sequence. Notify costs no system call while nobody sleeps, which keeps the
+// uncontended paths of rings, queues and locks free of syscalls.
+#include <atomic>
+#include <climits>
+#include <cstdint>
+
+#include "shoal/ipc/deadline.hpp"
+#include "shoal/ipc/futex.hpp"
+
+namespace shoal {
+
+struct Notifier {
+  std::atomic<uint32_t> seq{0};
+  std::atomic<uint32_t> sleepers{0};
+
+  void notify_all() {
+    seq.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers.load(std::memory_order_seq_cst) != 0) futex_wake_all(seq);
+  }
+  void notify_one() {
+    seq.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers.load(std::memory_order_seq_cst) != 0) futex_wake(seq, 1);
+  }
+
+  // Waits until ready() holds or the deadline passes; returns ready()'s last value.
+  // ready() must read state that notifiers publish before calling notify_*().
+  template <class Ready>
+  bool wait_until(Ready&& ready, const Deadline& deadline, int spins = 64) {
+    for (int i = 0; i < spins; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+    for (;;) {
+      sleepers.fetch_add(1, std::memory_order_seq_cst);
+      const uint32_t key = seq.load(std::memory_order_seq_cst);
+      if (ready()) {
+        sleepers.fetch_sub(1, std::memory_order_seq_cst);
+        return true;
+      }
+      const bool in_time = futex_wait(seq, key, deadline);
+      sleepers.fetch_sub(1, std::memory_order_seq_cst);
+      if (ready()) return true;
+      if (!in_time || deadline.expired()) return false;
+    }
+  }
+};
+
+}  // namespace shoal

@@ -1,0 +1,124 @@
+#pragma once
+// A bounded single-producer single-consumer ring of variable-length frames in
+// shared memory. Positions are monotonically increasing byte counters (head:
+// written, tail: consumed); a frame is an 8-byte header (length, check word)
+// followed by the payload padded to 8 bytes, and may wrap around the end.
+// The producer publishes with a release store of head, the consumer frees with
+// a release store of tail; each side sleeps on a Notifier when it must wait.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <span>
+#include <vector>
+
+#include "shoal/ipc/deadline.hpp"
+#include "shoal/ipc/errors.hpp"
+#include "shoal/ipc/notifier.hpp"
+
+namespace shoal {
+
+struct RingHeader {
+  static constexpr uint64_t kMagic = 0x73686f616c52494eULL;  // "shoalRIN"
+  uint64_t magic;
+  uint64_t capacity;  // data bytes, a power of two
+  alignas(64) std::atomic<uint64_t> head;
+  alignas(64) std::atomic<uint64_t> tail;
+  alignas(64) Notifier readable;  // bumped after a frame is published
+  Notifier writable;              // bumped after a frame is consumed
+  std::atomic<uint32_t> closed;
+};
+
+class SpscRing {
+ public:
+  using Bytes = std::span<const std::byte>;
+  static constexpr std::size_t kFrameHeader = 8;
+
+  // Bytes of shared memory a ring with `capacity` data bytes needs.
+  static std::size_t bytes_needed(std::size_t capacity);
+  // Rounds `capacity` up to a power of two (minimum 64) and formats `mem`.
+  static SpscRing init(void* mem, std::size_t capacity);
+  // Uses a ring another process formatted; throws CorruptFrameError if `mem` is not one.
+  static SpscRing attach(void* mem);
+
+  SpscRing() = default;
+
+  std::size_t capacity() const { return cap_; }
+  // The largest payload a frame may carry.
+  std::size_t max_frame() const { return cap_ - kFrameHeader; }
+  std::size_t used_bytes() const {
+    // seq_cst pairs with the Notifier's sleeper count (a Dekker handshake).
+    return static_cast<std::size_t>(hdr_->head.load(std::memory_order_seq_cst) -
+                                    hdr_->tail.load(std::memory_order_seq_cst));
+  }
+  bool empty() const { return used_bytes() == 0; }
+
+  // Producer side. A frame of several parts is written as one frame.
+  // Returns false if there is no room now (try_) or by the deadline (push).
+  // Throws FrameTooLargeError if the frame could never fit, ClosedError if closed.
+  bool try_push(std::initializer_list<Bytes> parts) { return push_span({parts.begin(), parts.size()}, nullptr); }
+  bool push(std::initializer_list<Bytes> parts, const Deadline& d) {
+    return push_span({parts.begin(), parts.size()}, &d);
+  }
+  bool try_push(Bytes frame) { return push_span({&frame, 1}, nullptr); }
+  bool push(Bytes frame, const Deadline& d) { return push_span({&frame, 1}, &d); }
+  bool push_span(std::span<const Bytes> parts, const Deadline* deadline);
+
+  // Consumer side. `alloc(n)` returns where to copy an n-byte frame; it is called
+  // once per frame. Returns false on timeout; throws ClosedError once the ring is
+  // closed and drained, CorruptFrameError if the bytes are not a valid frame.
+  template <class Alloc>
+  bool pop(Alloc&& alloc, const Deadline& deadline) {
+    if (!wait_readable(deadline)) return false;
+    return pop_ready(alloc);
+  }
+  template <class Alloc>
+  bool try_pop(Alloc&& alloc) {
+    if (empty()) {
+      if (is_closed()) throw ClosedError("ring is closed");
+      return false;
+    }
+    return pop_ready(alloc);
+  }
+  bool pop_vector(std::vector<std::byte>& out, const Deadline& deadline) {
+    return pop([&](std::size_t n) { out.resize(n); return out.data(); }, deadline);
+  }
+
+  // Waits until a frame is available (true) or the deadline passes (false).
+  bool wait_readable(const Deadline& deadline);
+
+  // Wakes both sides for good: pushes fail, pops drain what is left then fail.
+  void close();
+  bool is_closed() const { return hdr_->closed.load(std::memory_order_acquire) != 0; }
+
+  RingHeader* header() const { return hdr_; }
+
+ private:
+  SpscRing(RingHeader* hdr, std::byte* data) : hdr_(hdr), data_(data), cap_(hdr->capacity) {}
+
+  // Reads the next frame's length from `tail`; validates it against `head`.
+  std::size_t frame_length(uint64_t tail, uint64_t head) const;
+  void copy_out(uint64_t pos, std::byte* dst, std::size_t n) const;
+  void copy_in(uint64_t pos, const std::byte* src, std::size_t n);
+
+  template <class Alloc>
+  bool pop_ready(Alloc& alloc) {
+    const uint64_t tail = hdr_->tail.load(std::memory_order_relaxed);
+    const uint64_t head = hdr_->head.load(std::memory_order_acquire);
+    const std::size_t len = frame_length(tail, head);
+    std::byte* dst = alloc(len);
+    if (len) copy_out(tail + kFrameHeader, dst, len);
+    hdr_->tail.store(tail + frame_bytes(len), std::memory_order_seq_cst);
+    hdr_->writable.notify_all();
+    return true;
+  }
+
+  static std::size_t frame_bytes(std::size_t len) { return kFrameHeader + ((len + 7) & ~std::size_t{7}); }
+
+  RingHeader* hdr_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::size_t cap_ = 0;
+};
+
+}  // namespace shoal
