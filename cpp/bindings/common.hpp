@@ -37,5 +37,6 @@ bool wait_interruptibly(std::optional<double> timeout, Attempt&& attempt) {
 void bind_ipc(nb::module_& m);
 void bind_sync(nb::module_& m);
 void bind_queue(nb::module_& m);
+void bind_pool(nb::module_& m);
 
 }  // namespace shoal::py

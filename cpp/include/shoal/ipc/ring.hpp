@@ -11,6 +11,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "shoal/ipc/deadline.hpp"
@@ -81,6 +82,25 @@ class SpscRing {
     }
     return pop_ready(alloc);
   }
+  // Pops a frame whose first `head_n` bytes go to `head` and the rest to
+  // alloc(n - head_n): one copy for a frame made of a fixed header and a payload.
+  // Throws CorruptFrameError if the frame is shorter than `head_n`.
+  template <class Alloc>
+  bool try_pop_split(void* head, std::size_t head_n, Alloc&& alloc) {
+    if (empty()) {
+      if (is_closed()) throw ClosedError("ring is closed");
+      return false;
+    }
+    const uint64_t tail = hdr_->tail.load(std::memory_order_relaxed);
+    const uint64_t head_pos = hdr_->head.load(std::memory_order_acquire);
+    const std::size_t len = frame_length(tail, head_pos);
+    if (len < head_n) throw CorruptFrameError("frame of " + std::to_string(len) + " bytes has no header");
+    copy_out(tail + kFrameHeader, static_cast<std::byte*>(head), head_n);
+    std::byte* dst = alloc(len - head_n);
+    if (len > head_n) copy_out(tail + kFrameHeader + head_n, dst, len - head_n);
+    release(tail, len);
+    return true;
+  }
   bool pop_vector(std::vector<std::byte>& out, const Deadline& deadline) {
     return pop([&](std::size_t n) { out.resize(n); return out.data(); }, deadline);
   }
@@ -109,9 +129,12 @@ class SpscRing {
     const std::size_t len = frame_length(tail, head);
     std::byte* dst = alloc(len);
     if (len) copy_out(tail + kFrameHeader, dst, len);
+    release(tail, len);
+    return true;
+  }
+  void release(uint64_t tail, std::size_t len) {
     hdr_->tail.store(tail + frame_bytes(len), std::memory_order_seq_cst);
     hdr_->writable.notify_all();
-    return true;
   }
 
   static std::size_t frame_bytes(std::size_t len) { return kFrameHeader + ((len + 7) & ~std::size_t{7}); }

@@ -1,0 +1,132 @@
+// The pool engine (parent side), the worker's endpoint and the fork server.
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "common.hpp"
+#include "shoal/ipc/errors.hpp"
+#include "shoal/proc/launcher.hpp"
+#include "shoal/sched/blob.hpp"
+#include "shoal/sched/engine.hpp"
+#include "shoal/sched/worker_endpoint.hpp"
+
+namespace shoal::py {
+namespace {
+
+nb::bytes to_bytes(std::string_view s) { return nb::bytes(s.data(), s.size()); }
+
+std::string from_bytes(const nb::bytes& b) { return std::string(b.c_str(), b.size()); }
+
+nb::object collect(Engine& engine, std::optional<double> timeout) {
+  std::vector<Completion> done;
+  bool running = true;
+  wait_interruptibly(timeout, [&](const Deadline& d) {
+    running = engine.collect(done, d);
+    return !done.empty() || !running;
+  });
+  if (done.empty() && !running) return nb::none();
+  nb::list out;
+  for (auto& c : done)
+    out.append(nb::make_tuple(c.job_id, static_cast<uint32_t>(c.status), c.run_ns, to_bytes(c.payload)));
+  return out;
+}
+
+// Receives the next frame as (kind, tag, id, arg, payload); None once the pool
+// has closed the inbox. The payload is copied straight into a bytes object.
+nb::object worker_recv(WorkerEndpoint& ep) {
+  try {
+    wait_interruptibly(std::nullopt, [&](const Deadline& d) { return ep.wait(d); });
+    proto::FrameHeader h{};
+    nb::bytes payload;
+    ep.take(h, [&](std::size_t n) {
+      payload = nb::steal<nb::bytes>(PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n)));
+      if (!payload.is_valid()) throw nb::python_error();
+      return reinterpret_cast<std::byte*>(PyBytes_AS_STRING(payload.ptr()));
+    });
+    if (h.tag & proto::kSpilled) {
+      h.tag &= ~proto::kSpilled;
+      std::string_view name(payload.c_str(), payload.size());
+      payload = to_bytes(take_spilled(name, /*unlink_after=*/h.kind == proto::Kind::initialize));
+    }
+    return nb::make_tuple(static_cast<uint32_t>(h.kind), h.tag, h.id, h.arg, payload);
+  } catch (const ClosedError&) {
+    return nb::none();
+  }
+}
+
+uint32_t serve_forks(int sock) {
+  ForkHooks hooks{PyOS_BeforeFork, PyOS_AfterFork_Parent, PyOS_AfterFork_Child};
+  return run_fork_server(sock, hooks);
+}
+
+}  // namespace
+
+void bind_pool(nb::module_& m) {
+  nb::class_<Engine>(m, "Engine", "The pool engine: central queue, dispatch to worker rings, supervision.")
+      .def(
+          "__init__",
+          [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
+             nb::bytes init_payload, uint64_t max_tasks_per_child) {
+            EngineOptions o;
+            o.workers = workers;
+            o.fork_server = fork_server;
+            o.argv = std::move(argv);
+            o.ring_bytes = ring_bytes;
+            o.init_payload = from_bytes(init_payload);
+            o.max_tasks_per_child = max_tasks_per_child;
+            new (self) Engine(std::move(o));
+          },
+          nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
+          nb::arg("max_tasks_per_child"))
+      .def_prop_ro("segment_name", &Engine::segment_name)
+      .def_prop_ro("workers", &Engine::workers)
+      .def("define_function",
+           [](Engine& e, nb::bytes pickled) { return e.define_function(from_bytes(pickled)); })
+      .def("drop_function", &Engine::drop_function)
+      .def(
+          "submit",
+          [](Engine& e, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries) {
+            return e.submit(fn_id, tag, from_bytes(payload), retries);
+          },
+          nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
+      .def("cancel", &Engine::cancel)
+      .def("collect", &collect, nb::arg("timeout") = nb::none(),
+           "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")
+      .def("shutdown", &Engine::shutdown, nb::arg("wait"), nb::arg("cancel_pending"),
+           nb::call_guard<nb::gil_scoped_release>())
+      .def("terminate", &Engine::terminate, nb::call_guard<nb::gil_scoped_release>())
+      .def("broken", &Engine::broken)
+      .def("worker_pids", &Engine::worker_pids)
+      .def("stats", [](const Engine& e) {
+        auto s = e.stats();
+        nb::dict d;
+        d["submitted"] = s.submitted;
+        d["completed"] = s.completed;
+        d["pending"] = s.pending;
+        d["in_flight"] = s.in_flight;
+        d["workers_started"] = s.workers_started;
+        d["workers_lost"] = s.workers_lost;
+        d["retried"] = s.retried;
+        return d;
+      });
+
+  nb::class_<WorkerEndpoint>(m, "WorkerEndpoint", "A worker's end of its pool slot.")
+      .def(nb::init<const std::string&, uint32_t>(), nb::arg("segment"), nb::arg("slot"))
+      .def_prop_ro("slot", &WorkerEndpoint::slot)
+      .def("recv", &worker_recv)
+      .def(
+          "send_result",
+          [](WorkerEndpoint& ep, uint64_t job_id, uint32_t status, uint64_t run_ns, nb::bytes payload) {
+            std::string_view view(payload.c_str(), payload.size());
+            nb::gil_scoped_release unlocked;  // may wait for room in the outbox
+            ep.send_result(job_id, static_cast<proto::Status>(status), run_ns, view);
+          })
+      .def("send_init_failed", [](WorkerEndpoint& ep, const std::string& reason) { ep.send_init_failed(reason); });
+
+  m.def("serve_forks", &serve_forks, nb::arg("sock"),
+        "Run the fork server loop on `sock`; returns only in a forked worker, with its slot.");
+  m.def("die_with_parent", &die_with_parent, nb::arg("parent_pid"),
+        "Receive SIGKILL when the parent dies; exit now if it already has.");
+  m.def("describe_exit", &describe_exit);
+}
+
+}  // namespace shoal::py

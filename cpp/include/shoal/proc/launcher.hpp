@@ -1,0 +1,57 @@
+#pragma once
+// How worker processes come to life. A Launcher starts a worker for a slot and
+// reports, through the file descriptors it asks the supervisor to poll, when a
+// worker has started and when it has exited (with its wait status).
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace shoal {
+
+struct ProcessEvent {
+  enum class Type { spawned, exited, spawn_failed };
+  Type type;
+  uint32_t slot;
+  pid_t pid;
+  int wait_status;  // for exited: as from waitpid(); for spawn_failed: errno
+};
+
+class Launcher {
+ public:
+  virtual ~Launcher() = default;
+  // Asks for a worker in `slot`. A spawned (or spawn_failed) event follows, at
+  // once in `events` or later from on_readable().
+  virtual void spawn(uint32_t slot, std::vector<ProcessEvent>& events) = 0;
+  // Descriptors the supervisor polls; on_readable() turns their input into events.
+  virtual std::vector<int> poll_fds() const = 0;
+  virtual void on_readable(int fd, std::vector<ProcessEvent>& events) = 0;
+  // Stops the launcher itself (a fork server exits and takes its workers along).
+  virtual void stop() = 0;
+};
+
+// Each worker is a fresh interpreter: argv + the slot number as a last argument.
+std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv);
+
+// Workers are forked by one fork server, a clean interpreter started once with
+// `argv`; it receives its control socket as file descriptor 3.
+std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv);
+
+// The fork server's loop, run inside the fork server process on control socket
+// `sock`. Returns only in a freshly forked worker, with the worker's slot.
+// `before_fork`/`after_fork_child`/`after_fork_parent` let an embedding runtime
+// (CPython) keep its own state consistent across fork().
+struct ForkHooks {
+  void (*before)() = nullptr;
+  void (*after_parent)() = nullptr;
+  void (*after_child)() = nullptr;
+};
+uint32_t run_fork_server(int sock, const ForkHooks& hooks);
+
+// Makes the calling process receive SIGKILL when its parent dies, and exits at
+// once if the parent is already gone (pid `expected_parent`).
+void die_with_parent(pid_t expected_parent);
+
+}  // namespace shoal

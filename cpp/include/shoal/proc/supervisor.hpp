@@ -1,0 +1,43 @@
+#pragma once
+// The supervisor thread: starts workers through a Launcher when asked, watches
+// them, and reports every start and exit to its owner (the engine).
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "shoal/proc/fd.hpp"
+#include "shoal/proc/launcher.hpp"
+
+namespace shoal {
+
+class Supervisor {
+ public:
+  using EventSink = std::function<void(const ProcessEvent&)>;
+
+  Supervisor(std::unique_ptr<Launcher> launcher, EventSink sink);
+  ~Supervisor();
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Thread-safe; the spawn happens on the supervisor thread (so the workers'
+  // parent-death signal is tied to a thread that lives as long as the pool).
+  void request_spawn(uint32_t slot);
+  // Stops the launcher (a fork server takes its workers along) and the thread.
+  void stop();
+
+ private:
+  void run();
+  void wake();
+
+  std::unique_ptr<Launcher> launcher_;
+  EventSink sink_;
+  UniqueFd wake_fd_;
+  std::mutex mu_;
+  std::vector<uint32_t> spawn_requests_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace shoal

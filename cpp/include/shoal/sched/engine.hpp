@@ -1,0 +1,155 @@
+#pragma once
+// The pool's engine, in the parent process. It keeps the pending jobs in a
+// central queue and hands them to workers on demand: each worker holds only a
+// few jobs in its inbox ring, so the engine always knows which jobs sit with
+// which worker, and a slow job never holds back the others. One engine thread
+// collects results, refills inboxes and reacts to worker deaths; the Python
+// front takes finished jobs in batches with collect().
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "shoal/ipc/deadline.hpp"
+#include "shoal/proc/supervisor.hpp"
+#include "shoal/sched/blob.hpp"
+#include "shoal/sched/pool_layout.hpp"
+#include "shoal/sched/protocol.hpp"
+
+namespace shoal {
+
+struct EngineOptions {
+  uint32_t workers = 1;
+  bool fork_server = true;
+  // The fork server's argv, or each spawned worker's (the slot is appended);
+  // the pool segment's name replaces any "{segment}" argument.
+  std::vector<std::string> argv;
+  std::size_t ring_bytes = 1 << 20;
+  std::string init_payload;          // pickled (initializer, initargs); empty for none
+  uint64_t max_tasks_per_child = 0;  // 0: workers live as long as the pool
+};
+
+struct Completion {
+  uint64_t job_id;
+  proto::Status status;
+  uint64_t run_ns;
+  std::string payload;
+};
+
+// Describes how a worker ended, e.g. "was killed by signal 9 (SIGKILL)".
+std::string describe_exit(int wait_status);
+
+struct EngineStats {
+  uint64_t submitted = 0, completed = 0, pending = 0, in_flight = 0;
+  uint64_t workers_started = 0, workers_lost = 0, retried = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const std::string& segment_name() const { return layout_.segment().name(); }
+
+  // Registers a pickled callable; workers receive it once, before their first job using it.
+  uint64_t define_function(std::string pickled);
+  void drop_function(uint64_t fn_id);
+
+  // Queues a job; `retries` is how often it is re-run if its worker dies under it.
+  // Throws ClosedError after shutdown().
+  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
+  // Removes a job that no worker holds yet; false if it already left the queue.
+  bool cancel(uint64_t job_id);
+
+  // Waits for finished jobs and moves them all into `out`. Returns false once
+  // the engine has stopped and nothing is left to collect.
+  bool collect(std::vector<Completion>& out, const Deadline& deadline);
+
+  // Refuses new jobs; cancels the queued ones if asked; workers exit once the
+  // rest is done. With wait, returns when every worker is gone.
+  void shutdown(bool wait, bool cancel_pending);
+  // Kills every worker now; queued and running jobs end as cancelled.
+  void terminate();
+
+  // The pickled exception that broke the pool (a failing initializer), if any.
+  std::optional<std::string> broken() const;
+  std::vector<pid_t> worker_pids() const;
+  EngineStats stats() const;
+  uint32_t workers() const { return static_cast<uint32_t>(slots_.size()); }
+
+ private:
+  struct Job {
+    uint64_t id;
+    uint64_t fn_id;
+    uint32_t tag;
+    int retries_left;
+    Blob payload;
+  };
+  enum class SlotState { starting, alive, stopping, dead };
+  struct Slot {
+    SlotState state = SlotState::dead;
+    pid_t pid = 0;
+    SpscRing inbox, outbox;
+    std::deque<Job> in_flight;
+    std::unordered_set<uint64_t> known_functions;
+    std::vector<uint64_t> functions_to_drop;
+    uint64_t dispatched = 0;  // this incarnation, for max_tasks_per_child
+    uint64_t completed = 0;   // this incarnation
+    bool needs_init = true;
+  };
+
+  void run();
+  void on_process_event(const ProcessEvent& e);
+  void handle_events_locked();
+  void drain_outbox_locked(uint32_t slot);
+  void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
+  void start_slot_locked(uint32_t slot);
+  void dispatch_locked();
+  bool send_job_locked(uint32_t slot, Job& job);
+  bool push_frame_locked(Slot& s, proto::FrameHeader h, Blob* payload);
+  std::size_t prefetch_depth() const;
+  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
+  void fail_everything_locked(const std::string& reason);
+  bool idle_locked() const;
+  bool any_outbox_readable() const;
+
+  EngineOptions options_;
+  PoolLayout layout_;
+  std::vector<Slot> slots_;
+  std::unique_ptr<Supervisor> supervisor_;
+
+  mutable std::mutex mu_;
+  std::deque<Job> pending_;
+  std::unordered_set<uint64_t> pending_ids_;
+  std::unordered_map<uint64_t, Blob> functions_;
+  uint64_t next_job_id_ = 1;
+  uint64_t next_fn_id_ = 1;
+  bool closing_ = false;       // no new jobs
+  bool stopping_ = false;      // workers told to exit
+  bool stopped_ = false;       // engine thread finished
+  std::optional<std::string> broken_;
+  uint32_t failures_without_progress_ = 0;
+  double run_ns_ewma_ = 0;
+  EngineStats stats_;
+
+  std::vector<ProcessEvent> events_;  // guarded by mu_
+  std::atomic<bool> events_pending_{false};
+
+  std::vector<Completion> completions_;  // guarded by mu_
+  std::condition_variable completions_cv_;
+
+  std::thread thread_;
+};
+
+}  // namespace shoal

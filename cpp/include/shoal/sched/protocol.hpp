@@ -1,0 +1,41 @@
+#pragma once
+// The frames that travel between the pool's parent and its workers. Each frame
+// starts with a FrameHeader; the payload after it is opaque to the engine
+// (pickles made by the Python front).
+#include <cstdint>
+
+namespace shoal::proto {
+
+enum class Kind : uint32_t {
+  // parent -> worker
+  define_function = 1,  // id = function id, payload = pickled callable
+  drop_function = 2,    // id = function id
+  initialize = 3,       // payload = pickled (initializer, initargs)
+  job = 4,              // id = job id, arg = function id, tag = call mode, payload = pickled args
+  // worker -> parent
+  result = 16,          // id = job id, tag = Status, arg = run time in ns, payload = pickled outcome
+  init_failed = 17,     // payload = pickled exception
+};
+
+// How a job ended; the Python front turns each into a value or an exception.
+enum class Status : uint32_t {
+  ok = 0,            // payload: the pickled result
+  error = 1,         // payload: the pickled exception (with its remote traceback)
+  worker_lost = 2,   // payload: UTF-8 text naming the worker, its exit and the job
+  cancelled = 3,     // payload: empty
+  broken = 4,        // payload: the pickled exception that broke the pool (initializer)
+};
+
+// Set in FrameHeader::tag when the payload is the name of a shared-memory
+// segment that holds the real payload (too big for the ring).
+inline constexpr uint32_t kSpilled = 0x80000000u;
+
+struct FrameHeader {
+  Kind kind;
+  uint32_t tag;
+  uint64_t id;
+  uint64_t arg;
+};
+static_assert(sizeof(FrameHeader) == 24);
+
+}  // namespace shoal::proto

@@ -1,0 +1,446 @@
+#include "shoal/sched/engine.hpp"
+
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "shoal/ipc/errors.hpp"
+
+namespace shoal {
+namespace {
+
+using proto::FrameHeader;
+using proto::Kind;
+using proto::Status;
+using Clock = std::chrono::steady_clock;
+
+// Workers that die before finishing anything this many times in a row (per
+// worker slot) mean the pool cannot work: a broken interpreter, a bad import.
+constexpr uint32_t kStartupFailuresPerSlot = 3;
+constexpr auto kStopGrace = std::chrono::seconds(3);
+constexpr auto kEngineTick = std::chrono::milliseconds(100);
+
+}  // namespace
+
+std::string describe_exit(int wait_status) {
+  if (WIFSIGNALED(wait_status)) {
+    int sig = WTERMSIG(wait_status);
+    const char* abbrev = sigabbrev_np(sig);
+    return "was killed by signal " + std::to_string(sig) + (abbrev ? std::string(" (SIG") + abbrev + ")" : "");
+  }
+  if (WIFEXITED(wait_status)) return "exited with code " + std::to_string(WEXITSTATUS(wait_status));
+  return "ended with wait status " + std::to_string(wait_status);
+}
+
+Engine::Engine(EngineOptions options)
+    : options_(std::move(options)),
+      layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes)),
+      slots_(layout_.slots()) {
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].inbox = layout_.inbox(i);
+    slots_[i].outbox = layout_.outbox(i);
+  }
+  auto argv = options_.argv;
+  for (auto& a : argv)
+    if (a == "{segment}") a = segment_name();
+  auto launcher = options_.fork_server ? make_fork_server_launcher(argv) : make_spawn_launcher(argv);
+  supervisor_ = std::make_unique<Supervisor>(std::move(launcher), [this](const ProcessEvent& e) { on_process_event(e); });
+  {
+    std::lock_guard lk(mu_);
+    for (uint32_t i = 0; i < slots_.size(); ++i) start_slot_locked(i);
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+Engine::~Engine() {
+  shutdown(true, true);
+  supervisor_.reset();
+}
+
+uint64_t Engine::define_function(std::string pickled) {
+  std::lock_guard lk(mu_);
+  uint64_t id = next_fn_id_++;
+  functions_.emplace(id, Blob(std::move(pickled)));
+  return id;
+}
+
+void Engine::drop_function(uint64_t fn_id) {
+  std::lock_guard lk(mu_);
+  if (!functions_.erase(fn_id)) return;
+  for (auto& s : slots_)
+    if (s.known_functions.erase(fn_id)) s.functions_to_drop.push_back(fn_id);
+}
+
+uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
+  std::lock_guard lk(mu_);
+  if (closing_) throw ClosedError("cannot schedule new work after shutdown");
+  const uint64_t id = next_job_id_++;
+  ++stats_.submitted;
+  if (broken_) {
+    complete_locked(id, Status::broken, 0, *broken_);
+    completions_cv_.notify_all();
+    return id;
+  }
+  pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload))});
+  pending_ids_.insert(id);
+  dispatch_locked();
+  return id;
+}
+
+bool Engine::cancel(uint64_t job_id) {
+  std::lock_guard lk(mu_);
+  return pending_ids_.erase(job_id) > 0;
+}
+
+bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
+  std::unique_lock lk(mu_);
+  auto ready = [&] { return !completions_.empty() || stopped_; };
+  if (auto left = deadline.remaining())
+    completions_cv_.wait_for(lk, *left, ready);
+  else
+    completions_cv_.wait(lk, ready);
+  if (!completions_.empty()) {
+    std::move(completions_.begin(), completions_.end(), std::back_inserter(out));
+    completions_.clear();
+    return true;
+  }
+  return !stopped_;
+}
+
+void Engine::shutdown(bool wait, bool cancel_pending) {
+  {
+    std::lock_guard lk(mu_);
+    closing_ = true;
+    if (cancel_pending) {
+      for (auto& job : pending_)
+        if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
+      pending_.clear();
+      pending_ids_.clear();
+      completions_cv_.notify_all();
+    }
+    events_pending_ = true;
+  }
+  layout_.header().doorbell.notify_all();
+  if (wait && thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void Engine::terminate() {
+  {
+    std::lock_guard lk(mu_);
+    closing_ = true;
+    for (auto& job : pending_)
+      if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
+    pending_.clear();
+    pending_ids_.clear();
+    stopping_ = true;
+    for (auto& s : slots_) {
+      for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
+      s.in_flight.clear();
+      if (s.state != SlotState::dead) {
+        s.inbox.close();
+        s.state = SlotState::stopping;
+        if (s.pid > 0) kill(s.pid, SIGKILL);
+      }
+    }
+    completions_cv_.notify_all();
+    events_pending_ = true;
+  }
+  layout_.header().doorbell.notify_all();
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+std::optional<std::string> Engine::broken() const {
+  std::lock_guard lk(mu_);
+  return broken_;
+}
+
+std::vector<pid_t> Engine::worker_pids() const {
+  std::lock_guard lk(mu_);
+  std::vector<pid_t> pids;
+  for (const auto& s : slots_)
+    if (s.pid > 0 && s.state != SlotState::dead) pids.push_back(s.pid);
+  return pids;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lk(mu_);
+  EngineStats st = stats_;
+  st.pending = pending_ids_.size();
+  st.in_flight = 0;
+  for (const auto& s : slots_) st.in_flight += s.in_flight.size();
+  return st;
+}
+
+// ---- engine thread -------------------------------------------------------
+
+void Engine::on_process_event(const ProcessEvent& e) {
+  {
+    std::lock_guard lk(mu_);
+    events_.push_back(e);
+    events_pending_ = true;
+  }
+  layout_.header().doorbell.notify_all();
+}
+
+bool Engine::any_outbox_readable() const {
+  for (const auto& s : slots_)
+    if (!s.outbox.empty()) return true;
+  return false;
+}
+
+void Engine::run() {
+  auto& bell = layout_.header().doorbell;
+  std::optional<Clock::time_point> stop_deadline;
+  std::unique_lock lk(mu_, std::defer_lock);
+  for (;;) {
+    bell.wait_until([&] { return events_pending_.load() || any_outbox_readable(); }, Deadline::after(kEngineTick), 16);
+    lk.lock();
+    events_pending_ = false;
+    handle_events_locked();
+    for (uint32_t i = 0; i < slots_.size(); ++i)
+      if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+    dispatch_locked();
+
+    if (closing_ && !stopping_ && idle_locked()) {
+      stopping_ = true;
+      for (auto& s : slots_) {
+        if (s.state == SlotState::dead) continue;
+        s.inbox.close();  // the worker drains its inbox, then exits
+        s.state = SlotState::stopping;
+      }
+    }
+    if (stopping_) {
+      if (!stop_deadline) stop_deadline = Clock::now() + kStopGrace;
+      bool all_dead = std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.state == SlotState::dead; });
+      if (all_dead) break;
+      if (Clock::now() > *stop_deadline) break;  // the launcher kills what is left
+    }
+    if (!completions_.empty()) completions_cv_.notify_all();
+    lk.unlock();
+  }
+  // Leftover workers (stuck past the grace period) are killed by the launcher.
+  for (auto& s : slots_)
+    if (s.state != SlotState::dead && s.pid > 0) kill(s.pid, SIGKILL);
+  lk.unlock();
+  supervisor_->stop();
+  lk.lock();
+  layout_.unlink();
+  for (auto& s : slots_) {
+    for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
+    s.in_flight.clear();
+    s.state = SlotState::dead;
+    s.pid = 0;
+  }
+  stopped_ = true;
+  completions_cv_.notify_all();
+}
+
+bool Engine::idle_locked() const {
+  if (!pending_ids_.empty()) return false;
+  return std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.in_flight.empty(); });
+}
+
+void Engine::handle_events_locked() {
+  std::vector<ProcessEvent> events;
+  events.swap(events_);
+  for (const auto& e : events) {
+    Slot& s = slots_[e.slot];
+    switch (e.type) {
+      case ProcessEvent::Type::spawned:
+        s.pid = e.pid;
+        if (s.state == SlotState::starting) s.state = SlotState::alive;
+        ++stats_.workers_started;
+        break;
+      case ProcessEvent::Type::spawn_failed:
+        handle_exit_locked(e.slot, -1, W_EXITCODE(127, 0));
+        break;
+      case ProcessEvent::Type::exited:
+        if (s.pid == e.pid) handle_exit_locked(e.slot, e.pid, e.wait_status);
+        break;
+    }
+  }
+}
+
+void Engine::start_slot_locked(uint32_t slot) {
+  Slot& s = slots_[slot];
+  layout_.reset_slot(slot);
+  s.state = SlotState::starting;
+  s.pid = 0;
+  s.known_functions.clear();
+  s.functions_to_drop.clear();
+  s.dispatched = 0;
+  s.completed = 0;
+  if (!options_.init_payload.empty()) {
+    Blob init(options_.init_payload);
+    push_frame_locked(s, FrameHeader{Kind::initialize, 0, 0, 0}, &init);
+    init.hand_over_spill();  // the worker reads it once at start-up, then unlinks it
+  }
+  supervisor_->request_spawn(slot);
+}
+
+void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
+  Slot& s = slots_[slot];
+  drain_outbox_locked(slot);  // results published before the death still count
+  const uint64_t running = layout_.status(slot).running_job.load();
+  const bool clean = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
+  for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
+    Job& job = *it;
+    // Only the job that was running is to blame; the ones queued behind it go
+    // back to the front of the queue untouched.
+    if (job.id == running) {
+      if (job.retries_left == 0) {
+        complete_locked(job.id, Status::worker_lost, 0,
+                        "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
+                            describe_exit(wait_status) + " while running this task");
+        continue;
+      }
+      --job.retries_left;
+      ++stats_.retried;
+    }
+    pending_ids_.insert(job.id);
+    pending_.push_front(std::move(job));
+  }
+  s.in_flight.clear();
+  if (!clean) {
+    ++stats_.workers_lost;
+    if (running == 0 && s.completed == 0) ++failures_without_progress_;
+  }
+  s.state = SlotState::dead;
+  s.pid = 0;
+  if (stopping_ || broken_) return;
+  if (failures_without_progress_ >= kStartupFailuresPerSlot * slots_.size()) {
+    fail_everything_locked("worker processes keep dying before doing any work; the last one " +
+                           describe_exit(wait_status) + ". Check that the interpreter can start and import shoal.");
+    return;
+  }
+  start_slot_locked(slot);
+}
+
+void Engine::drain_outbox_locked(uint32_t slot) {
+  Slot& s = slots_[slot];
+  for (;;) {
+    FrameHeader h{};
+    std::string payload;
+    try {
+      if (!s.outbox.try_pop_split(&h, sizeof h, [&](std::size_t n) {
+            payload.resize(n);
+            return reinterpret_cast<std::byte*>(payload.data());
+          }))
+        return;
+    } catch (const ClosedError&) {
+      return;
+    } catch (const CorruptFrameError&) {
+      // A worker that scribbles over its outbox cannot be trusted: replace it.
+      if (s.pid > 0) kill(s.pid, SIGKILL);
+      return;
+    }
+    if (h.tag & proto::kSpilled) {
+      payload = take_spilled(payload, true);
+      h.tag &= ~proto::kSpilled;
+    }
+    if (h.kind == Kind::init_failed) {
+      fail_everything_locked(payload);
+      return;
+    }
+    if (h.kind != Kind::result) continue;
+    auto it = std::find_if(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == h.id; });
+    if (it == s.in_flight.end()) continue;  // not ours (already failed over): drop, never deliver twice
+    s.in_flight.erase(it);
+    ++s.completed;
+    failures_without_progress_ = 0;
+    run_ns_ewma_ = run_ns_ewma_ == 0 ? double(h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(h.arg);
+    complete_locked(h.id, static_cast<Status>(h.tag), h.arg, std::move(payload));
+  }
+}
+
+std::size_t Engine::prefetch_depth() const {
+  // Long jobs go one at a time (a queued job behind a long one could have run
+  // elsewhere); tiny jobs are queued deeper so a worker never waits for the parent.
+  if (run_ns_ewma_ >= 1e6) return 1;
+  if (run_ns_ewma_ >= 1e5) return 2;
+  return 8;
+}
+
+void Engine::dispatch_locked() {
+  const std::size_t depth = prefetch_depth();
+  std::vector<bool> full(slots_.size(), false);
+  while (!pending_.empty()) {
+    if (!pending_ids_.count(pending_.front().id)) {  // cancelled while queued
+      pending_.pop_front();
+      continue;
+    }
+    int best = -1;
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      const Slot& s = slots_[i];
+      if (full[i] || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
+      if (s.in_flight.size() >= depth) continue;
+      if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) continue;
+      if (best < 0 || s.in_flight.size() < slots_[best].in_flight.size()) best = static_cast<int>(i);
+    }
+    if (best < 0) return;
+    if (!send_job_locked(static_cast<uint32_t>(best), pending_.front())) {
+      full[best] = true;
+      continue;
+    }
+    pending_ids_.erase(pending_.front().id);
+    pending_.pop_front();
+  }
+}
+
+bool Engine::send_job_locked(uint32_t slot, Job& job) {
+  Slot& s = slots_[slot];
+  while (!s.functions_to_drop.empty()) {
+    if (!push_frame_locked(s, FrameHeader{Kind::drop_function, 0, s.functions_to_drop.back(), 0}, nullptr))
+      return false;
+    s.functions_to_drop.pop_back();
+  }
+  if (!s.known_functions.count(job.fn_id)) {
+    auto fn = functions_.find(job.fn_id);
+    if (fn == functions_.end()) {
+      complete_locked(job.id, Status::broken, 0, "the task's function was dropped before it ran");
+      return true;  // handled: the caller removes it from the queue
+    }
+    if (!push_frame_locked(s, FrameHeader{Kind::define_function, 0, job.fn_id, 0}, &fn->second)) return false;
+    s.known_functions.insert(job.fn_id);
+  }
+  if (!push_frame_locked(s, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
+  ++s.dispatched;
+  s.in_flight.push_back(std::move(job));
+  return true;
+}
+
+bool Engine::push_frame_locked(Slot& s, FrameHeader h, Blob* payload) {
+  std::string_view body;
+  if (payload) {
+    // A frame larger than a quarter of the ring goes through its own segment,
+    // so one big argument never blocks the small ones behind it.
+    body = payload->wire(s.inbox.max_frame() / 4);
+    if (payload->spilled()) h.tag |= proto::kSpilled;
+  }
+  return s.inbox.try_push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(body.data(), body.size()))});
+}
+
+void Engine::complete_locked(uint64_t id, Status status, uint64_t run_ns, std::string payload) {
+  ++stats_.completed;
+  completions_.push_back(Completion{id, status, run_ns, std::move(payload)});
+}
+
+void Engine::fail_everything_locked(const std::string& reason) {
+  broken_ = reason;
+  closing_ = true;
+  for (auto& job : pending_)
+    if (pending_ids_.count(job.id)) complete_locked(job.id, Status::broken, 0, reason);
+  pending_.clear();
+  pending_ids_.clear();
+  for (auto& s : slots_) {
+    for (auto& job : s.in_flight) complete_locked(job.id, Status::broken, 0, reason);
+    s.in_flight.clear();
+  }
+  completions_cv_.notify_all();
+}
+
+}  // namespace shoal

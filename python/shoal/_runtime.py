@@ -1,0 +1,377 @@
+"""The engine's Python face, shared by Executor and Pool.
+
+A Runtime owns one C++ engine (and so the workers), a table of callables
+already sent to workers, and one thread that takes finished jobs from the
+engine in batches (waiting with the GIL released) and hands each to the
+handler registered for it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from . import _core
+from ._bootstrap import child_argv
+from ._serialize import dumps, dumps_callable, loads, loads_exception
+from ._worker import CALL, MAP_ONE, MAP_STAR
+from .errors import BrokenPoolError, WorkerLostError
+
+# Job statuses, as in cpp/include/shoal/sched/protocol.hpp.
+OK, ERROR, WORKER_LOST, CANCELLED, BROKEN = 0, 1, 2, 3, 4
+
+Handler = Callable[[int, int, bytes], None]
+
+_FUNCTION_CACHE = 256
+_RING_BYTES = 1 << 20
+
+
+class Cancelled(Exception):
+    """Internal marker: the job was cancelled before it ran."""
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def decode(status: int, payload: bytes) -> tuple[bool, Any]:
+    """(True, value) for a result; (False, exception) for every other ending."""
+    if status == OK:
+        return True, loads(payload)
+    if status == ERROR:
+        return False, loads_exception(payload)
+    if status == WORKER_LOST:
+        return False, WorkerLostError(payload.decode())
+    if status == CANCELLED:
+        return False, Cancelled()
+    return False, BrokenPoolError(payload.decode())
+
+
+class Runtime:
+    def __init__(
+        self,
+        workers: Optional[int],
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        max_tasks_per_child: Optional[int] = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        if workers is None:
+            workers = default_workers()
+        if workers < 1:
+            raise ValueError("the number of workers must be at least 1")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be at least 1")
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init_payload = b""
+        if initializer is not None:
+            init_payload = dumps((initializer, tuple(initargs)), "initializer")
+        # The fork server imports what the parent already uses, so workers start warm.
+        preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
+        config = {"max_tasks": max_tasks_per_child or 0, "preload": preload}
+        self.workers = workers
+        self._engine = _core.Engine(
+            workers=workers,
+            fork_server=start_method == "forkserver",
+            argv=child_argv(start_method, config),
+            ring_bytes=_RING_BYTES,
+            init_payload=init_payload,
+            max_tasks_per_child=max_tasks_per_child or 0,
+        )
+        self._lock = threading.Lock()
+        self._handlers: dict[int, Handler] = {}
+        self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
+        self._collector.start()
+
+    # -- submitting -----------------------------------------------------------
+
+    def _function_id(self, fn: Callable[..., Any]) -> int:
+        # Bound methods are new objects on every attribute access: key them by
+        # their parts so one method is pickled once, not once per task.
+        self_obj = getattr(fn, "__self__", None)
+        func = getattr(fn, "__func__", None)
+        key: Any = (id(self_obj), id(func)) if func is not None else id(fn)
+        with self._lock:
+            entry = self._functions.get(key)
+            if entry is not None:
+                self._functions.move_to_end(key)
+                return entry[1]
+        fn_id = self._engine.define_function(dumps_callable(fn))
+        with self._lock:
+            self._functions[key] = (fn, fn_id)  # holding fn keeps its id() unique
+            while len(self._functions) > _FUNCTION_CACHE:
+                _, (_, old_id) = self._functions.popitem(last=False)
+                self._engine.drop_function(old_id)
+        return fn_id
+
+    def check_usable(self) -> None:
+        reason = self._engine.broken()
+        if reason is not None:
+            raise BrokenPoolError(reason)
+
+    def submit(self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0) -> int:
+        fn_id = self._function_id(fn)
+        with self._lock:
+            job_id = self._engine.submit(fn_id, tag, payload, retries)
+            self._handlers[job_id] = handler
+        return job_id
+
+    def submit_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0) -> int:
+        return self.submit(fn, CALL, dumps((args, kwargs)), handler, retries)
+
+    def cancel(self, job_id: int) -> bool:
+        if self._engine.cancel(job_id):
+            with self._lock:
+                self._handlers.pop(job_id, None)
+            return True
+        return False
+
+    # -- results --------------------------------------------------------------
+
+    def _collect(self) -> None:
+        engine = self._engine
+        while True:
+            batch = engine.collect(None)
+            if batch is None:
+                return
+            with self._lock:
+                handlers = [self._handlers.pop(job[0], None) for job in batch]
+            for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
+                if handler is not None:
+                    try:
+                        handler(status, run_ns, payload)
+                    except Exception:  # noqa: BLE001 - a user callback must not kill the thread
+                        import traceback
+
+                        traceback.print_exc()
+
+    # -- life cycle -----------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        self._engine.shutdown(wait, cancel_pending)
+        if wait and threading.current_thread() is not self._collector:
+            self._collector.join()
+
+    def terminate(self) -> None:
+        self._engine.terminate()
+        if threading.current_thread() is not self._collector:
+            self._collector.join()
+
+    def worker_pids(self) -> list[int]:
+        return list(self._engine.worker_pids())
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._engine.stats())
+
+    # -- maps -----------------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        star: bool,
+        chunksize: Optional[int] = None,
+        ordered: bool = True,
+        retries: int = 0,
+        total: Optional[int] = None,
+        bounded: bool = True,
+        on_chunk: Optional[Callable[[int], None]] = None,
+        on_complete: Optional[Callable[[], None]] = None,
+    ) -> "MapFeed":
+        """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
+        ``on_chunk(n)`` runs when n more items finished; ``on_complete()`` once all did."""
+        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
+        feed.on_chunk, feed.on_complete = on_chunk, on_complete
+        feed.start()
+        return feed
+
+
+class MapFeed:
+    """One map's flow: reads the input lazily, in chunks sized to the measured
+    task time, keeps a bounded number of chunks in flight, and yields results
+    (in input order, or as they finish).
+
+    Refills happen both when a chunk finishes (collector thread) and when the
+    consumer takes results, so a map runs to completion even if nobody reads
+    it yet (map_async), while memory stays bounded by the read-ahead.
+    """
+
+    TARGET_CHUNK_NS = 5_000_000  # ~5 ms of work per chunk amortises the per-chunk cost
+
+    def __init__(
+        self, runtime: Runtime, fn, items: Iterator[Any], tag: int, chunksize, ordered: bool, retries: int, total, bounded: bool
+    ):
+        self._runtime = runtime
+        self._fn = fn
+        self._items = items
+        self._tag = tag
+        self._fixed_chunk = chunksize
+        self._ordered = ordered
+        self._retries = retries
+        self._remaining = total
+        self._cond = threading.Condition()
+        self._next_chunk = 0  # index of the next chunk to submit
+        self._next_yield = 0  # ordered: index of the next chunk to hand out
+        self._finished: dict[int, tuple[list, dict[int, BaseException], int]] = {}
+        self._in_flight: dict[int, int] = {}  # chunk index -> job id
+        self._held_items = 0  # submitted but not yet handed out
+        self._exhausted = False
+        self._input_error: Optional[BaseException] = None
+        self._closed = False
+        self._per_item_ns: Optional[float] = None
+        self._growth = 1
+        self._max_in_flight = 2 * runtime.workers + 2
+        self._bounded = bounded
+        self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
+        self.on_complete: Optional[Callable[[], None]] = None  # every chunk finished
+        runtime._function_id(fn)  # an unpicklable callable fails here, in the caller
+
+    def start(self) -> None:
+        with self._cond:
+            self._refill_locked()
+            complete = self._exhausted and not self._in_flight
+        if complete and self.on_complete is not None:
+            self.on_complete()
+
+    # -- feeding --------------------------------------------------------------
+
+    def _chunk_size(self) -> int:
+        if self._fixed_chunk:
+            return self._fixed_chunk
+        if self._per_item_ns is None:
+            size = self._growth  # 1, 2, 4, ... until a chunk reports its time
+            self._growth = min(self._growth * 2, 64)
+        else:
+            size = int(self.TARGET_CHUNK_NS / max(self._per_item_ns, 1.0))
+        if self._remaining is not None:
+            # Leave enough chunks for every worker near the end of a known input.
+            size = min(size, -(-self._remaining // (2 * self._runtime.workers)))
+        return max(1, min(size, 100_000))
+
+    def _refill_locked(self) -> None:
+        while not self._exhausted and not self._closed and len(self._in_flight) < self._max_in_flight:
+            if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
+                return  # the consumer is behind: stop reading ahead
+            size = self._chunk_size()
+            chunk = []
+            try:
+                for item in self._items:
+                    chunk.append(item)
+                    if len(chunk) >= size:
+                        break
+            except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
+                self._input_error = exc
+                self._exhausted = True
+            if len(chunk) < size:
+                self._exhausted = True
+            if not chunk:
+                self._cond.notify_all()
+                return
+            index = self._next_chunk
+            self._next_chunk += 1
+            if self._remaining is not None:
+                self._remaining -= len(chunk)
+            self._held_items += len(chunk)
+            payload = dumps(chunk, "map item")
+            self._in_flight[index] = self._runtime.submit(
+                self._fn, self._tag, payload, lambda s, ns, p, i=index, n=len(chunk): self._done(i, n, s, ns, p), self._retries
+            )
+
+    def _done(self, index: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
+        values, failures = self._decode_chunk(status, payload, count)
+        if status == OK and run_ns and count:
+            sample = run_ns / count
+            self._per_item_ns = sample if self._per_item_ns is None else 0.7 * self._per_item_ns + 0.3 * sample
+        with self._cond:
+            self._in_flight.pop(index, None)
+            self._finished[index] = (values, failures, count)
+            self._refill_locked()
+            self._cond.notify_all()
+            complete = self._exhausted and not self._in_flight
+        if self.on_chunk is not None:
+            self.on_chunk(count)
+        if complete and self.on_complete is not None:
+            self.on_complete()
+
+    @staticmethod
+    def _decode_chunk(status: int, payload: bytes, count: int) -> tuple[list, dict[int, BaseException]]:
+        if status == ERROR:
+            try:
+                values, failed = loads(payload)
+                return values, {i: loads_exception(p) for i, p in failed.items()}
+            except Exception:  # noqa: BLE001 - not a per-item report: the whole chunk failed
+                exc = loads_exception(payload)
+                return [None] * count, {i: exc for i in range(count)}
+        ok, value = decode(status, payload)
+        if ok:
+            return value, {}
+        return [None] * count, {i: value for i in range(count)}
+
+    def complete(self) -> bool:
+        """True once every chunk has finished (all input read)."""
+        with self._cond:
+            return self._exhausted and not self._in_flight
+
+    def take_all(self) -> list[tuple[list, dict[int, BaseException], int]]:
+        """Every finished chunk in input order (for maps whose results are collected whole)."""
+        with self._cond:
+            if self._input_error is not None:
+                raise self._input_error
+            return [self._finished[i] for i in sorted(self._finished)]
+
+    # -- consuming ------------------------------------------------------------
+
+    def chunks(self, deadline: Optional[float] = None) -> Iterator[tuple[list, dict[int, BaseException], int]]:
+        """Yields (values, failures by index, count) per chunk, ordered or as finished."""
+        import time
+
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if self._ordered:
+                            ready = self._next_yield in self._finished
+                            key = self._next_yield
+                        else:
+                            ready = bool(self._finished)
+                            key = next(iter(self._finished)) if ready else None
+                        if ready:
+                            break
+                        if self._exhausted and not self._in_flight and not self._finished:
+                            if self._input_error is not None:
+                                raise self._input_error
+                            return
+                        timeout = None
+                        if deadline is not None:
+                            timeout = deadline - time.monotonic()
+                            if timeout <= 0:
+                                raise TimeoutError("map results did not arrive within the timeout")
+                        self._cond.wait(min(timeout, 0.1) if timeout is not None else 0.1)
+                    values, failures, count = self._finished.pop(key)
+                    if self._ordered:
+                        self._next_yield += 1
+                    self._held_items -= count
+                    self._refill_locked()
+                yield values, failures, count
+        finally:
+            if not self._exhausted or self._in_flight:
+                self.close()
+
+    def close(self) -> None:
+        """Stops reading input and cancels the chunks no worker took yet."""
+        with self._cond:
+            self._closed = True
+            in_flight = list(self._in_flight.values())
+        for job_id in in_flight:
+            self._runtime.cancel(job_id)

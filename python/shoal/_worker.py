@@ -1,0 +1,105 @@
+"""The worker process: takes frames from its inbox ring, runs tasks, sends results.
+
+Everything that waits or touches shared memory happens in the C++ endpoint
+(with the GIL released); this loop only calls the user's functions.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from time import perf_counter_ns
+from typing import Any, Callable, Optional
+
+from . import _core
+from ._serialize import dumps, dumps_exception, loads
+
+# Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
+DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
+OK, ERROR = 0, 1
+# Job tags: how the payload calls the function.
+CALL, MAP_ONE, MAP_STAR = 0, 1, 2
+
+_worker_id: Optional[int] = None
+
+
+def worker_id() -> Optional[int]:
+    """The index (0..workers-1) of the worker running the current task; None outside workers."""
+    return _worker_id
+
+
+def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
+    if tag == CALL:
+        try:
+            args, kwargs = loads(payload)
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure travels home
+            return ERROR, dumps_exception(exc)
+        return _pickled_result(result)
+    items = loads(payload)
+    results = []
+    failures: dict[int, bytes] = {}
+    star = tag == MAP_STAR
+    for index, item in enumerate(items):
+        try:
+            results.append(fn(*item) if star else fn(item))
+        except BaseException as exc:  # noqa: BLE001 - reported per item, the chunk goes on
+            results.append(None)
+            failures[index] = dumps_exception(exc)
+    if failures:
+        return ERROR, dumps((results, failures))
+    return _pickled_result(results)
+
+
+def _pickled_result(result: Any) -> tuple[int, bytes]:
+    try:
+        return OK, dumps(result, "result")
+    except TypeError as exc:
+        return ERROR, dumps_exception(exc)
+
+
+def serve(segment: str, slot: int, max_tasks: int) -> None:
+    """Run tasks from the pool's ring until the pool closes it."""
+    global _worker_id
+    _worker_id = slot
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    endpoint = _core.WorkerEndpoint(segment, slot)
+    functions: dict[int, Callable[..., Any]] = {}
+    done = 0
+    while True:
+        frame = endpoint.recv()
+        if frame is None:
+            return
+        kind, tag, ident, arg, payload = frame
+        if kind == JOB:
+            start = perf_counter_ns()
+            status, out = _run_job(functions[arg], tag, payload)
+            endpoint.send_result(ident, status, perf_counter_ns() - start, out)
+            done += 1
+            if max_tasks and done >= max_tasks:
+                return
+        elif kind == DEFINE_FUNCTION:
+            functions[ident] = loads(payload)
+        elif kind == DROP_FUNCTION:
+            functions.pop(ident, None)
+        elif kind == INITIALIZE:
+            try:
+                initializer, initargs = loads(payload)
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001
+                import traceback
+
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                endpoint.send_init_failed(f"the pool's initializer failed in worker {slot}:\n{text}")
+                sys.stdout.flush()
+                os._exit(3)
+
+
+def main(segment: str, slot: int, max_tasks: int) -> None:
+    try:
+        serve(segment, slot, max_tasks)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # Skip interpreter teardown: nothing is left to clean and it can be slow.
+    os._exit(0)

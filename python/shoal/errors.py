@@ -1,0 +1,46 @@
+"""Exceptions that shoal raises, and how a task's exception travels home."""
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+__all__ = ["WorkerLostError", "RemoteError", "RemoteTraceback", "BrokenPoolError"]
+
+
+class WorkerLostError(RuntimeError):
+    """The worker process running a task died (signal, ``os._exit``, OOM killer).
+
+    The message names the worker, its pid and how it ended. Pass ``retries=N``
+    to re-run such tasks on a fresh worker instead.
+    """
+
+
+class BrokenPoolError(BrokenExecutor):
+    """The pool cannot run tasks: its initializer failed, or workers cannot start."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker.
+
+    It is attached as ``__cause__`` of the re-raised exception, so the worker's
+    failing line shows up in the caller's traceback.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteError(Exception):
+    """An exception from a worker that could not be pickled back.
+
+    ``type_name``, ``message`` and ``traceback`` describe the original.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback

@@ -1,0 +1,162 @@
+"""``shoal.Executor``: a drop-in ``concurrent.futures.ProcessPoolExecutor``."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from ._progress import progress_bar
+from ._runtime import Cancelled, Runtime, decode
+
+__all__ = ["Executor"]
+
+
+class _Future(futures.Future):
+    """A concurrent.futures.Future whose cancel() also removes the queued job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shoal_cancel: Optional[Callable[[], bool]] = None
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state == PENDING and self._shoal_cancel is not None and not self._shoal_cancel():
+                # A worker already holds it: it counts as running now.
+                self._state = RUNNING
+                return False
+            if not super().cancel():
+                return False
+        self.set_running_or_notify_cancel()  # wakes wait() and as_completed()
+        return True
+
+
+def _resolve(fut: _Future, status: int, payload: bytes) -> None:
+    ok, value = decode(status, payload)
+    with fut._condition:
+        if fut._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            return
+        if fut._state == PENDING:
+            fut._state = RUNNING
+    if ok:
+        fut.set_result(value)
+    elif isinstance(value, Cancelled):
+        with fut._condition:
+            fut._state = PENDING
+        futures.Future.cancel(fut)  # the engine already dropped the job
+        fut.set_running_or_notify_cancel()
+    else:
+        fut.set_exception(value)
+
+
+class Executor(futures.Executor):
+    """A process pool with the ``concurrent.futures`` API, on shoal's engine.
+
+    Differences from ProcessPoolExecutor that only add: ``map`` reads its input
+    lazily (a generator of any length runs in bounded memory) and picks its
+    chunk size from the measured task time; ``progress=True`` shows a bar;
+    ``retries=N`` re-runs a task whose worker died.
+
+    Args:
+        max_workers: worker processes; default: the CPUs this process may use.
+        initializer: called as ``initializer(*initargs)`` once in each worker.
+        max_tasks_per_child: replace a worker after this many tasks.
+        start_method: ``"forkserver"`` (default: workers forked from a clean
+            helper process, so a replacement costs milliseconds) or ``"spawn"``.
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        *,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: tuple = (),
+        max_tasks_per_child: Optional[int] = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._runtime = Runtime(max_workers, initializer, initargs, max_tasks_per_child, start_method)
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+
+    @property
+    def workers(self) -> int:
+        """How many worker processes the pool runs."""
+        return self._runtime.workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._runtime.check_usable()
+            fut = _Future()
+            job_id = self._runtime.submit_call(fn, args, kwargs, lambda s, ns, p: _resolve(fut, s, p), retries)
+            fut._shoal_cancel = lambda: self._runtime.cancel(job_id)
+            return fut
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = None,
+        progress: bool = False,
+        retries: int = 0,
+    ) -> Iterator[Any]:
+        """Like ``builtins.map(fn, *iterables)``, run in the workers, results in order.
+
+        The input is read lazily with bounded read-ahead. ``timeout`` (seconds,
+        from this call) bounds the wait for each result: TimeoutError after it.
+        An exception raised by ``fn`` is raised when its result is reached.
+        ``chunksize=None`` sizes chunks from the measured task time.
+        """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._runtime.check_usable()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = _common_length(iterables)
+        feed = self._runtime.map(fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries)
+        return _ordered_results(feed, deadline, progress_bar(progress, total))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; with wait, return once running tasks are done and workers have exited."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._runtime.shutdown(wait, cancel_futures)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return self._runtime.worker_pids()
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the engine: tasks submitted/completed, workers started/lost, retries."""
+        return self._runtime.stats()
+
+
+def _common_length(iterables: tuple) -> Optional[int]:
+    try:
+        return min(len(it) for it in iterables) if iterables else 0
+    except TypeError:
+        return None
+
+
+def _ordered_results(feed, deadline: Optional[float], bar) -> Iterator[Any]:
+    try:
+        for values, failures, count in feed.chunks(deadline):
+            if failures:
+                first = min(failures)
+                yield from values[:first]
+                raise failures[first]
+            yield from values
+            if bar is not None:
+                bar.update(count)
+    finally:
+        feed.close()
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,266 @@
+"""``shoal.Pool``: a drop-in ``multiprocessing.Pool`` on shoal's engine."""
+from __future__ import annotations
+
+import threading
+from multiprocessing import TimeoutError as MpTimeoutError
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from ._progress import progress_bar
+from ._runtime import Runtime, decode
+
+__all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+class AsyncResult:
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def _set(self, success: bool, value: Any) -> None:
+        self._success, self._value = success, value
+        try:
+            if success and self._callback is not None:
+                self._callback(value)
+            elif not success and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The result; re-raises the task's exception; multiprocessing.TimeoutError after `timeout`."""
+        self.wait(timeout)
+        if not self.ready():
+            raise MpTimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The result of ``map_async``/``starmap_async``: a list in input order."""
+
+    def __init__(self, feed_factory: Callable[..., Any], callback, error_callback, bar) -> None:
+        super().__init__(callback, error_callback)
+        self._bar = bar
+        self._feed = feed_factory(on_chunk=bar.update if bar is not None else None, on_complete=self._finish)
+
+    def _finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        try:
+            chunks = self._feed.take_all()
+        except BaseException as exc:  # the input iterable itself failed
+            self._set(False, exc)
+            return
+        results: list = []
+        for values, failures, _ in chunks:
+            if failures:
+                self._set(False, failures[min(failures)])
+                return
+            results.extend(values)
+        self._set(True, results)
+
+
+class IMapIterator:
+    """Iterator over ``imap``/``imap_unordered`` results; ``next(timeout)`` as in multiprocessing.
+
+    A task's exception is raised when its item is reached; iteration can go on after it.
+    """
+
+    def __init__(self, feed, bar) -> None:
+        self._feed = feed
+        self._bar = bar
+        self._chunks = feed.chunks()
+        self._buffer: list = []
+        self._failures: dict[int, BaseException] = {}
+        self._pos = 0
+
+    def __iter__(self) -> "IMapIterator":
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> Any:
+        while self._pos >= len(self._buffer):
+            values, failures, count = self._next_chunk(timeout)
+            self._buffer, self._failures, self._pos = values, failures, 0
+            if self._bar is not None:
+                self._bar.update(count)
+        pos = self._pos
+        self._pos += 1
+        if pos in self._failures:
+            raise self._failures[pos]
+        return self._buffer[pos]
+
+    __next__ = next
+
+    def _next_chunk(self, timeout: Optional[float]):
+        if timeout is not None:
+            import time
+
+            self._chunks = self._feed.chunks(time.monotonic() + timeout) if self._chunks is None else self._chunks
+        try:
+            return next(self._chunks)
+        except TimeoutError:
+            self._chunks = self._feed.chunks()
+            raise MpTimeoutError from None
+        except StopIteration:
+            if self._bar is not None:
+                self._bar.close()
+            raise
+
+
+class Pool:
+    """A process pool with the ``multiprocessing.Pool`` API, on shoal's engine.
+
+    ``chunksize=None`` (the default everywhere) sizes chunks from the measured
+    task time; ``progress=True`` on the map methods shows a tqdm bar. As in
+    multiprocessing, leaving a ``with Pool() as p:`` block calls terminate().
+    """
+
+    def __init__(
+        self,
+        processes: Optional[int] = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: Optional[int] = None,
+        *,
+        start_method: str = "forkserver",
+    ) -> None:
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        self._runtime = Runtime(processes, initializer, initargs, maxtasksperchild, start_method)
+        self._state = _RUN
+
+    @property
+    def _processes(self) -> int:
+        return self._runtime.workers
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+        self._runtime.check_usable()
+
+    # -- single calls ---------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: tuple = (), kwds: Optional[dict] = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; blocks for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: tuple = (),
+        kwds: Optional[dict] = None,
+        callback: Optional[Callable[[Any], None]] = None,
+        error_callback: Optional[Callable[[BaseException], None]] = None,
+        *,
+        retries: int = 0,
+    ) -> AsyncResult:
+        """Schedule ``func(*args, **kwds)``; callbacks run in the pool's result thread."""
+        self._check_running()
+        result = AsyncResult(callback, error_callback)
+        self._runtime.submit_call(func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*decode(s, p)), retries)
+        return result
+
+    # -- maps -----------------------------------------------------------------
+
+    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries) -> MapResult:
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        total = len(iterable)
+        bar = progress_bar(progress, total)
+
+        def start(on_chunk, on_complete):
+            return self._runtime.map(
+                func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
+                on_chunk=on_chunk, on_complete=on_complete, retries=retries,
+            )
+
+        return MapResult(start, callback, error_callback, bar)
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+            *, progress: bool = False, retries: int = 0) -> list:
+        """``list(map(func, iterable))``, run in the workers."""
+        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
+                  *, progress: bool = False, retries: int = 0) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries)
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
+                *, progress: bool = False, retries: int = 0) -> list:
+        """Like map, calling ``func(*args)`` for each args tuple."""
+        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
+                      *, progress: bool = False, retries: int = 0) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+             *, progress: bool = False, retries: int = 0) -> IMapIterator:
+        """Lazy, ordered map: reads the input as results are consumed."""
+        return self._imap(func, iterable, chunksize, True, progress, retries)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+                       *, progress: bool = False, retries: int = 0) -> IMapIterator:
+        """Like imap, yielding results as they finish."""
+        return self._imap(func, iterable, chunksize, False, progress, retries)
+
+    def _imap(self, func, iterable, chunksize, ordered, progress, retries) -> IMapIterator:
+        self._check_running()
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        feed = self._runtime.map(func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries)
+        return IMapIterator(feed, progress_bar(progress, total))
+
+    # -- life cycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; workers exit once the submitted ones are done."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+            self._runtime.shutdown(wait=False)
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished tasks are cancelled."""
+        self._state = _TERMINATE
+        self._runtime.terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call close() or terminate() first."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        self._runtime.shutdown(wait=True)
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return self._runtime.worker_pids()

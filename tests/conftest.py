@@ -1,0 +1,40 @@
+import os
+
+import pytest
+
+
+def shoal_segments_of(pid: int) -> set:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")}
+
+
+def child_pids() -> list:
+    """Live (non-zombie) processes whose parent is this test process."""
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves shared memory or child processes behind."""
+    before = shoal_segments_of(os.getpid())
+    yield
+    import gc
+    import time
+
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while child_pids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child_pids() == [], "worker processes outlived the pool"
+    assert shoal_segments_of(os.getpid()) - before == set(), "shared-memory segments leaked"
