@@ -187,10 +187,10 @@ class Runtime:
         total: Optional[int] = None,
         bounded: bool = True,
         on_chunk: Optional[Callable[[int], None]] = None,
-        on_complete: Optional[Callable[[], None]] = None,
+        on_complete: Optional[Callable[["MapFeed"], None]] = None,
     ) -> "MapFeed":
         """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
-        ``on_chunk(n)`` runs when n more items finished; ``on_complete()`` once all did."""
+        ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did."""
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
         feed.on_chunk, feed.on_complete = on_chunk, on_complete
         feed.start()
@@ -234,7 +234,7 @@ class MapFeed:
         self._max_in_flight = 2 * runtime.workers + 2
         self._bounded = bounded
         self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
-        self.on_complete: Optional[Callable[[], None]] = None  # every chunk finished
+        self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
         runtime._function_id(fn)  # an unpicklable callable fails here, in the caller
 
     def start(self) -> None:
@@ -242,7 +242,7 @@ class MapFeed:
             self._refill_locked()
             complete = self._exhausted and not self._in_flight
         if complete and self.on_complete is not None:
-            self.on_complete()
+            self.on_complete(self)
 
     # -- feeding --------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class MapFeed:
         if self.on_chunk is not None:
             self.on_chunk(count)
         if complete and self.on_complete is not None:
-            self.on_complete()
+            self.on_complete(self)
 
     @staticmethod
     def _decode_chunk(status: int, payload: bytes, count: int) -> tuple[list, dict[int, BaseException]]:

@@ -63,13 +63,13 @@ class MapResult(AsyncResult):
     def __init__(self, feed_factory: Callable[..., Any], callback, error_callback, bar) -> None:
         super().__init__(callback, error_callback)
         self._bar = bar
-        self._feed = feed_factory(on_chunk=bar.update if bar is not None else None, on_complete=self._finish)
+        feed_factory(on_chunk=bar.update if bar is not None else None, on_complete=self._finish)
 
-    def _finish(self) -> None:
+    def _finish(self, feed) -> None:
         if self._bar is not None:
             self._bar.close()
         try:
-            chunks = self._feed.take_all()
+            chunks = feed.take_all()
         except BaseException as exc:  # the input iterable itself failed
             self._set(False, exc)
             return
