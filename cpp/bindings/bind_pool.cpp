@@ -53,9 +53,10 @@ nb::object worker_recv(WorkerEndpoint& ep) {
   }
 }
 
-uint32_t serve_forks(int sock) {
+nb::tuple serve_forks(int sock) {
   ForkHooks hooks{PyOS_BeforeFork, PyOS_AfterFork_Parent, PyOS_AfterFork_Child};
-  return run_fork_server(sock, hooks);
+  ForkedWorker w = run_fork_server(sock, hooks);
+  return nb::make_tuple(w.slot, w.context);
 }
 
 }  // namespace
@@ -65,7 +66,7 @@ void bind_pool(nb::module_& m) {
       .def(
           "__init__",
           [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
-             nb::bytes init_payload, uint64_t max_tasks_per_child) {
+             nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd) {
             EngineOptions o;
             o.workers = workers;
             o.fork_server = fork_server;
@@ -73,10 +74,11 @@ void bind_pool(nb::module_& m) {
             o.ring_bytes = ring_bytes;
             o.init_payload = from_bytes(init_payload);
             o.max_tasks_per_child = max_tasks_per_child;
+            o.fork_server_handle = ForkServerHandle{fork_server_pid, fork_server_fd};
             new (self) Engine(std::move(o));
           },
           nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
-          nb::arg("max_tasks_per_child"))
+          nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1)
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
       .def("define_function",
@@ -123,7 +125,7 @@ void bind_pool(nb::module_& m) {
       .def("send_init_failed", [](WorkerEndpoint& ep, const std::string& reason) { ep.send_init_failed(reason); });
 
   m.def("serve_forks", &serve_forks, nb::arg("sock"),
-        "Run the fork server loop on `sock`; returns only in a forked worker, with its slot.");
+        "Run the fork server loop on `sock`; returns only in a forked worker, as (slot, segment name).");
   m.def("die_with_parent", &die_with_parent, nb::arg("parent_pid"),
         "Receive SIGKILL when the parent dies; exit now if it already has.");
   m.def("describe_exit", &describe_exit);

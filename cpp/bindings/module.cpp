@@ -10,6 +10,9 @@ namespace nb = nanobind;
 
 NB_MODULE(_core, m) {
   m.doc() = "shoal's C++ engine";
+  // Pools left open at exit are stopped by an atexit hook, but their objects
+  // may still be referenced by daemon threads then; that is not a leak.
+  nb::set_leak_warnings(false);
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import sys
-from typing import Any
+from typing import Any, Optional
 
 _CODE = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from shoal._bootstrap import main;main(sys.argv[2:])"
 
@@ -30,6 +31,42 @@ def child_argv(mode: str, config: dict[str, Any]) -> list[str]:
     ]
 
 
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def fork_fork_server(max_tasks: int) -> Optional[tuple[int, int]]:
+    """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
+
+    Forking is only safe while this process runs a single thread (no lock can
+    be held by a thread that would not exist in the child). Then the server
+    starts in a millisecond and its workers inherit every module already
+    imported. Otherwise (None) the engine starts a clean interpreter instead.
+    """
+    if not _single_threaded():
+        return None
+    from . import _core, _worker
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the fork server
+        try:
+            ours.close()
+            slot, segment = _core.serve_forks(theirs.detach())  # the worker's copy is closed in C++
+            _worker.main(segment, slot, max_tasks)  # never returns
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    theirs.close()
+    return pid, ours.detach()
+
+
 def _preload(config: dict[str, Any]) -> None:
     for name in config.get("preload", ()):
         try:
@@ -46,7 +83,7 @@ def main(args: list[str]) -> None:
     max_tasks = int(config.get("max_tasks", 0))
     if mode == "forkserver":
         _preload(config)
-        slot = _core.serve_forks(3)  # returns in each forked worker
+        slot, segment = _core.serve_forks(3)  # returns in each forked worker
         _worker.main(segment, slot, max_tasks)
     else:
         _core.die_with_parent(int(owner_pid))

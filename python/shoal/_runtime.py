@@ -7,14 +7,16 @@ handler registered for it.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import _core
-from ._bootstrap import child_argv
+from ._bootstrap import child_argv, fork_fork_server
 from ._serialize import dumps, dumps_callable, loads, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, WorkerLostError
@@ -26,6 +28,17 @@ Handler = Callable[[int, int, bytes], None]
 
 _FUNCTION_CACHE = 256
 _RING_BYTES = 1 << 20
+
+
+_live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_runtimes() -> None:
+    # Before the interpreter tears down its threads: a result thread blocked in
+    # the engine must return by itself, not be frozen mid-call.
+    for runtime in list(_live):
+        runtime.at_exit()
 
 
 class Cancelled(Exception):
@@ -61,6 +74,7 @@ class Runtime:
         initargs: Iterable[Any] = (),
         max_tasks_per_child: Optional[int] = None,
         start_method: str = "forkserver",
+        cancel_at_exit: bool = False,
     ) -> None:
         if workers is None:
             workers = default_workers()
@@ -79,6 +93,7 @@ class Runtime:
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
         config = {"max_tasks": max_tasks_per_child or 0, "preload": preload}
         self.workers = workers
+        server = fork_fork_server(max_tasks_per_child or 0) if start_method == "forkserver" else None
         self._engine = _core.Engine(
             workers=workers,
             fork_server=start_method == "forkserver",
@@ -86,12 +101,16 @@ class Runtime:
             ring_bytes=_RING_BYTES,
             init_payload=init_payload,
             max_tasks_per_child=max_tasks_per_child or 0,
+            fork_server_pid=server[0] if server else -1,
+            fork_server_fd=server[1] if server else -1,
         )
         self._lock = threading.Lock()
         self._handlers: dict[int, Handler] = {}
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._cancel_at_exit = cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
+        _live.add(self)
 
     # -- submitting -----------------------------------------------------------
 
@@ -161,6 +180,12 @@ class Runtime:
         self._engine.shutdown(wait, cancel_pending)
         if wait and threading.current_thread() is not self._collector:
             self._collector.join()
+
+    def at_exit(self) -> None:
+        if self._cancel_at_exit:
+            self.terminate()
+        else:
+            self.shutdown(wait=True)
 
     def terminate(self) -> None:
         self._engine.terminate()

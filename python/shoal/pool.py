@@ -148,7 +148,7 @@ class Pool:
     ) -> None:
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
-        self._runtime = Runtime(processes, initializer, initargs, maxtasksperchild, start_method)
+        self._runtime = Runtime(processes, initializer, initargs, maxtasksperchild, start_method, cancel_at_exit=True)
         self._state = _RUN
 
     @property

@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 
@@ -22,8 +24,12 @@
 namespace shoal {
 namespace {
 
+constexpr std::size_t kContextMax = 240;
+
 struct Request {
   uint32_t slot;
+  uint32_t context_len;
+  char context[kContextMax];
 };
 struct Reply {
   ProcessEvent::Type type;
@@ -39,11 +45,21 @@ void send_reply(int sock, const Reply& r) {
 
 class ForkServerLauncher final : public Launcher {
  public:
-  explicit ForkServerLauncher(std::vector<std::string> argv) : argv_(std::move(argv)) { start(); }
+  ForkServerLauncher(std::vector<std::string> argv, std::string context, ForkServerHandle adopt)
+      : argv_(std::move(argv)), context_(std::move(context)) {
+    if (context_.size() > kContextMax) throw std::length_error("fork server context too long");
+    if (adopt.pid > 0 && adopt.socket >= 0) {
+      server_pid_ = adopt.pid;
+      sock_.reset(adopt.socket);
+    } else {
+      start();
+    }
+  }
   ~ForkServerLauncher() override { stop(); }
 
   void spawn(uint32_t slot, std::vector<ProcessEvent>& events) override {
-    Request req{slot};
+    Request req{slot, static_cast<uint32_t>(context_.size()), {}};
+    context_.copy(req.context, kContextMax);
     if (send(sock_.get(), &req, sizeof req, MSG_NOSIGNAL) != sizeof req)
       events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, errno});
   }
@@ -101,6 +117,7 @@ class ForkServerLauncher final : public Launcher {
   }
 
   std::vector<std::string> argv_;
+  std::string context_;
   UniqueFd sock_;
   pid_t server_pid_ = -1;
   std::unordered_map<pid_t, uint32_t> live_;
@@ -108,8 +125,9 @@ class ForkServerLauncher final : public Launcher {
 
 }  // namespace
 
-std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv) {
-  return std::make_unique<ForkServerLauncher>(std::move(argv));
+std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv, std::string context,
+                                                    ForkServerHandle adopt) {
+  return std::make_unique<ForkServerLauncher>(std::move(argv), std::move(context), adopt);
 }
 
 void die_with_parent(pid_t expected_parent) {
@@ -117,7 +135,7 @@ void die_with_parent(pid_t expected_parent) {
   if (getppid() != expected_parent) _exit(1);
 }
 
-uint32_t run_fork_server(int sock, const ForkHooks& hooks) {
+ForkedWorker run_fork_server(int sock, const ForkHooks& hooks) {
   const pid_t me = getpid();
   signal(SIGINT, SIG_IGN);  // Ctrl-C belongs to the pool's owner, which shuts us down
   sigset_t chld;
@@ -172,7 +190,7 @@ uint32_t run_fork_server(int sock, const ForkHooks& hooks) {
       ::close(sock);
       sigprocmask(SIG_UNBLOCK, &chld, nullptr);
       die_with_parent(me);
-      return req.slot;
+      return ForkedWorker{req.slot, std::string(req.context, std::min<std::size_t>(req.context_len, kContextMax))};
     }
     if (hooks.after_parent) hooks.after_parent();
     if (pid < 0) {

@@ -47,7 +47,9 @@ Engine::Engine(EngineOptions options)
   auto argv = options_.argv;
   for (auto& a : argv)
     if (a == "{segment}") a = segment_name();
-  auto launcher = options_.fork_server ? make_fork_server_launcher(argv) : make_spawn_launcher(argv);
+  auto launcher = options_.fork_server
+                      ? make_fork_server_launcher(argv, segment_name(), options_.fork_server_handle)
+                      : make_spawn_launcher(argv);
   supervisor_ = std::make_unique<Supervisor>(std::move(launcher), [this](const ProcessEvent& e) { on_process_event(e); });
   {
     std::lock_guard lk(mu_);

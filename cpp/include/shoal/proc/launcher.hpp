@@ -35,12 +35,26 @@ class Launcher {
 // Each worker is a fresh interpreter: argv + the slot number as a last argument.
 std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv);
 
-// Workers are forked by one fork server, a clean interpreter started once with
-// `argv`; it receives its control socket as file descriptor 3.
-std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv);
+// Workers are forked by one fork server, a clean interpreter started with
+// `argv` (it receives its control socket as file descriptor 3). A server the
+// caller already started (pid, socket) may be adopted instead; if a server
+// dies, a fresh one is started from `argv`. Each worker learns `context`
+// (the pool's segment name) from its spawn request.
+struct ForkServerHandle {
+  pid_t pid = -1;
+  int socket = -1;  // ownership passes to the launcher
+};
+std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv, std::string context,
+                                                    ForkServerHandle adopt = {});
+
+// What a forked worker is told: its slot and the context string.
+struct ForkedWorker {
+  uint32_t slot;
+  std::string context;
+};
 
 // The fork server's loop, run inside the fork server process on control socket
-// `sock`. Returns only in a freshly forked worker, with the worker's slot.
+// `sock`. Returns only in a freshly forked worker.
 // `before_fork`/`after_fork_child`/`after_fork_parent` let an embedding runtime
 // (CPython) keep its own state consistent across fork().
 struct ForkHooks {
@@ -48,7 +62,7 @@ struct ForkHooks {
   void (*after_parent)() = nullptr;
   void (*after_child)() = nullptr;
 };
-uint32_t run_fork_server(int sock, const ForkHooks& hooks);
+ForkedWorker run_fork_server(int sock, const ForkHooks& hooks);
 
 // Makes the calling process receive SIGKILL when its parent dies, and exits at
 // once if the parent is already gone (pid `expected_parent`).

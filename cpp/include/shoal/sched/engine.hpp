@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "shoal/ipc/deadline.hpp"
+#include "shoal/proc/launcher.hpp"
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/pool_layout.hpp"
@@ -36,6 +37,7 @@ struct EngineOptions {
   std::size_t ring_bytes = 1 << 20;
   std::string init_payload;          // pickled (initializer, initargs); empty for none
   uint64_t max_tasks_per_child = 0;  // 0: workers live as long as the pool
+  ForkServerHandle fork_server_handle;  // a fork server the caller started, to adopt
 };
 
 struct Completion {
