@@ -90,6 +90,12 @@ void bind_pool(nb::module_& m) {
             return e.submit(fn_id, tag, from_bytes(payload), retries);
           },
           nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
+      .def(
+          "submit_as",
+          [](Engine& e, uint64_t job_id, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries) {
+            e.submit_as(job_id, fn_id, tag, from_bytes(payload), retries);
+          },
+          nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
       .def("cancel", &Engine::cancel)
       .def("collect", &collect, nb::arg("timeout") = nb::none(),
            "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")

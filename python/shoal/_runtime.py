@@ -8,6 +8,7 @@ handler registered for it.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import sys
 import threading
@@ -106,6 +107,7 @@ class Runtime:
         )
         self._lock = threading.Lock()
         self._handlers: dict[int, Handler] = {}
+        self._job_ids = itertools.count(1)
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._cancel_at_exit = cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
@@ -120,15 +122,13 @@ class Runtime:
         self_obj = getattr(fn, "__self__", None)
         func = getattr(fn, "__func__", None)
         key: Any = (id(self_obj), id(func)) if func is not None else id(fn)
-        with self._lock:
-            entry = self._functions.get(key)
-            if entry is not None:
-                self._functions.move_to_end(key)
-                return entry[1]
+        entry = self._functions.get(key)  # the hot path: no lock, no reordering
+        if entry is not None:
+            return entry[1]
         fn_id = self._engine.define_function(dumps_callable(fn))
         with self._lock:
             self._functions[key] = (fn, fn_id)  # holding fn keeps its id() unique
-            while len(self._functions) > _FUNCTION_CACHE:
+            while len(self._functions) > _FUNCTION_CACHE:  # the oldest goes first
                 _, (_, old_id) = self._functions.popitem(last=False)
                 self._engine.drop_function(old_id)
         return fn_id
@@ -140,9 +140,13 @@ class Runtime:
 
     def submit(self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0) -> int:
         fn_id = self._function_id(fn)
-        with self._lock:
-            job_id = self._engine.submit(fn_id, tag, payload, retries)
-            self._handlers[job_id] = handler
+        job_id = next(self._job_ids)  # atomic under the GIL
+        self._handlers[job_id] = handler  # filed before the job can finish
+        try:
+            self._engine.submit_as(job_id, fn_id, tag, payload, retries)
+        except BaseException:
+            del self._handlers[job_id]
+            raise
         return job_id
 
     def submit_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0) -> int:
@@ -150,8 +154,7 @@ class Runtime:
 
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
-            with self._lock:
-                self._handlers.pop(job_id, None)
+            self._handlers.pop(job_id, None)
             return True
         return False
 
@@ -163,8 +166,8 @@ class Runtime:
             batch = engine.collect(None)
             if batch is None:
                 return
-            with self._lock:
-                handlers = [self._handlers.pop(job[0], None) for job in batch]
+            pop = self._handlers.pop
+            handlers = [pop(job[0], None) for job in batch]
             for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
                 if handler is not None:
                     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from concurrent.futures._base import PENDING, RUNNING
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ._progress import progress_bar
@@ -16,13 +17,14 @@ __all__ = ["Executor"]
 class _Future(futures.Future):
     """A concurrent.futures.Future whose cancel() also removes the queued job."""
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        self._shoal_cancel: Optional[Callable[[], bool]] = None
+        self._runtime = runtime
+        self._job_id = 0
 
     def cancel(self) -> bool:
         with self._condition:
-            if self._state == PENDING and self._shoal_cancel is not None and not self._shoal_cancel():
+            if self._state == PENDING and not self._runtime.cancel(self._job_id):
                 # A worker already holds it: it counts as running now.
                 self._state = RUNNING
                 return False
@@ -32,22 +34,18 @@ class _Future(futures.Future):
         return True
 
 
-def _resolve(fut: _Future, status: int, payload: bytes) -> None:
+def _resolve(fut: _Future, status: int, run_ns: int, payload: bytes) -> None:
     ok, value = decode(status, payload)
-    with fut._condition:
-        if fut._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-            return
-        if fut._state == PENDING:
-            fut._state = RUNNING
-    if ok:
-        fut.set_result(value)
-    elif isinstance(value, Cancelled):
-        with fut._condition:
-            fut._state = PENDING
-        futures.Future.cancel(fut)  # the engine already dropped the job
-        fut.set_running_or_notify_cancel()
-    else:
-        fut.set_exception(value)
+    try:
+        if ok:
+            fut.set_result(value)
+        elif isinstance(value, Cancelled):  # shutdown(cancel_futures=True) dropped it
+            if futures.Future.cancel(fut):
+                fut.set_running_or_notify_cancel()
+        else:
+            fut.set_exception(value)
+    except futures.InvalidStateError:
+        pass  # cancelled by its owner in the meantime
 
 
 class Executor(futures.Executor):
@@ -92,9 +90,8 @@ class Executor(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._runtime.check_usable()
-            fut = _Future()
-            job_id = self._runtime.submit_call(fn, args, kwargs, lambda s, ns, p: _resolve(fut, s, p), retries)
-            fut._shoal_cancel = lambda: self._runtime.cancel(job_id)
+            fut = _Future(self._runtime)
+            fut._job_id = self._runtime.submit_call(fn, args, kwargs, partial(_resolve, fut), retries)
             return fut
 
     def map(

@@ -78,19 +78,27 @@ void Engine::drop_function(uint64_t fn_id) {
 }
 
 uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
+  uint64_t id;
+  {
+    std::lock_guard lk(mu_);
+    id = next_job_id_++;
+  }
+  submit_as(id, fn_id, tag, std::move(payload), retries);
+  return id;
+}
+
+void Engine::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
   std::lock_guard lk(mu_);
   if (closing_) throw ClosedError("cannot schedule new work after shutdown");
-  const uint64_t id = next_job_id_++;
   ++stats_.submitted;
   if (broken_) {
     complete_locked(id, Status::broken, 0, *broken_);
     completions_cv_.notify_all();
-    return id;
+    return;
   }
   pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload))});
   pending_ids_.insert(id);
   dispatch_locked();
-  return id;
 }
 
 bool Engine::cancel(uint64_t job_id) {
@@ -156,6 +164,7 @@ void Engine::terminate() {
 }
 
 std::optional<std::string> Engine::broken() const {
+  if (!is_broken_.load(std::memory_order_acquire)) return std::nullopt;
   std::lock_guard lk(mu_);
   return broken_;
 }
@@ -433,6 +442,7 @@ void Engine::complete_locked(uint64_t id, Status status, uint64_t run_ns, std::s
 
 void Engine::fail_everything_locked(const std::string& reason) {
   broken_ = reason;
+  is_broken_ = true;
   closing_ = true;
   for (auto& job : pending_)
     if (pending_ids_.count(job.id)) complete_locked(job.id, Status::broken, 0, reason);

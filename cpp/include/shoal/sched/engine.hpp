@@ -71,6 +71,9 @@ class Engine {
   // Queues a job; `retries` is how often it is re-run if its worker dies under it.
   // Throws ClosedError after shutdown().
   uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
+  // The same with an id the caller chose (unique, non-zero), so it can file
+  // its bookkeeping for the job before the job can possibly finish.
+  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
   // Removes a job that no worker holds yet; false if it already left the queue.
   bool cancel(uint64_t job_id);
 
@@ -141,6 +144,7 @@ class Engine {
   bool stopping_ = false;      // workers told to exit
   bool stopped_ = false;       // engine thread finished
   std::optional<std::string> broken_;
+  std::atomic<bool> is_broken_{false};  // broken_ has a value; readable without mu_
   uint32_t failures_without_progress_ = 0;
   double run_ns_ewma_ = 0;
   EngineStats stats_;
