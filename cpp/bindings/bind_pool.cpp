@@ -42,11 +42,6 @@ nb::object worker_recv(WorkerEndpoint& ep) {
       if (!payload.is_valid()) throw nb::python_error();
       return reinterpret_cast<std::byte*>(PyBytes_AS_STRING(payload.ptr()));
     });
-    if (h.tag & proto::kSpilled) {
-      h.tag &= ~proto::kSpilled;
-      std::string_view name(payload.c_str(), payload.size());
-      payload = to_bytes(take_spilled(name, /*unlink_after=*/h.kind == proto::Kind::initialize));
-    }
     return nb::make_tuple(static_cast<uint32_t>(h.kind), h.tag, h.id, h.arg, payload);
   } catch (const ClosedError&) {
     return nb::none();

@@ -9,10 +9,32 @@ from ._worker import worker_id
 from .errors import BrokenPoolError, RemoteError, RemoteTraceback, WorkerLostError
 from .executor import Executor
 from .pool import AsyncResult, Pool
+from .queues import Queue
+from .sync import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    LockNotOwnedError,
+    OwnerDiedWarning,
+    RLock,
+    Semaphore,
+)
 
 __all__ = [
     "AsyncResult",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "LockNotOwnedError",
+    "OwnerDiedWarning",
     "Pool",
+    "Queue",
+    "RLock",
+    "Semaphore",
     "BrokenPoolError",
     "Executor",
     "RemoteError",

@@ -38,7 +38,7 @@ def _single_threaded() -> bool:
         return False
 
 
-def fork_fork_server(max_tasks: int) -> Optional[tuple[int, int]]:
+def fork_fork_server() -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
     Forking is only safe while this process runs a single thread (no lock can
@@ -56,7 +56,7 @@ def fork_fork_server(max_tasks: int) -> Optional[tuple[int, int]]:
         try:
             ours.close()
             slot, segment = _core.serve_forks(theirs.detach())  # the worker's copy is closed in C++
-            _worker.main(segment, slot, max_tasks)  # never returns
+            _worker.main(segment, slot)  # never returns
         except BaseException:
             import traceback
 
@@ -80,11 +80,10 @@ def main(args: list[str]) -> None:
 
     mode, segment, owner_pid, config_json, *rest = args
     config = json.loads(config_json)
-    max_tasks = int(config.get("max_tasks", 0))
     if mode == "forkserver":
         _preload(config)
         slot, segment = _core.serve_forks(3)  # returns in each forked worker
-        _worker.main(segment, slot, max_tasks)
+        _worker.main(segment, slot)
     else:
         _core.die_with_parent(int(owner_pid))
-        _worker.main(segment, int(rest[0]), max_tasks)
+        _worker.main(segment, int(rest[0]))

@@ -92,9 +92,9 @@ class Runtime:
             init_payload = dumps((initializer, tuple(initargs)), "initializer")
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
-        config = {"max_tasks": max_tasks_per_child or 0, "preload": preload}
+        config = {"preload": preload}
         self.workers = workers
-        server = fork_fork_server(max_tasks_per_child or 0) if start_method == "forkserver" else None
+        server = fork_fork_server() if start_method == "forkserver" else None
         self._engine = _core.Engine(
             workers=workers,
             fork_server=start_method == "forkserver",

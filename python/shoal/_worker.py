@@ -58,14 +58,14 @@ def _pickled_result(result: Any) -> tuple[int, bytes]:
         return ERROR, dumps_exception(exc)
 
 
-def serve(segment: str, slot: int, max_tasks: int) -> None:
-    """Run tasks from the pool's ring until the pool closes it."""
+def serve(segment: str, slot: int) -> None:
+    """Run tasks from the pool's ring until the pool closes it (at shutdown, or
+    when this worker has used up max_tasks_per_child)."""
     global _worker_id
     _worker_id = slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     endpoint = _core.WorkerEndpoint(segment, slot)
     functions: dict[int, Callable[..., Any]] = {}
-    done = 0
     while True:
         frame = endpoint.recv()
         if frame is None:
@@ -75,9 +75,6 @@ def serve(segment: str, slot: int, max_tasks: int) -> None:
             start = perf_counter_ns()
             status, out = _run_job(functions[arg], tag, payload)
             endpoint.send_result(ident, status, perf_counter_ns() - start, out)
-            done += 1
-            if max_tasks and done >= max_tasks:
-                return
         elif kind == DEFINE_FUNCTION:
             functions[ident] = loads(payload)
         elif kind == DROP_FUNCTION:
@@ -95,9 +92,9 @@ def serve(segment: str, slot: int, max_tasks: int) -> None:
                 os._exit(3)
 
 
-def main(segment: str, slot: int, max_tasks: int) -> None:
+def main(segment: str, slot: int) -> None:
     try:
-        serve(segment, slot, max_tasks)
+        serve(segment, slot)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

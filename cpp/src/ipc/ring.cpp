@@ -22,15 +22,13 @@ SpscRing SpscRing::init(void* mem, std::size_t capacity) {
   hdr->head.store(0);
   hdr->tail.store(0);
   hdr->closed.store(0);
-  std::atomic_thread_fence(std::memory_order_release);
-  hdr->magic = RingHeader::kMagic;
+  hdr->magic.store(RingHeader::kMagic, std::memory_order_release);
   return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset);
 }
 
 SpscRing SpscRing::attach(void* mem) {
   auto* hdr = static_cast<RingHeader*>(mem);
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (hdr->magic != RingHeader::kMagic || !std::has_single_bit(hdr->capacity))
+  if (hdr->magic.load(std::memory_order_acquire) != RingHeader::kMagic || !std::has_single_bit(hdr->capacity))
     throw CorruptFrameError("memory does not hold a shoal ring");
   return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset);
 }

@@ -32,7 +32,8 @@ class SpawnLauncher final : public Launcher {
     }
     UniqueFd fd(pidfd_open(pid));
     events.push_back({ProcessEvent::Type::spawned, slot, pid, 0});
-    children_[fd.get()] = Child{slot, pid, std::move(fd)};
+    const int key = fd.get();
+    children_[key] = Child{slot, pid, std::move(fd)};
   }
 
   std::vector<int> poll_fds() const override {

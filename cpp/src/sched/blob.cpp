@@ -20,14 +20,23 @@ std::string_view Blob::wire(std::size_t inline_limit) {
   return spill_->name();
 }
 
-std::string take_spilled(std::string_view segment_name, bool unlink_after) {
+void read_spilled(std::string_view segment_name, bool unlink_after,
+                  const std::function<std::byte*(std::size_t)>& alloc) {
   std::string name(segment_name);
   auto seg = SharedSegment::attach(name);
+  if (unlink_after) shm_unlink(("/" + name).c_str());
   uint64_t n = 0;
   std::memcpy(&n, seg.data(), sizeof n);
   if (n > seg.size() - sizeof n) throw CorruptFrameError("spilled payload '" + name + "' is truncated");
-  std::string out(reinterpret_cast<const char*>(seg.bytes() + sizeof n), n);
-  if (unlink_after) shm_unlink(("/" + name).c_str());
+  std::memcpy(alloc(n), seg.bytes() + sizeof n, n);
+}
+
+std::string take_spilled(std::string_view segment_name, bool unlink_after) {
+  std::string out;
+  read_spilled(segment_name, unlink_after, [&](std::size_t n) {
+    out.resize(n);
+    return reinterpret_cast<std::byte*>(out.data());
+  });
   return out;
 }
 

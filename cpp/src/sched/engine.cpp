@@ -421,6 +421,9 @@ bool Engine::send_job_locked(uint32_t slot, Job& job) {
   if (!push_frame_locked(s, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
   ++s.dispatched;
   s.in_flight.push_back(std::move(job));
+  // A worker past its budget is retired by closing its inbox: it finishes what
+  // it holds, then exits, and the slot gets a fresh worker.
+  if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) s.inbox.close();
   return true;
 }
 

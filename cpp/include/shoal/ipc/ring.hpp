@@ -22,7 +22,7 @@ namespace shoal {
 
 struct RingHeader {
   static constexpr uint64_t kMagic = 0x73686f616c52494eULL;  // "shoalRIN"
-  uint64_t magic;
+  std::atomic<uint64_t> magic;  // stored last (release): an attacher sees a formatted ring
   uint64_t capacity;  // data bytes, a power of two
   alignas(64) std::atomic<uint64_t> head;
   alignas(64) std::atomic<uint64_t> tail;

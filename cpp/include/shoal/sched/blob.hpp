@@ -1,6 +1,8 @@
 #pragma once
 // A payload on its way to a ring: kept inline while it is small, moved once
 // into a shared-memory segment of its own when it would not fit the ring.
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -28,8 +30,10 @@ class Blob {
   std::unique_ptr<SharedSegment> spill_;
 };
 
-// Copies a payload another process spilled into a segment, then removes the
-// segment's name (the receiver is the last user).
+// Copies a payload another process spilled into a segment into alloc(n);
+// removes the segment's name afterwards if asked (the receiver is its last user).
+void read_spilled(std::string_view segment_name, bool unlink_after,
+                  const std::function<std::byte*(std::size_t)>& alloc);
 std::string take_spilled(std::string_view segment_name, bool unlink_after);
 
 }  // namespace shoal

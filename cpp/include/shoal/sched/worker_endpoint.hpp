@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "shoal/ipc/deadline.hpp"
+#include "shoal/sched/blob.hpp"
 #include "shoal/sched/pool_layout.hpp"
 #include "shoal/sched/protocol.hpp"
 
@@ -20,12 +21,24 @@ class WorkerEndpoint {
   // ClosedError once the pool has closed this worker's inbox and it is drained.
   bool wait(const Deadline& deadline) { return inbox_.wait_readable(deadline); }
 
-  // Takes the ready frame: header into `h`, payload into alloc(n). A job frame
+  // Takes the ready frame: header into `h`, payload into alloc(n) (a payload
+  // that was spilled into its own segment is fetched from there). A job frame
   // marks the job as running before anything else happens to it.
   template <class Alloc>
   void take(proto::FrameHeader& h, Alloc&& alloc) {
-    inbox_.try_pop_split(&h, sizeof h, alloc);
+    std::string spilled_name;
+    inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
+      if (!(h.tag & proto::kSpilled)) return alloc(n);
+      spilled_name.resize(n);
+      return reinterpret_cast<std::byte*>(spilled_name.data());
+    });
     if (h.kind == proto::Kind::job) layout_.status(slot_).running_job.store(h.id, std::memory_order_seq_cst);
+    if (h.tag & proto::kSpilled) {
+      h.tag &= ~proto::kSpilled;
+      // The parent owns job payload segments (it may re-send them on retry);
+      // an initialisation payload is read once, so the worker removes it.
+      read_spilled(spilled_name, h.kind == proto::Kind::initialize, alloc);
+    }
   }
 
   // Publishes a job's outcome and rings the parent's doorbell.

@@ -1,0 +1,188 @@
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "shoal/ipc/errors.hpp"
+#include "shoal/sched/engine.hpp"
+
+using namespace std::chrono_literals;
+using shoal::Completion;
+using shoal::Deadline;
+using shoal::Engine;
+using shoal::EngineOptions;
+using Status = shoal::proto::Status;
+
+namespace {
+
+EngineOptions options(uint32_t workers, bool fork_server) {
+  EngineOptions o;
+  o.workers = workers;
+  o.fork_server = fork_server;
+  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
+                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
+  o.ring_bytes = 64 * 1024;
+  return o;
+}
+
+// Collects until `count` jobs finished (or 60 s passed); keyed by job id.
+std::map<uint64_t, Completion> collect(Engine& e, std::size_t count) {
+  std::map<uint64_t, Completion> done;
+  auto until = std::chrono::steady_clock::now() + 60s;
+  std::vector<Completion> batch;
+  while (done.size() < count && std::chrono::steady_clock::now() < until) {
+    batch.clear();
+    if (!e.collect(batch, Deadline::after(1s))) break;
+    for (auto& c : batch) {
+      EXPECT_FALSE(done.count(c.job_id)) << "job " << c.job_id << " delivered twice";
+      done[c.job_id] = std::move(c);
+    }
+  }
+  return done;
+}
+
+class EngineTest : public ::testing::TestWithParam<bool> {};
+
+}  // namespace
+
+TEST_P(EngineTest, EveryJobRunsExactlyOnceWithItsOwnResult) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  std::map<uint64_t, std::string> expected;
+  for (int i = 0; i < 5000; ++i) {
+    std::string text = std::to_string(i * 7919);
+    expected[e.submit(fn, 0, "echo:" + text)] = text;
+  }
+  auto done = collect(e, expected.size());
+  ASSERT_EQ(done.size(), expected.size());
+  for (auto& [id, text] : expected) {
+    EXPECT_EQ(done[id].status, Status::ok);
+    EXPECT_EQ(done[id].payload, text);
+  }
+  e.shutdown(true, false);
+  EXPECT_TRUE(e.worker_pids().empty());
+}
+
+TEST_P(EngineTest, PayloadsLargerThanTheRingTravelThroughSpillSegments) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  std::string big(1 << 20, 'x');
+  uint64_t id = e.submit(fn, 0, "echo:" + big);
+  auto done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].payload.size(), big.size());
+  e.shutdown(true, false);
+}
+
+TEST_P(EngineTest, WorkerDeathFailsOnlyItsRunningJobAndIsReplaced) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  uint64_t doomed = e.submit(fn, 0, "die");
+  std::vector<uint64_t> fine;
+  for (int i = 0; i < 200; ++i) fine.push_back(e.submit(fn, 0, "echo:ok"));
+  auto done = collect(e, 201);
+  ASSERT_EQ(done.size(), 201u);
+  EXPECT_EQ(done[doomed].status, Status::worker_lost);
+  EXPECT_NE(done[doomed].payload.find("SIGKILL"), std::string::npos) << done[doomed].payload;
+  for (uint64_t id : fine) EXPECT_EQ(done[id].status, Status::ok);
+  EXPECT_GE(e.stats().workers_lost, 1u);
+  EXPECT_GE(e.stats().workers_started, 3u);
+}
+
+TEST_P(EngineTest, RetriedJobSucceedsOnAFreshWorker) {
+  auto marker = std::filesystem::temp_directory_path() / ("shoal-die-once-" + std::to_string(getpid()));
+  std::filesystem::remove(marker);
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  uint64_t id = e.submit(fn, 0, "die-once:" + marker.string(), /*retries=*/1);
+  auto done = collect(e, 1);
+  std::filesystem::remove(marker);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].status, Status::ok);
+  EXPECT_EQ(done[id].payload, "survived");
+  EXPECT_EQ(e.stats().retried, 1u);
+}
+
+TEST_P(EngineTest, MaxTasksPerChildRecyclesWorkers) {
+  auto o = options(1, GetParam());
+  o.max_tasks_per_child = 2;
+  Engine e(o);
+  uint64_t fn = e.define_function("f");
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 6; ++i) ids.push_back(e.submit(fn, 0, "pid"));
+  auto done = collect(e, ids.size());
+  ASSERT_EQ(done.size(), ids.size());
+  std::map<std::string, int> per_pid;
+  for (uint64_t id : ids) ++per_pid[done[id].payload];
+  EXPECT_EQ(per_pid.size(), 3u);
+  for (auto& [pid, n] : per_pid) EXPECT_EQ(n, 2) << pid;
+}
+
+TEST_P(EngineTest, FailedInitializerBreaksThePoolWithItsReason) {
+  auto o = options(1, GetParam());
+  o.init_payload = "fail";
+  Engine e(o);
+  uint64_t fn = e.define_function("f");
+  uint64_t id = e.submit(fn, 0, "echo:x");
+  auto done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].status, Status::broken);
+  EXPECT_NE(done[id].payload.find("initializer failed"), std::string::npos);
+  ASSERT_TRUE(e.broken().has_value());
+}
+
+TEST_P(EngineTest, CancelRemovesQueuedJobsAndShutdownCancelsTheRest) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  uint64_t slow = e.submit(fn, 0, "sleep:300");
+  std::vector<uint64_t> queued;
+  for (int i = 0; i < 50; ++i) queued.push_back(e.submit(fn, 0, "echo:q"));
+  EXPECT_TRUE(e.cancel(queued.back()));
+  EXPECT_FALSE(e.cancel(queued.back()));
+  e.shutdown(true, true);
+  std::vector<Completion> out;
+  while (e.collect(out, Deadline::after(1s))) {
+  }
+  std::map<uint64_t, Status> status;
+  for (auto& c : out) status[c.job_id] = c.status;
+  EXPECT_EQ(status[slow], Status::ok);
+  EXPECT_FALSE(status.count(queued.back()));
+  int cancelled = 0;
+  for (std::size_t i = 0; i + 1 < queued.size(); ++i) {
+    ASSERT_TRUE(status.count(queued[i]));
+    cancelled += status[queued[i]] == Status::cancelled;
+  }
+  EXPECT_GT(cancelled, 0);
+  EXPECT_THROW(e.submit(fn, 0, "echo:late"), shoal::ClosedError);
+}
+
+TEST_P(EngineTest, TerminateKillsBusyWorkersAtOnce) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  for (int i = 0; i < 4; ++i) e.submit(fn, 0, "sleep:20000");
+  std::this_thread::sleep_for(200ms);
+  auto t0 = std::chrono::steady_clock::now();
+  e.terminate();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  EXPECT_TRUE(e.worker_pids().empty());
+}
+
+TEST_P(EngineTest, ShutdownLeavesNoSegmentBehind) {
+  std::string name;
+  {
+    Engine e(options(2, GetParam()));
+    name = e.segment_name();
+    EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + name));
+    e.shutdown(true, false);
+    EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + name));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Launchers, EngineTest, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "ForkServer" : "Spawn"; });
