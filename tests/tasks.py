@@ -62,3 +62,66 @@ def big_bytes(n):
 
 def length(data):
     return len(data)
+
+
+def kill_self_once(x, marker_dir):
+    """Kills its own worker with SIGKILL the first time it runs for a marked x."""
+    import signal
+
+    marker = os.path.join(marker_dir, str(x))
+    if os.path.exists(marker + ".doomed"):
+        try:
+            os.rename(marker + ".doomed", marker + ".killed")
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def kill_self_if(x, doomed):
+    import signal
+
+    if x in doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def sleep_forever(_=None):
+    while True:
+        time.sleep(1)
+
+
+_ballast = []
+
+
+def allocate_mib(n, keep=False):
+    block = bytearray(n << 20)
+    for i in range(0, len(block), 4096):  # touch every page so it counts as resident
+        block[i] = 1
+    if keep:
+        _ballast.append(block)
+    return os.getpid()
+
+
+class Unpicklable(Exception):
+    def __init__(self, lock):
+        super().__init__("carries a lock")
+        self.lock = lock
+
+
+def raise_unpicklable(_=None):
+    import threading
+
+    raise Unpicklable(threading.Lock())
+
+
+def say(text):
+    print(text)
+    return text
+
+
+def stdout_state(_=None):
+    import sys
+
+    return sys.stdout.line_buffering, type(sys.stdout).__name__, sys.stdout.fileno()

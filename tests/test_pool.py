@@ -125,7 +125,7 @@ def test_progress_bar_counts_every_item(pool, capsys):
 
 def test_invalid_arguments(no_leaks):
     with pytest.raises(ValueError):
-        shoal.Pool(0)
+        shoal.Pool(-1)
     with shoal.Pool(1) as p:
         with pytest.raises(ValueError):
             p.imap(tasks.square, range(3), chunksize=0)

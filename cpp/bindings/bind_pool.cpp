@@ -61,7 +61,8 @@ void bind_pool(nb::module_& m) {
       .def(
           "__init__",
           [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
-             nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd) {
+             nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd,
+             uint64_t memory_hard_limit, uint64_t memory_soft_limit) {
             EngineOptions o;
             o.workers = workers;
             o.fork_server = fork_server;
@@ -70,10 +71,13 @@ void bind_pool(nb::module_& m) {
             o.init_payload = from_bytes(init_payload);
             o.max_tasks_per_child = max_tasks_per_child;
             o.fork_server_handle = ForkServerHandle{fork_server_pid, fork_server_fd};
+            o.memory_hard_limit = memory_hard_limit;
+            o.memory_soft_limit = memory_soft_limit;
             new (self) Engine(std::move(o));
           },
           nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
-          nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1)
+          nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1,
+          nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0)
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
       .def("define_function",
@@ -87,10 +91,10 @@ void bind_pool(nb::module_& m) {
           nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
       .def(
           "submit_as",
-          [](Engine& e, uint64_t job_id, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries) {
-            e.submit_as(job_id, fn_id, tag, from_bytes(payload), retries);
-          },
-          nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
+          [](Engine& e, uint64_t job_id, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries,
+             double timeout) { e.submit_as(job_id, fn_id, tag, from_bytes(payload), retries, timeout); },
+          nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0,
+          nb::arg("timeout") = 0.0)
       .def("cancel", &Engine::cancel)
       .def("collect", &collect, nb::arg("timeout") = nb::none(),
            "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")

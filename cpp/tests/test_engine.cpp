@@ -40,6 +40,7 @@ std::map<uint64_t, Completion> collect(Engine& e, std::size_t count) {
     batch.clear();
     if (!e.collect(batch, Deadline::after(1s))) break;
     for (auto& c : batch) {
+      if (c.status == Status::log) continue;
       EXPECT_FALSE(done.count(c.job_id)) << "job " << c.job_id << " delivered twice";
       done[c.job_id] = std::move(c);
     }
@@ -150,7 +151,8 @@ TEST_P(EngineTest, CancelRemovesQueuedJobsAndShutdownCancelsTheRest) {
   while (e.collect(out, Deadline::after(1s))) {
   }
   std::map<uint64_t, Status> status;
-  for (auto& c : out) status[c.job_id] = c.status;
+  for (auto& c : out)
+    if (c.status != Status::log) status[c.job_id] = c.status;
   EXPECT_EQ(status[slow], Status::ok);
   EXPECT_FALSE(status.count(queued.back()));
   int cancelled = 0;
@@ -182,6 +184,38 @@ TEST_P(EngineTest, ShutdownLeavesNoSegmentBehind) {
     e.shutdown(true, false);
     EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + name));
   }
+}
+
+TEST_P(EngineTest, JobPastItsTimeLimitEndsTimedOutAndOthersGoOn) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const uint64_t slow = 1000, quick = 1001;
+  e.submit_as(slow, fn, 0, "sleep:20000", 0, /*timeout_s=*/0.2);
+  e.submit_as(quick, fn, 0, "echo:after", 0, 5.0);
+  auto t0 = std::chrono::steady_clock::now();
+  auto done = collect(e, 2);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  EXPECT_EQ(done[slow].status, Status::timed_out);
+  EXPECT_NE(done[slow].payload.find("time limit"), std::string::npos) << done[slow].payload;
+  EXPECT_EQ(done[quick].status, Status::ok);
+  EXPECT_EQ(done[quick].payload, "after");
+}
+
+TEST_P(EngineTest, WorkerDeathsAreLogged) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  e.submit(fn, 0, "die");
+  std::vector<Completion> out;
+  bool logged = false;
+  auto until = std::chrono::steady_clock::now() + 30s;
+  while (!logged && std::chrono::steady_clock::now() < until) {
+    out.clear();
+    e.collect(out, Deadline::after(1s));
+    for (auto& c : out)
+      logged |= c.status == Status::log && c.payload.find("SIGKILL") != std::string::npos;
+  }
+  EXPECT_TRUE(logged);
 }
 
 INSTANTIATE_TEST_SUITE_P(Launchers, EngineTest, ::testing::Values(true, false),

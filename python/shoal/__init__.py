@@ -6,7 +6,7 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 """
 from ._core import SharedSegment
 from ._worker import worker_id
-from .errors import BrokenPoolError, RemoteError, RemoteTraceback, WorkerLostError
+from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, WorkerLostError
 from .executor import Executor
 from .pool import AsyncResult, Pool
 from .queues import Queue
@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "Lock",
     "LockNotOwnedError",
+    "MemoryLimitError",
     "OwnerDiedWarning",
     "Pool",
     "Queue",

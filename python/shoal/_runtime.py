@@ -9,25 +9,34 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import sys
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Iterator, Optional
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _core
 from ._bootstrap import child_argv, fork_fork_server
 from ._serialize import dumps, dumps_callable, loads, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
-from .errors import BrokenPoolError, WorkerLostError
+from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
 
 # Job statuses, as in cpp/include/shoal/sched/protocol.hpp.
-OK, ERROR, WORKER_LOST, CANCELLED, BROKEN = 0, 1, 2, 3, 4
+OK, ERROR, WORKER_LOST, CANCELLED, BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = range(8)
+# Outcomes of tasks run inline by the serial runtime: the payload is the object itself.
+INLINE_OK, INLINE_ERROR = 100, 101
+
+log = logging.getLogger("shoal")
 
 Handler = Callable[[int, int, bytes], None]
 
 _FUNCTION_CACHE = 256
+# A worker whose resident memory passes this share of max_memory_per_worker
+# after a task is replaced before it takes the next one.
+MEMORY_SOFT_FRACTION = 0.8
 _RING_BYTES = 1 << 20
 
 
@@ -56,18 +65,63 @@ def default_workers() -> int:
 
 def decode(status: int, payload: bytes) -> tuple[bool, Any]:
     """(True, value) for a result; (False, exception) for every other ending."""
+    try:
+        return _decode(status, payload)
+    except Exception as exc:  # noqa: BLE001 - e.g. a class the parent cannot import
+        error = RuntimeError(f"the task finished but its outcome could not be unpickled here: {exc!r}")
+        error.__cause__ = exc
+        return False, error
+
+
+def _decode(status: int, payload: bytes) -> tuple[bool, Any]:
     if status == OK:
         return True, loads(payload)
     if status == ERROR:
         return False, loads_exception(payload)
     if status == WORKER_LOST:
         return False, WorkerLostError(payload.decode())
+    if status == INLINE_OK:
+        return True, payload
+    if status == INLINE_ERROR:
+        return False, payload
     if status == CANCELLED:
         return False, Cancelled()
+    if status == TIMED_OUT:
+        return False, TimeoutError(payload.decode())
+    if status == MEMORY_EXCEEDED:
+        return False, MemoryLimitError(payload.decode())
     return False, BrokenPoolError(payload.decode())
 
 
+def parse_bytes(amount: Union[int, str, None]) -> int:
+    """Bytes from an int or a string such as "512MB", "2 GiB"; 0 for None."""
+    if amount is None:
+        return 0
+    if isinstance(amount, int):
+        if amount < 0:
+            raise ValueError("a memory limit cannot be negative")
+        return amount
+    text = amount.strip().upper().replace(" ", "").removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"cannot read {amount!r} as a size in bytes (try 512_000_000 or '512MB')") from None
+
+
+def _check_timeout(timeout: Optional[float]) -> float:
+    if timeout is None:
+        return 0.0
+    if timeout <= 0:
+        raise ValueError(f"a task's timeout must be positive, not {timeout!r}")
+    return float(timeout)
+
+
 class Runtime:
+    """Runs tasks in worker processes through the C++ engine."""
+
     def __init__(
         self,
         workers: Optional[int],
@@ -75,7 +129,9 @@ class Runtime:
         initargs: Iterable[Any] = (),
         max_tasks_per_child: Optional[int] = None,
         start_method: str = "forkserver",
+        *,
         cancel_at_exit: bool = False,
+        max_memory_per_worker: Union[int, str, None] = None,
     ) -> None:
         if workers is None:
             workers = default_workers()
@@ -93,6 +149,7 @@ class Runtime:
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
         config = {"preload": preload}
+        hard_limit = parse_bytes(max_memory_per_worker)
         self.workers = workers
         server = fork_fork_server() if start_method == "forkserver" else None
         self._engine = _core.Engine(
@@ -104,6 +161,8 @@ class Runtime:
             max_tasks_per_child=max_tasks_per_child or 0,
             fork_server_pid=server[0] if server else -1,
             fork_server_fd=server[1] if server else -1,
+            memory_hard_limit=hard_limit,
+            memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
         )
         self._lock = threading.Lock()
         self._handlers: dict[int, Handler] = {}
@@ -138,19 +197,27 @@ class Runtime:
         if reason is not None:
             raise BrokenPoolError(reason)
 
-    def submit(self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0) -> int:
+    def submit(
+        self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
         fn_id = self._function_id(fn)
         job_id = next(self._job_ids)  # atomic under the GIL
         self._handlers[job_id] = handler  # filed before the job can finish
         try:
-            self._engine.submit_as(job_id, fn_id, tag, payload, retries)
+            self._engine.submit_as(job_id, fn_id, tag, payload, retries, _check_timeout(timeout))
         except BaseException:
             del self._handlers[job_id]
             raise
         return job_id
 
-    def submit_call(self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0) -> int:
-        return self.submit(fn, CALL, dumps((args, kwargs)), handler, retries)
+    def submit_call(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
+        return self.submit(fn, CALL, dumps((args, kwargs)), handler, retries, timeout)
+
+    @staticmethod
+    def pack_chunk(chunk: list) -> bytes:
+        return dumps(chunk, "map item")
 
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
@@ -169,7 +236,9 @@ class Runtime:
             pop = self._handlers.pop
             handlers = [pop(job[0], None) for job in batch]
             for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
-                if handler is not None:
+                if status == LOG:
+                    log.log(run_ns, "%s", payload.decode(errors="replace"))
+                elif handler is not None:
                     try:
                         handler(status, run_ns, payload)
                     except Exception:  # noqa: BLE001 - a user callback must not kill the thread
@@ -214,12 +283,16 @@ class Runtime:
         retries: int = 0,
         total: Optional[int] = None,
         bounded: bool = True,
+        timeout: Optional[float] = None,
         on_chunk: Optional[Callable[[int], None]] = None,
         on_complete: Optional[Callable[["MapFeed"], None]] = None,
     ) -> "MapFeed":
         """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
         ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did."""
+        if timeout is not None and chunksize is None:
+            chunksize = 1  # a time limit is per task: one task per job
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
+        feed.timeout = timeout
         feed.on_chunk, feed.on_complete = on_chunk, on_complete
         feed.start()
         return feed
@@ -261,6 +334,9 @@ class MapFeed:
         self._growth = 1
         self._max_in_flight = 2 * runtime.workers + 2
         self._bounded = bounded
+        self._refilling = False
+        self._completion_reported = False
+        self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
         runtime._function_id(fn)  # an unpicklable callable fails here, in the caller
@@ -268,8 +344,14 @@ class MapFeed:
     def start(self) -> None:
         with self._cond:
             self._refill_locked()
-            complete = self._exhausted and not self._in_flight
-        if complete and self.on_complete is not None:
+        self._report_if_complete()
+
+    def _report_if_complete(self) -> None:
+        with self._cond:
+            if self._completion_reported or not (self._exhausted and not self._in_flight):
+                return
+            self._completion_reported = True
+        if self.on_complete is not None:
             self.on_complete(self)
 
     # -- feeding --------------------------------------------------------------
@@ -288,6 +370,15 @@ class MapFeed:
         return max(1, min(size, 100_000))
 
     def _refill_locked(self) -> None:
+        if self._refilling:  # a serial runtime finishes jobs inside submit(): no recursion
+            return
+        self._refilling = True
+        try:
+            self._refill_loop()
+        finally:
+            self._refilling = False
+
+    def _refill_loop(self) -> None:
         while not self._exhausted and not self._closed and len(self._in_flight) < self._max_in_flight:
             if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
                 return  # the consumer is behind: stop reading ahead
@@ -311,10 +402,20 @@ class MapFeed:
             if self._remaining is not None:
                 self._remaining -= len(chunk)
             self._held_items += len(chunk)
-            payload = dumps(chunk, "map item")
-            self._in_flight[index] = self._runtime.submit(
-                self._fn, self._tag, payload, lambda s, ns, p, i=index, n=len(chunk): self._done(i, n, s, ns, p), self._retries
-            )
+            payload = self._runtime.pack_chunk(chunk)
+            self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
+            try:
+                job_id = self._runtime.submit(
+                    self._fn, self._tag, payload, partial(self._done, index, len(chunk)), self._retries, self.timeout
+                )
+            except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
+                del self._in_flight[index]
+                self._input_error = RuntimeError(f"the pool stopped before this map finished: {exc}")
+                self._exhausted = True
+                self._cond.notify_all()
+                return
+            if index in self._in_flight:
+                self._in_flight[index] = job_id
 
     def _done(self, index: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
         values, failures = self._decode_chunk(status, payload, count)
@@ -326,14 +427,14 @@ class MapFeed:
             self._finished[index] = (values, failures, count)
             self._refill_locked()
             self._cond.notify_all()
-            complete = self._exhausted and not self._in_flight
         if self.on_chunk is not None:
             self.on_chunk(count)
-        if complete and self.on_complete is not None:
-            self.on_complete(self)
+        self._report_if_complete()
 
     @staticmethod
-    def _decode_chunk(status: int, payload: bytes, count: int) -> tuple[list, dict[int, BaseException]]:
+    def _decode_chunk(status: int, payload: Any, count: int) -> tuple[list, dict[int, BaseException]]:
+        if status == INLINE_OK:
+            return payload
         if status == ERROR:
             try:
                 values, failed = loads(payload)

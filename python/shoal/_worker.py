@@ -5,6 +5,7 @@ Everything that waits or touches shared memory happens in the C++ endpoint
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -26,6 +27,48 @@ _worker_id: Optional[int] = None
 def worker_id() -> Optional[int]:
     """The index (0..workers-1) of the worker running the current task; None outside workers."""
     return _worker_id
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that writes complete lines to the underlying file descriptor at once."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._fd = stream.fileno()
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._pending = ""
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        cut = self._pending.rfind("\n") + 1
+        if cut:
+            self._emit(self._pending[:cut])
+            self._pending = self._pending[cut:]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def _emit(self, text: str) -> None:
+        self._stream.flush()
+        data = text.encode(self._encoding, errors="backslashreplace")
+        while data:
+            data = data[os.write(self._fd, data):]
 
 
 def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
@@ -64,6 +107,10 @@ def serve(segment: str, slot: int) -> None:
     global _worker_id
     _worker_id = slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Workers share the parent's stdout/stderr: write whole lines, each in one
+    # write(2), so lines from different workers never tear into each other.
+    sys.stdout = _LineWriter(sys.stdout)
+    sys.stderr = _LineWriter(sys.stderr)
     endpoint = _core.WorkerEndpoint(segment, slot)
     functions: dict[int, Callable[..., Any]] = {}
     while True:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 
-__all__ = ["WorkerLostError", "RemoteError", "RemoteTraceback", "BrokenPoolError"]
+__all__ = ["WorkerLostError", "MemoryLimitError", "RemoteError", "RemoteTraceback", "BrokenPoolError"]
 
 
 class WorkerLostError(RuntimeError):
@@ -12,6 +12,10 @@ class WorkerLostError(RuntimeError):
     The message names the worker, its pid and how it ended. Pass ``retries=N``
     to re-run such tasks on a fresh worker instead.
     """
+
+
+class MemoryLimitError(MemoryError):
+    """A task drove its worker past ``max_memory_per_worker``; the worker was killed and replaced."""
 
 
 class BrokenPoolError(BrokenExecutor):
@@ -44,3 +48,6 @@ class RemoteError(Exception):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+
+    def __reduce__(self):
+        return type(self), (self.type_name, self.message, self.traceback)

@@ -6,10 +6,11 @@ import time
 from concurrent import futures
 from concurrent.futures._base import PENDING, RUNNING
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from ._progress import progress_bar
-from ._runtime import Cancelled, Runtime, decode
+from ._runtime import Cancelled, Runtime, decode  # noqa: F401 - Runtime for typing
+from ._serial import make_runtime
 
 __all__ = ["Executor"]
 
@@ -58,8 +59,14 @@ class Executor(futures.Executor):
 
     Args:
         max_workers: worker processes; default: the CPUs this process may use.
+            ``0`` runs every task inline in the caller (debug mode, as does
+            the environment variable ``SHOAL_SERIAL=1``).
         initializer: called as ``initializer(*initargs)`` once in each worker.
         max_tasks_per_child: replace a worker after this many tasks.
+        max_memory_per_worker: resident memory limit per worker (bytes or a
+            string like ``"2GB"``): a task that drives its worker past it is
+            killed and raises ``shoal.MemoryLimitError``; a worker above 80 %
+            of it after a task is replaced before its next one.
         start_method: ``"forkserver"`` (default: workers forked from a clean
             helper process, so a replacement costs milliseconds) or ``"spawn"``.
     """
@@ -71,11 +78,19 @@ class Executor(futures.Executor):
         initializer: Optional[Callable[..., Any]] = None,
         initargs: tuple = (),
         max_tasks_per_child: Optional[int] = None,
+        max_memory_per_worker: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        self._runtime = Runtime(max_workers, initializer, initargs, max_tasks_per_child, start_method)
+        if max_workers is not None and max_workers < 0:
+            raise ValueError("max_workers must be 0 (run inline) or more")
+        self._runtime = make_runtime(
+            max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            start_method=start_method,
+            max_memory_per_worker=max_memory_per_worker,
+        )
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
 
@@ -84,14 +99,23 @@ class Executor(futures.Executor):
         """How many worker processes the pool runs."""
         return self._runtime.workers
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> futures.Future:
-        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: Optional[float] = None, **kwargs: Any
+    ) -> futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
+
+        ``retries``: re-run the task up to this many times if its worker dies
+        under it (else it fails with ``shoal.WorkerLostError``). ``timeout``:
+        seconds the task may run; past it its worker is stopped and replaced
+        and the future raises ``TimeoutError``. Both names are taken by shoal,
+        so ``fn`` cannot receive keyword arguments called ``retries`` or ``timeout``.
+        """
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._runtime.check_usable()
             fut = _Future(self._runtime)
-            fut._job_id = self._runtime.submit_call(fn, args, kwargs, partial(_resolve, fut), retries)
+            fut._job_id = self._runtime.submit_call(fn, args, kwargs, partial(_resolve, fut), retries, timeout)
             return fut
 
     def map(
@@ -102,6 +126,7 @@ class Executor(futures.Executor):
         chunksize: Optional[int] = None,
         progress: bool = False,
         retries: int = 0,
+        task_timeout: Optional[float] = None,
     ) -> Iterator[Any]:
         """Like ``builtins.map(fn, *iterables)``, run in the workers, results in order.
 
@@ -109,6 +134,8 @@ class Executor(futures.Executor):
         from this call) bounds the wait for each result: TimeoutError after it.
         An exception raised by ``fn`` is raised when its result is reached.
         ``chunksize=None`` sizes chunks from the measured task time.
+        ``task_timeout`` limits each task's run time (``timeout`` keeps its
+        stdlib meaning); ``retries`` re-runs tasks whose worker died.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -118,7 +145,9 @@ class Executor(futures.Executor):
             self._runtime.check_usable()
         deadline = None if timeout is None else time.monotonic() + timeout
         total = _common_length(iterables)
-        feed = self._runtime.map(fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries)
+        feed = self._runtime.map(
+            fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries, timeout=task_timeout
+        )
         return _ordered_results(feed, deadline, progress_bar(progress, total))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -126,6 +155,15 @@ class Executor(futures.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         self._runtime.shutdown(wait, cancel_futures)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: drop what is queued and stop the workers now, not after their tasks.
+            with self._shutdown_lock:
+                self._shutdown = True
+            self._runtime.terminate()
+        else:
+            self.shutdown(wait=True)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers."""

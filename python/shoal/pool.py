@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import threading
 from multiprocessing import TimeoutError as MpTimeoutError
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from ._progress import progress_bar
-from ._runtime import Runtime, decode
+from ._runtime import decode
+from ._serial import make_runtime
 
 __all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
 
@@ -135,6 +136,11 @@ class Pool:
     ``chunksize=None`` (the default everywhere) sizes chunks from the measured
     task time; ``progress=True`` on the map methods shows a tqdm bar. As in
     multiprocessing, leaving a ``with Pool() as p:`` block calls terminate().
+
+    Beyond multiprocessing: ``retries=N`` re-runs a task whose worker died;
+    ``timeout=`` (seconds, on apply_async and the map methods) limits each
+    task's run time; ``max_memory_per_worker`` limits resident memory (see
+    ``shoal.Executor``); ``Pool(0)`` or ``SHOAL_SERIAL=1`` runs tasks inline.
     """
 
     def __init__(
@@ -144,11 +150,20 @@ class Pool:
         initargs: Iterable[Any] = (),
         maxtasksperchild: Optional[int] = None,
         *,
+        max_memory_per_worker: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if processes is not None and processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        self._runtime = Runtime(processes, initializer, initargs, maxtasksperchild, start_method, cancel_at_exit=True)
+        if processes is not None and processes < 0:
+            raise ValueError("Number of processes must be at least 1 (or 0 to run tasks inline)")
+        self._runtime = make_runtime(
+            processes,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=maxtasksperchild,
+            start_method=start_method,
+            cancel_at_exit=True,
+            max_memory_per_worker=max_memory_per_worker,
+        )
         self._state = _RUN
 
     @property
@@ -175,16 +190,19 @@ class Pool:
         error_callback: Optional[Callable[[BaseException], None]] = None,
         *,
         retries: int = 0,
+        timeout: Optional[float] = None,
     ) -> AsyncResult:
         """Schedule ``func(*args, **kwds)``; callbacks run in the pool's result thread."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
-        self._runtime.submit_call(func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*decode(s, p)), retries)
+        self._runtime.submit_call(
+            func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*decode(s, p)), retries, timeout
+        )
         return result
 
     # -- maps -----------------------------------------------------------------
 
-    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries) -> MapResult:
+    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, timeout) -> MapResult:
         self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
@@ -194,45 +212,47 @@ class Pool:
         def start(on_chunk, on_complete):
             return self._runtime.map(
                 func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
-                on_chunk=on_chunk, on_complete=on_complete, retries=retries,
+                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout,
             )
 
         return MapResult(start, callback, error_callback, bar)
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-            *, progress: bool = False, retries: int = 0) -> list:
+            *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
         """``list(map(func, iterable))``, run in the workers."""
-        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries).get()
+        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries, timeout).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                  *, progress: bool = False, retries: int = 0) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries)
+                  *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries, timeout)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
-                *, progress: bool = False, retries: int = 0) -> list:
+                *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
         """Like map, calling ``func(*args)`` for each args tuple."""
-        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries).get()
+        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries, timeout).get()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                      *, progress: bool = False, retries: int = 0) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries)
+                      *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries, timeout)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-             *, progress: bool = False, retries: int = 0) -> IMapIterator:
+             *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
         """Lazy, ordered map: reads the input as results are consumed."""
-        return self._imap(func, iterable, chunksize, True, progress, retries)
+        return self._imap(func, iterable, chunksize, True, progress, retries, timeout)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-                       *, progress: bool = False, retries: int = 0) -> IMapIterator:
+                       *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
         """Like imap, yielding results as they finish."""
-        return self._imap(func, iterable, chunksize, False, progress, retries)
+        return self._imap(func, iterable, chunksize, False, progress, retries, timeout)
 
-    def _imap(self, func, iterable, chunksize, ordered, progress, retries) -> IMapIterator:
+    def _imap(self, func, iterable, chunksize, ordered, progress, retries, timeout) -> IMapIterator:
         self._check_running()
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         total = len(iterable) if hasattr(iterable, "__len__") else None
-        feed = self._runtime.map(func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries)
+        feed = self._runtime.map(
+            func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=timeout
+        )
         return IMapIterator(feed, progress_bar(progress, total))
 
     # -- life cycle -----------------------------------------------------------

@@ -3,10 +3,13 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 
 #include "shoal/ipc/errors.hpp"
 
@@ -23,6 +26,28 @@ using Clock = std::chrono::steady_clock;
 constexpr uint32_t kStartupFailuresPerSlot = 3;
 constexpr auto kStopGrace = std::chrono::seconds(3);
 constexpr auto kEngineTick = std::chrono::milliseconds(100);
+// With time or memory limits in force, running jobs are checked this often.
+constexpr auto kLimitTick = std::chrono::milliseconds(10);
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
+}
+
+// Resident set size of a process, in bytes; 0 if it cannot be read.
+uint64_t resident_bytes(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/statm", pid);
+  FILE* f = std::fopen(path, "r");
+  if (!f) return 0;
+  unsigned long long size = 0, resident = 0;
+  int n = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
 }  // namespace
 
@@ -87,7 +112,8 @@ uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int r
   return id;
 }
 
-void Engine::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
+void Engine::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
+                       double timeout_s) {
   std::lock_guard lk(mu_);
   if (closing_) throw ClosedError("cannot schedule new work after shutdown");
   ++stats_.submitted;
@@ -96,7 +122,12 @@ void Engine::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string pa
     completions_cv_.notify_all();
     return;
   }
-  pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload))});
+  const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
+  if (timeout_ns && !timeouts_used_) {
+    timeouts_used_ = true;
+    layout_.header().doorbell.notify_all();  // let the engine thread switch to the short tick
+  }
+  pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns});
   pending_ids_.insert(id);
   dispatch_locked();
 }
@@ -208,12 +239,15 @@ void Engine::run() {
   std::optional<Clock::time_point> stop_deadline;
   std::unique_lock lk(mu_, std::defer_lock);
   for (;;) {
-    bell.wait_until([&] { return events_pending_.load() || any_outbox_readable(); }, Deadline::after(kEngineTick), 16);
+    const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
+    bell.wait_until([&] { return events_pending_.load() || any_outbox_readable(); },
+                    Deadline::after(limits ? kLimitTick : kEngineTick), 16);
     lk.lock();
     events_pending_ = false;
     handle_events_locked();
     for (uint32_t i = 0; i < slots_.size(); ++i)
       if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+    if (limits) enforce_limits_locked();
     dispatch_locked();
 
     if (closing_ && !stopping_ && idle_locked()) {
@@ -265,6 +299,7 @@ void Engine::handle_events_locked() {
         s.pid = e.pid;
         if (s.state == SlotState::starting) s.state = SlotState::alive;
         ++stats_.workers_started;
+        log_locked(LogLevel::debug, worker_name(e.slot) + " started");
         break;
       case ProcessEvent::Type::spawn_failed:
         handle_exit_locked(e.slot, -1, W_EXITCODE(127, 0));
@@ -285,6 +320,7 @@ void Engine::start_slot_locked(uint32_t slot) {
   s.functions_to_drop.clear();
   s.dispatched = 0;
   s.completed = 0;
+  s.retired = false;
   if (!options_.init_payload.empty()) {
     Blob init(options_.init_payload);
     push_frame_locked(s, FrameHeader{Kind::initialize, 0, 0, 0}, &init);
@@ -302,6 +338,10 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
     Job& job = *it;
     // Only the job that was running is to blame; the ones queued behind it go
     // back to the front of the queue untouched.
+    if (job.id == running && s.kill_reason && s.kill_reason->job_id == job.id) {
+      complete_locked(job.id, s.kill_reason->status, 0, s.kill_reason->message);
+      continue;
+    }
     if (job.id == running) {
       if (job.retries_left == 0) {
         complete_locked(job.id, Status::worker_lost, 0,
@@ -319,7 +359,13 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   if (!clean) {
     ++stats_.workers_lost;
     if (running == 0 && s.completed == 0) ++failures_without_progress_;
+    if (!s.kill_reason && !stopping_)
+      log_locked(LogLevel::warning, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
+                                        describe_exit(wait_status) + "; starting a replacement");
+  } else {
+    log_locked(LogLevel::debug, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") exited");
   }
+  s.kill_reason.reset();
   s.state = SlotState::dead;
   s.pid = 0;
   if (stopping_ || broken_) return;
@@ -365,12 +411,67 @@ void Engine::drain_outbox_locked(uint32_t slot) {
     failures_without_progress_ = 0;
     run_ns_ewma_ = run_ns_ewma_ == 0 ? double(h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(h.arg);
     complete_locked(h.id, static_cast<Status>(h.tag), h.arg, std::move(payload));
+    if (options_.memory_soft_limit && s.state == SlotState::alive && s.pid > 0) {
+      const uint64_t rss = resident_bytes(s.pid);
+      if (rss > options_.memory_soft_limit) {
+        log_locked(LogLevel::info, worker_name(slot) + " uses " + mib(rss) + ", over the soft limit of " +
+                                       mib(options_.memory_soft_limit) + "; replacing it after its current work");
+        retire_locked(s);
+      }
+    }
+  }
+}
+
+void Engine::retire_locked(Slot& s) {
+  s.inbox.close();  // it finishes what it holds, exits, and the slot is refilled
+  s.retired = true;
+}
+
+std::string Engine::worker_name(uint32_t slot) const {
+  return "worker " + std::to_string(slot) + " (pid " + std::to_string(slots_[slot].pid) + ")";
+}
+
+void Engine::log_locked(LogLevel level, std::string message) {
+  completions_.push_back(Completion{0, Status::log, static_cast<uint64_t>(level), std::move(message)});
+}
+
+void Engine::enforce_limits_locked() {
+  const uint64_t now = monotonic_ns();
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    if (s.state != SlotState::alive || s.pid <= 0 || s.kill_reason || s.in_flight.empty()) continue;
+    const uint64_t running = layout_.status(i).running_job.load();
+    if (running == 0) continue;
+    auto job = std::find_if(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == running; });
+    if (job == s.in_flight.end()) continue;
+    const uint64_t started = layout_.status(i).started_ns.load();
+    if (job->timeout_ns && started && now > started && now - started > job->timeout_ns) {
+      char limit[32];
+      std::snprintf(limit, sizeof limit, "%.3g s", double(job->timeout_ns) / 1e9);
+      std::string why = "the task ran longer than its time limit of " + std::string(limit) + "; " + worker_name(i) +
+                        " was stopped and replaced";
+      log_locked(LogLevel::warning, why);
+      s.kill_reason = KillReason{running, Status::timed_out, why};
+      kill(s.pid, SIGKILL);
+      continue;
+    }
+    if (options_.memory_hard_limit) {
+      const uint64_t rss = resident_bytes(s.pid);
+      if (rss > options_.memory_hard_limit) {
+        std::string why = "the task drove " + worker_name(i) + " to " + mib(rss) + " of resident memory, over the limit of " +
+                          mib(options_.memory_hard_limit) + " (max_memory_per_worker); the worker was killed and replaced";
+        log_locked(LogLevel::warning, why);
+        s.kill_reason = KillReason{running, Status::memory_exceeded, why};
+        kill(s.pid, SIGKILL);
+      }
+    }
   }
 }
 
 std::size_t Engine::prefetch_depth() const {
   // Long jobs go one at a time (a queued job behind a long one could have run
   // elsewhere); tiny jobs are queued deeper so a worker never waits for the parent.
+  if (run_ns_ewma_ == 0) return 2;  // nothing measured yet: assume jobs may be long
   if (run_ns_ewma_ >= 1e6) return 1;
   if (run_ns_ewma_ >= 1e5) return 2;
   return 8;
@@ -389,7 +490,7 @@ void Engine::dispatch_locked() {
       const Slot& s = slots_[i];
       if (full[i] || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
       if (s.in_flight.size() >= depth) continue;
-      if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) continue;
+      if (s.retired || (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child)) continue;
       if (best < 0 || s.in_flight.size() < slots_[best].in_flight.size()) best = static_cast<int>(i);
     }
     if (best < 0) return;
@@ -423,7 +524,7 @@ bool Engine::send_job_locked(uint32_t slot, Job& job) {
   s.in_flight.push_back(std::move(job));
   // A worker past its budget is retired by closing its inbox: it finishes what
   // it holds, then exits, and the slot gets a fresh worker.
-  if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) s.inbox.close();
+  if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) retire_locked(s);
   return true;
 }
 

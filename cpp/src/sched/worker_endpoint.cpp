@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <ctime>
+
 #include "shoal/ipc/errors.hpp"
 #include "shoal/sched/blob.hpp"
 
@@ -13,6 +15,14 @@ WorkerEndpoint::WorkerEndpoint(const std::string& segment_name, uint32_t slot)
   inbox_ = layout_.inbox(slot);
   outbox_ = layout_.outbox(slot);
   layout_.status(slot).pid.store(static_cast<uint32_t>(getpid()));
+}
+
+void WorkerEndpoint::mark_running(uint64_t job_id) {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  SlotStatus& st = layout_.status(slot_);
+  st.started_ns.store(uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec), std::memory_order_relaxed);
+  st.running_job.store(job_id, std::memory_order_seq_cst);
 }
 
 void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {

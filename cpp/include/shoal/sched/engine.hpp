@@ -38,7 +38,14 @@ struct EngineOptions {
   std::string init_payload;          // pickled (initializer, initargs); empty for none
   uint64_t max_tasks_per_child = 0;  // 0: workers live as long as the pool
   ForkServerHandle fork_server_handle;  // a fork server the caller started, to adopt
+  // Resident memory per worker: past the hard limit the running job is killed
+  // (memory_exceeded); past the soft limit after a job the worker is replaced.
+  uint64_t memory_hard_limit = 0;  // bytes, 0 = none
+  uint64_t memory_soft_limit = 0;  // bytes, 0 = none
 };
+
+// Python's logging levels, for the log records the engine emits.
+enum class LogLevel : uint64_t { debug = 10, info = 20, warning = 30, error = 40 };
 
 struct Completion {
   uint64_t job_id;
@@ -73,7 +80,10 @@ class Engine {
   uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
   // The same with an id the caller chose (unique, non-zero), so it can file
   // its bookkeeping for the job before the job can possibly finish.
-  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
+  // `timeout_s` > 0 limits the job's run time: past it the worker is killed
+  // and replaced, and the job ends as timed_out.
+  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0,
+                 double timeout_s = 0);
   // Removes a job that no worker holds yet; false if it already left the queue.
   bool cancel(uint64_t job_id);
 
@@ -100,6 +110,13 @@ class Engine {
     uint32_t tag;
     int retries_left;
     Blob payload;
+    uint64_t timeout_ns = 0;
+  };
+  // Why the engine killed a worker, so its exit is reported as that, not as a crash.
+  struct KillReason {
+    uint64_t job_id;
+    proto::Status status;
+    std::string message;
   };
   enum class SlotState { starting, alive, stopping, dead };
   struct Slot {
@@ -111,6 +128,8 @@ class Engine {
     std::vector<uint64_t> functions_to_drop;
     uint64_t dispatched = 0;  // this incarnation, for max_tasks_per_child
     uint64_t completed = 0;   // this incarnation
+    std::optional<KillReason> kill_reason;
+    bool retired = false;  // inbox closed: no more jobs for this incarnation
     bool needs_init = true;
   };
 
@@ -125,6 +144,10 @@ class Engine {
   bool push_frame_locked(Slot& s, proto::FrameHeader h, Blob* payload);
   std::size_t prefetch_depth() const;
   void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
+  void log_locked(LogLevel level, std::string message);
+  void enforce_limits_locked();
+  void retire_locked(Slot& s);
+  std::string worker_name(uint32_t slot) const;
   void fail_everything_locked(const std::string& reason);
   bool idle_locked() const;
   bool any_outbox_readable() const;
@@ -147,6 +170,7 @@ class Engine {
   std::atomic<bool> is_broken_{false};  // broken_ has a value; readable without mu_
   uint32_t failures_without_progress_ = 0;
   double run_ns_ewma_ = 0;
+  std::atomic<bool> timeouts_used_{false};  // some job had a time limit: check running jobs often
   EngineStats stats_;
 
   std::vector<ProcessEvent> events_;  // guarded by mu_

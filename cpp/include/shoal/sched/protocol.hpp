@@ -23,7 +23,10 @@ enum class Status : uint32_t {
   error = 1,         // payload: the pickled exception (with its remote traceback)
   worker_lost = 2,   // payload: UTF-8 text naming the worker, its exit and the job
   cancelled = 3,     // payload: empty
-  broken = 4,        // payload: the pickled exception that broke the pool (initializer)
+  broken = 4,        // payload: UTF-8 text saying why the pool cannot run tasks
+  timed_out = 5,     // payload: UTF-8 text; the job ran past its time limit and its worker was stopped
+  memory_exceeded = 6,  // payload: UTF-8 text; the job drove its worker past the memory limit
+  log = 7,           // not a job: a log record (job id 0, run_ns = logging level, payload = text)
 };
 
 // Set in FrameHeader::tag when the payload is the name of a shared-memory

@@ -32,7 +32,7 @@ class WorkerEndpoint {
       spilled_name.resize(n);
       return reinterpret_cast<std::byte*>(spilled_name.data());
     });
-    if (h.kind == proto::Kind::job) layout_.status(slot_).running_job.store(h.id, std::memory_order_seq_cst);
+    if (h.kind == proto::Kind::job) mark_running(h.id);
     if (h.tag & proto::kSpilled) {
       h.tag &= ~proto::kSpilled;
       // The parent owns job payload segments (it may re-send them on retry);
@@ -47,6 +47,7 @@ class WorkerEndpoint {
 
  private:
   void send(proto::FrameHeader h, std::string_view payload);
+  void mark_running(uint64_t job_id);
 
   PoolLayout layout_;
   uint32_t slot_;

@@ -1,0 +1,209 @@
+#pragma once
+// A shared-memory arena of reference-counted blocks, usable from every process
+// that attaches it by name.
+//
+// The creating process (the pool's parent) owns the arena: a small control
+// segment holds a robust process-shared mutex, the free lists and a table of
+// segment slots. Blocks come from pooled segments (4 MiB for the first, then
+// doubling up to `segment_bytes`, 64 MiB by default) that are created on demand
+// by whichever process needs room, and mapped lazily by the others; a block
+// larger than a quarter of `segment_bytes` gets a segment of its own, which is
+// unlinked and unmapped as soon as the block is freed. Every segment name
+// starts with `shoal-<creator pid>-`, whoever created it, so the names die with
+// the owner: the owner unlinks them all when it closes or destroys its arena,
+// and reclaim_stale_segments() removes them if the owner was SIGKILLed.
+//
+// References. Each block carries a reference count in shared memory. alloc()
+// returns a block holding one reference; retain() adds one, release() drops
+// one, and the process that drops the last one frees the block, whichever it
+// is. A reference is a token that may be handed from process to process with
+// the descriptor (adopt()/disown() keep the local mapping bookkeeping right).
+// try_retain() takes a reference from a bare descriptor, if the block still
+// lives (it checks the generation).
+//
+// Crash safety. Allocation and freeing run under the robust mutex, and every
+// change to the authoritative state (the chain of block headers in each pooled
+// segment, each block's used/free word, each slot's kind) is a single aligned
+// store made after everything it publishes is in place. The free lists and the
+// byte counters are derived data: when a process dies holding the mutex, the
+// next locker rebuilds them from the headers and slots (recovery). So a process
+// killed at any instant cannot corrupt the arena. What it can leak, until the
+// owner destroys the arena: the references it held (their blocks stay
+// allocated), a block it had just allocated and not yet handed to anyone, and
+// the reservation of a huge block it was creating outside the mutex. Names
+// never leak: each is written to the slot table before the segment exists.
+//
+// Memory. Touched pages of pooled segments stay with the arena (they are
+// reused, not returned to the system, until the arena goes); huge blocks give
+// their memory back when freed. Segments are fully backed when created
+// (fallocate), so a full /dev/shm shows up as ArenaLimitError, never SIGBUS.
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "shoal/ipc/segment.hpp"
+#include "shoal/mem/block.hpp"
+
+namespace shoal {
+
+// An allocation the arena's limit (or /dev/shm) cannot hold. The bindings map it
+// to MemoryError.
+class ArenaLimitError : public std::runtime_error {
+ public:
+  ArenaLimitError(const std::string& what, std::size_t requested, std::size_t limit, std::size_t used)
+      : std::runtime_error(what), requested_(requested), limit_(limit), used_(used) {}
+  std::size_t requested() const { return requested_; }
+  std::size_t limit() const { return limit_; }
+  std::size_t used() const { return used_; }
+
+ private:
+  std::size_t requested_, limit_, used_;
+};
+
+namespace arena_detail {
+struct Control;
+struct BlockHeader;
+}  // namespace arena_detail
+
+class SharedArena {
+ public:
+  static constexpr std::size_t kDefaultSegmentBytes = std::size_t{64} << 20;
+  static constexpr std::size_t kFirstSegmentBytes = std::size_t{4} << 20;
+  static constexpr std::size_t kAlignment = 64;  // every block's data is 64-byte aligned
+  static constexpr uint32_t kMaxSegments = 1024;
+
+  // Creates an arena owned by this process. `limit_bytes` bounds both the bytes
+  // in live blocks and the shared memory the arena maps; 0 means half of the
+  // space free in /dev/shm now (default_limit()).
+  static std::shared_ptr<SharedArena> create(std::size_t limit_bytes = 0,
+                                             std::size_t segment_bytes = kDefaultSegmentBytes);
+  // Attaches to the arena called `name`. Within one process there is one handle
+  // per arena: this returns the live one if there is. Throws NotFoundError for
+  // an unknown name, std::invalid_argument if the segment is not an arena.
+  static std::shared_ptr<SharedArena> attach(const std::string& name);
+  // Half of the space free in /dev/shm (statvfs), or 1 GiB if it cannot be read.
+  static std::size_t default_limit();
+
+  ~SharedArena();
+  SharedArena(const SharedArena&) = delete;
+  SharedArena& operator=(const SharedArena&) = delete;
+
+  const std::string& name() const;
+  bool owns_name() const;
+  std::size_t limit_bytes() const;
+  std::size_t segment_bytes() const;
+  // Bytes in live blocks (with their headers and rounding), in all processes.
+  std::size_t used_bytes() const;
+  // Bytes of shared memory in the arena's segments (not counting the control segment).
+  std::size_t mapped_bytes() const;
+  // Live segments, pooled and dedicated.
+  std::size_t segment_count() const;
+  // How often a process found the mutex's holder dead and rebuilt the free lists.
+  uint64_t recoveries() const;
+
+  // Allocates `size` bytes (64-byte aligned) holding one reference for the
+  // caller. `zero`: fill with zeros (free for memory fresh from the system).
+  // Throws ArenaLimitError past the limit or when /dev/shm is full, ClosedError
+  // once the owner closed the arena.
+  Block alloc(std::size_t size, bool zero = false);
+  // Adds a reference; the caller must hold one already (here or elsewhere).
+  void retain(const Block& block);
+  // Adds a reference if the block is still the one the descriptor names (it may
+  // have been freed, and its memory reused); false if not.
+  bool try_retain(const Block& block);
+  // Drops a reference; the last one frees the block. Throws std::invalid_argument
+  // for a descriptor whose block is gone (a release too many).
+  void release(const Block& block);
+  // Local bookkeeping when a reference changes process: adopt() in the process
+  // that takes over a reference made elsewhere (before calling data()), disown()
+  // in the process that hands its reference over without releasing it. Neither
+  // changes the shared count. alloc/retain/try_retain adopt implicitly, release
+  // disowns implicitly.
+  void adopt(const Block& block);
+  void disown(const Block& block);
+  // The block's bytes in this process; valid while this process holds a
+  // reference (a dedicated segment is unmapped once it holds none).
+  std::byte* data(const Block& block);
+  // The block's reference count (a snapshot, for tests and diagnostics).
+  uint32_t refcount(const Block& block);
+  // Whether [address, address + length) lies inside one of the arena's segments
+  // as mapped in this process.
+  bool contains(const void* address, std::size_t length = 1) const;
+
+  // Checks the allocator's invariants (header chain, free lists, counters).
+  // Returns an empty string when they hold, else a description of what does not.
+  std::string check();
+
+  // In the owner: unlinks every name of the arena now and refuses further
+  // allocations everywhere. Mappings stay valid, so live blocks stay usable in
+  // processes that mapped them. Elsewhere: only refuses further allocations
+  // through this handle. Idempotent; the destructor does it too.
+  void close();
+  bool closed() const;
+
+ private:
+  friend struct ArenaTestAccess;  // tests simulate a process dying mid-operation
+  class Locked;
+  struct LocalDedicated {
+    SharedSegment segment;
+    uint32_t pins = 0;
+  };
+
+  SharedArena(SharedSegment control, bool owner);
+  static void register_handle(const std::shared_ptr<SharedArena>& arena);
+
+  arena_detail::Control& ctl() const { return *ctl_; }
+  // Slots and mappings.
+  uint32_t claim_slot_locked(std::size_t bytes, uint32_t purpose);
+  void forget_slot_locked(uint32_t slot);
+  std::byte* pooled_base(uint32_t slot) const;
+  std::size_t pooled_size(uint32_t slot) const;
+  std::atomic<uint32_t>& refs_of(const Block& block) const;
+  arena_detail::BlockHeader* pooled_header(const Block& block) const;
+  void pin(const Block& block);
+  void unpin(const Block& block);
+  [[noreturn]] void throw_limit(std::size_t requested, const char* why) const;
+  void unlink_all_names();
+
+  // Huge blocks: a segment each.
+  Block alloc_dedicated(std::size_t size);
+  void free_dedicated_locked(uint32_t slot);
+
+  // Pooled segments (arena_pool.cpp): first fit over size-class free lists,
+  // split on allocation, coalesce on free.
+  // An empty Block (generation 0) when the pooled segments cannot grow within the limit.
+  Block alloc_pooled(std::size_t size, bool zero);
+  uint64_t take_free_locked(uint64_t span);
+  uint64_t grow_locked(uint64_t span);
+  void free_pooled_locked(uint32_t slot, uint64_t header_offset);
+  arena_detail::BlockHeader* header_at(uint64_t ref) const;
+  void push_free_locked(uint64_t ref, arena_detail::BlockHeader* h);
+  void unlink_free_locked(arena_detail::BlockHeader* h);
+  void recover_locked();
+  uint64_t rebuild_segment_locked(uint32_t slot);
+  std::string check_locked();
+
+  SharedSegment control_;
+  arena_detail::Control* ctl_ = nullptr;
+  pid_t owner_pid_ = 0;  // the creating process; 0 in attached handles
+  std::atomic<bool> closed_{false};
+
+  // This process's mappings. Pooled segments stay mapped for the handle's
+  // life; their bases are published lock-free. Dedicated segments are mapped
+  // while this process holds a reference (pins), keyed by generation.
+  mutable std::mutex local_mu_;
+  mutable std::vector<std::unique_ptr<SharedSegment>> pooled_;
+  std::unique_ptr<std::atomic<std::byte*>[]> pooled_base_;
+  std::unique_ptr<std::atomic<std::size_t>[]> pooled_size_;
+  std::unordered_map<uint64_t, LocalDedicated> dedicated_;
+};
+
+}  // namespace shoal

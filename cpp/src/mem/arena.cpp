@@ -1,0 +1,511 @@
+// SharedArena: life cycle, the segment slot table, reference counts, mappings
+// and huge (dedicated) blocks. The pooled-segment allocator is in arena_pool.cpp.
+#include "shoal/mem/arena.hpp"
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <system_error>
+
+#include "arena_layout.hpp"
+#include "arena_lock.hpp"
+#include "shm_file.hpp"
+#include "shoal/ipc/errors.hpp"
+
+namespace shoal {
+
+using namespace arena_detail;
+
+namespace {
+
+std::size_t page_size() {
+  static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+std::string human(std::size_t bytes) {
+  char buf[64];
+  if (bytes >= (std::size_t{1} << 30))
+    std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(bytes) / (1 << 30));
+  else if (bytes >= (std::size_t{1} << 20))
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  else if (bytes >= 1024)
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(bytes) / 1024);
+  else
+    return std::to_string(bytes) + " bytes";
+  return std::string(buf) + " (" + std::to_string(bytes) + " bytes)";
+}
+
+// One handle per arena per process, so that every part of a process shares
+// the same mappings and reference bookkeeping. A forked child inherits its
+// parent's entries; it does not reuse them (they are keyed by pid), it attaches
+// afresh, as a spawned process would.
+struct Registered {
+  pid_t pid;
+  std::weak_ptr<SharedArena> arena;
+};
+std::mutex& registry_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::unordered_map<std::string, Registered>& registry() {
+  static auto* map = new std::unordered_map<std::string, Registered>();
+  return *map;
+}
+
+}  // namespace
+
+// --- life cycle --------------------------------------------------------------
+
+SharedArena::SharedArena(SharedSegment control, bool owner)
+    : control_(std::move(control)),
+      ctl_(static_cast<Control*>(control_.data())),
+      owner_pid_(owner ? getpid() : 0),
+      pooled_(kMaxSegments),
+      pooled_base_(new std::atomic<std::byte*>[kMaxSegments]),
+      pooled_size_(new std::atomic<std::size_t>[kMaxSegments]) {
+  for (uint32_t i = 0; i < kMaxSegments; ++i) {
+    pooled_base_[i].store(nullptr, std::memory_order_relaxed);
+    pooled_size_[i].store(0, std::memory_order_relaxed);
+  }
+}
+
+std::size_t SharedArena::default_limit() {
+  struct statvfs st {};
+  if (statvfs("/dev/shm", &st) != 0) return std::size_t{1} << 30;
+  return static_cast<std::size_t>(st.f_bavail) * static_cast<std::size_t>(st.f_frsize) / 2;
+}
+
+std::shared_ptr<SharedArena> SharedArena::create(std::size_t limit_bytes, std::size_t segment_bytes) {
+  if (limit_bytes == 0) limit_bytes = default_limit();
+  if (limit_bytes == 0) throw std::invalid_argument("the shared-memory arena's limit must be positive");
+  if (segment_bytes == 0) segment_bytes = kDefaultSegmentBytes;
+  // A pooled segment never needs to be larger than the limit.
+  segment_bytes = std::min(round_up(segment_bytes, page_size()),
+                           std::max(round_up(limit_bytes, page_size()), std::size_t{64} << 10));
+  SharedSegment seg = SharedSegment::create(sizeof(Control));
+  auto* c = new (seg.data()) Control();
+  c->version = kLayoutVersion;
+  c->max_segments = kMaxSegments;
+  c->limit_bytes = limit_bytes;
+  c->segment_bytes = segment_bytes;
+  c->owner_pid = getpid();
+  for (auto& b : c->bins) b = kNil;
+  c->next_generation = 1;
+  // The name has not been handed out yet; the magic goes last all the same.
+  std::atomic_ref<uint64_t>(c->magic).store(kControlMagic, std::memory_order_release);
+  std::shared_ptr<SharedArena> arena(new SharedArena(std::move(seg), true));
+  register_handle(arena);
+  return arena;
+}
+
+std::shared_ptr<SharedArena> SharedArena::attach(const std::string& name_in) {
+  const std::string name = name_in.starts_with('/') ? name_in.substr(1) : name_in;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    auto it = registry().find(name);
+    if (it != registry().end() && it->second.pid == getpid())
+      if (auto live = it->second.arena.lock()) return live;
+  }
+  SharedSegment seg = SharedSegment::attach(name);
+  auto* c = static_cast<Control*>(seg.data());
+  if (seg.size() < sizeof(Control) ||
+      std::atomic_ref<uint64_t>(c->magic).load(std::memory_order_acquire) != kControlMagic ||
+      c->version != kLayoutVersion || c->max_segments != kMaxSegments)
+    throw std::invalid_argument("shared-memory segment '" + name + "' does not hold a shoal arena");
+  std::shared_ptr<SharedArena> arena(new SharedArena(std::move(seg), false));
+  register_handle(arena);
+  return arena;
+}
+
+void SharedArena::register_handle(const std::shared_ptr<SharedArena>& arena) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  auto& entry = registry()[arena->name()];
+  if (entry.pid == getpid() && !entry.arena.expired()) return;  // raced with another attach: both work
+  entry = Registered{getpid(), arena};
+}
+
+SharedArena::~SharedArena() {
+  try {
+    close();
+  } catch (...) {
+  }
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  auto it = registry().find(control_.name());
+  if (it != registry().end() && (it->second.pid != getpid() || it->second.arena.expired())) registry().erase(it);
+}
+
+void SharedArena::close() {
+  closed_.store(true, std::memory_order_release);
+  if (owner_pid_ != 0 && owner_pid_ == getpid()) unlink_all_names();
+}
+
+bool SharedArena::closed() const {
+  return closed_.load(std::memory_order_acquire) || ctl().closed.load(std::memory_order_acquire) != 0;
+}
+
+void SharedArena::unlink_all_names() {
+  // Under the mutex (if it can be had soon), so that no process is halfway
+  // through creating a segment whose name we would miss.
+  LockResult r = ctl().mutex.lock(Deadline::after(std::chrono::seconds(2)));
+  ctl().closed.store(1, std::memory_order_release);
+  const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < n; ++i)
+    if (ctl().slots[i].kind.load(std::memory_order_acquire) != kEmpty) unlink_name(ctl().slots[i].name);
+  if (r != LockResult::timed_out) ctl().mutex.unlock();
+  control_.unlink();
+}
+
+const std::string& SharedArena::name() const { return control_.name(); }
+bool SharedArena::owns_name() const { return owner_pid_ != 0 && owner_pid_ == getpid(); }
+std::size_t SharedArena::limit_bytes() const { return ctl().limit_bytes; }
+std::size_t SharedArena::segment_bytes() const { return ctl().segment_bytes; }
+std::size_t SharedArena::used_bytes() const { return ctl().used_bytes.load(std::memory_order_acquire); }
+std::size_t SharedArena::mapped_bytes() const { return ctl().mapped_bytes.load(std::memory_order_acquire); }
+uint64_t SharedArena::recoveries() const { return ctl().recoveries.load(std::memory_order_acquire); }
+
+std::size_t SharedArena::segment_count() const {
+  std::size_t live = 0;
+  const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t k = ctl().slots[i].kind.load(std::memory_order_acquire);
+    live += (k == kPooled || k == kDedicated);
+  }
+  return live;
+}
+
+// --- the lock ----------------------------------------------------------------
+
+SharedArena::Locked::Locked(SharedArena& arena) : arena_(arena) {
+  Control& c = arena.ctl();
+  const LockResult r = c.mutex.lock(Deadline::after(kArenaLockTimeout));
+  if (r == LockResult::timed_out)
+    throw std::runtime_error("timed out waiting for the lock of shared-memory arena '" + arena.name() +
+                             "' (a process holding it may be stopped)");
+  if (r == LockResult::previous_owner_died || c.recovering.load(std::memory_order_acquire) != 0) {
+    try {
+      arena.recover_locked();
+    } catch (...) {
+      c.mutex.unlock();
+      throw;
+    }
+  }
+}
+
+SharedArena::Locked::~Locked() { arena_.ctl().mutex.unlock(); }
+
+// --- limits ------------------------------------------------------------------
+
+void SharedArena::throw_limit(std::size_t requested, const char* why) const {
+  const std::size_t limit = limit_bytes(), used = used_bytes();
+  throw ArenaLimitError("cannot allocate " + human(requested) + " of shared memory: " + why +
+                            " (the arena's limit is " + human(limit) + ", " + human(used) +
+                            " are in use); raise the limit with shm_limit= on the pool (or the "
+                            "limit given when the arena is created), or free shared buffers sooner",
+                        requested, limit, used);
+}
+
+// --- slots -------------------------------------------------------------------
+
+uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
+  Control& c = ctl();
+  if (c.closed.load(std::memory_order_acquire) != 0)
+    throw ClosedError("shared-memory arena '" + name() + "' is closed");
+  const uint32_t n = c.slot_count.load(std::memory_order_relaxed);
+  uint32_t slot = n;
+  for (uint32_t i = 0; i < n && slot == n; ++i) {
+    SlotRecord& s = c.slots[i];
+    const uint32_t kind = s.kind.load(std::memory_order_relaxed);
+    if (kind == kEmpty) {
+      slot = i;
+    } else if (kind == kCreating && s.purpose == kForBlock && !process_alive(s.creator)) {
+      // A process died creating a huge block outside the mutex: take back its reservation.
+      unlink_name(s.name);
+      c.used_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
+      c.mapped_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
+      s.kind.store(kEmpty, std::memory_order_release);
+      slot = i;
+    }
+  }
+  if (slot == kMaxSegments) throw_limit(bytes, "the arena has no free segment slot left");
+  SlotRecord& s = c.slots[slot];
+  const std::string seg_name = segment_name(c.owner_pid);
+  std::memset(s.name, 0, sizeof s.name);
+  std::memcpy(s.name, seg_name.data(), std::min(seg_name.size(), sizeof s.name - 1));
+  s.bytes = bytes;
+  s.block_size = 0;
+  s.creator = getpid();
+  s.purpose = purpose;
+  s.refs.store(0, std::memory_order_relaxed);
+  s.generation.store(0, std::memory_order_relaxed);
+  s.kind.store(kCreating, std::memory_order_release);
+  // A new slot becomes visible to recovery only now, with its name in place.
+  if (slot == n) c.slot_count.store(n + 1, std::memory_order_release);
+  return slot;
+}
+
+void SharedArena::forget_slot_locked(uint32_t slot) {
+  SlotRecord& s = ctl().slots[slot];
+  unlink_name(s.name);
+  s.kind.store(kEmpty, std::memory_order_release);
+}
+
+// --- mappings ----------------------------------------------------------------
+
+std::byte* SharedArena::pooled_base(uint32_t slot) const {
+  if (slot >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
+  std::byte* base = pooled_base_[slot].load(std::memory_order_acquire);
+  if (base) return base;
+  std::lock_guard<std::mutex> lock(local_mu_);
+  base = pooled_base_[slot].load(std::memory_order_relaxed);
+  if (base) return base;
+  const SlotRecord& s = ctl().slots[slot];
+  if (s.kind.load(std::memory_order_acquire) != kPooled)
+    throw std::invalid_argument("block descriptor names no live segment of shared-memory arena '" + name() + "'");
+  auto seg = std::make_unique<SharedSegment>(SharedSegment::attach(s.name));
+  base = seg->bytes();
+  pooled_size_[slot].store(std::min<std::size_t>(seg->size(), s.bytes), std::memory_order_relaxed);
+  pooled_[slot] = std::move(seg);
+  pooled_base_[slot].store(base, std::memory_order_release);
+  return base;
+}
+
+std::size_t SharedArena::pooled_size(uint32_t slot) const {
+  pooled_base(slot);
+  return pooled_size_[slot].load(std::memory_order_relaxed);
+}
+
+BlockHeader* SharedArena::pooled_header(const Block& b) const {
+  std::byte* base = pooled_base(b.segment);
+  const std::size_t size = pooled_size(b.segment);
+  if (b.offset < kHeaderBytes || b.offset % kAlignment != 0 || b.offset + b.size > size)
+    throw std::invalid_argument("block descriptor lies outside its segment");
+  return reinterpret_cast<BlockHeader*>(base + b.offset - kHeaderBytes);
+}
+
+std::atomic<uint32_t>& SharedArena::refs_of(const Block& b) const {
+  if (b.dedicated()) {
+    if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
+    SlotRecord& s = ctl().slots[b.segment];
+    if (s.generation.load(std::memory_order_acquire) != b.generation)
+      throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
+    return s.refs;
+  }
+  BlockHeader* h = pooled_header(b);
+  if (h->generation.load(std::memory_order_acquire) != b.generation)
+    throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
+  return h->refs;
+}
+
+void SharedArena::pin(const Block& b) {
+  if (!b.dedicated()) {
+    pooled_base(b.segment);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(local_mu_);
+  auto it = dedicated_.find(b.generation);
+  if (it != dedicated_.end()) {
+    ++it->second.pins;
+    return;
+  }
+  if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
+  const SlotRecord& s = ctl().slots[b.segment];
+  if (s.generation.load(std::memory_order_acquire) != b.generation)
+    throw std::invalid_argument("shared-memory block was already freed");
+  LocalDedicated local{SharedSegment::attach(s.name), 1};
+  dedicated_.emplace(b.generation, std::move(local));
+}
+
+void SharedArena::unpin(const Block& b) {
+  if (!b.dedicated()) return;
+  std::unique_ptr<LocalDedicated> dropped;  // unmapped after the lock is let go
+  std::lock_guard<std::mutex> lock(local_mu_);
+  auto it = dedicated_.find(b.generation);
+  if (it == dedicated_.end()) return;
+  if (--it->second.pins == 0) {
+    dropped = std::make_unique<LocalDedicated>(std::move(it->second));
+    dedicated_.erase(it);
+  }
+}
+
+void SharedArena::adopt(const Block& b) { pin(b); }
+void SharedArena::disown(const Block& b) { unpin(b); }
+
+std::byte* SharedArena::data(const Block& b) {
+  if (!b.dedicated()) {
+    pooled_header(b);  // checks the descriptor's bounds
+    return pooled_base(b.segment) + b.offset;
+  }
+  std::lock_guard<std::mutex> lock(local_mu_);
+  auto it = dedicated_.find(b.generation);
+  if (it == dedicated_.end())
+    throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
+  return it->second.segment.bytes() + b.offset;
+}
+
+bool SharedArena::contains(const void* address, std::size_t length) const {
+  const auto* p = static_cast<const std::byte*>(address);
+  for (uint32_t i = 0; i < kMaxSegments; ++i) {
+    const std::byte* base = pooled_base_[i].load(std::memory_order_acquire);
+    if (base && p >= base && p + length <= base + pooled_size_[i].load(std::memory_order_relaxed)) return true;
+  }
+  std::lock_guard<std::mutex> lock(local_mu_);
+  for (const auto& [gen, local] : dedicated_) {
+    const std::byte* base = local.segment.bytes();
+    if (p >= base && p + length <= base + local.segment.size()) return true;
+  }
+  return false;
+}
+
+// --- references --------------------------------------------------------------
+
+void SharedArena::retain(const Block& b) {
+  std::atomic<uint32_t>& refs = refs_of(b);
+  pin(b);
+  if (refs.fetch_add(1, std::memory_order_relaxed) == 0) {
+    refs.fetch_sub(1, std::memory_order_relaxed);
+    unpin(b);
+    throw std::invalid_argument("retain() of a shared-memory block that holds no reference");
+  }
+}
+
+bool SharedArena::try_retain(const Block& b) {
+  if (b.segment >= kMaxSegments || b.generation == 0) return false;
+  {
+    Locked lock(*this);
+    if (b.segment >= ctl().slot_count.load(std::memory_order_relaxed)) return false;
+    SlotRecord& s = ctl().slots[b.segment];
+    const uint32_t kind = s.kind.load(std::memory_order_acquire);
+    std::atomic<uint32_t>* refs = nullptr;
+    if (b.dedicated()) {
+      if (kind != kDedicated || s.generation.load(std::memory_order_relaxed) != b.generation) return false;
+      refs = &s.refs;
+    } else {
+      if (kind != kPooled) return false;
+      BlockHeader* h;
+      try {
+        h = pooled_header(b);
+      } catch (const std::invalid_argument&) {
+        return false;
+      }
+      if (h->state != kUsedWord || h->generation.load(std::memory_order_relaxed) != b.generation) return false;
+      refs = &h->refs;
+    }
+    // Under the mutex, and the last reference is only ever dropped under it.
+    if (refs->load(std::memory_order_relaxed) == 0) return false;
+    refs->fetch_add(1, std::memory_order_relaxed);
+  }
+  try {
+    pin(b);
+  } catch (...) {
+    release(b);
+    throw;
+  }
+  return true;
+}
+
+void SharedArena::release(const Block& b) {
+  std::atomic<uint32_t>& refs = refs_of(b);
+  uint32_t r = refs.load(std::memory_order_relaxed);
+  // Not the last reference: drop it without the mutex.
+  while (r > 1)
+    if (refs.compare_exchange_weak(r, r - 1, std::memory_order_release, std::memory_order_relaxed)) {
+      unpin(b);
+      return;
+    }
+  {
+    Locked lock(*this);
+    r = refs.load(std::memory_order_relaxed);
+    do {
+      if (r == 0) throw std::invalid_argument("release() of a shared-memory block that holds no reference");
+    } while (!refs.compare_exchange_weak(r, r - 1, std::memory_order_acq_rel, std::memory_order_relaxed));
+    if (r == 1) {
+      if (b.dedicated())
+        free_dedicated_locked(b.segment);
+      else
+        free_pooled_locked(b.segment, b.offset - kHeaderBytes);
+    }
+  }
+  unpin(b);
+}
+
+uint32_t SharedArena::refcount(const Block& b) { return refs_of(b).load(std::memory_order_acquire); }
+
+// --- allocation --------------------------------------------------------------
+
+Block SharedArena::alloc(std::size_t size, bool zero) {
+  if (closed()) throw ClosedError("shared-memory arena '" + name() + "' is closed");
+  if (size <= segment_bytes() / 4) {
+    Block b = alloc_pooled(size, zero);
+    if (b.generation != 0) return b;
+    // The pooled segments cannot grow within the limit: a segment of its own.
+  }
+  return alloc_dedicated(size);
+}
+
+Block SharedArena::alloc_dedicated(std::size_t size) {
+  const std::size_t bytes = round_up(std::max<std::size_t>(size, 1), page_size());
+  if (bytes < size) throw_limit(size, "the size is too large");
+  uint32_t slot;
+  std::string seg_name;
+  {
+    Locked lock(*this);
+    Control& c = ctl();
+    const uint64_t used = c.used_bytes.load(std::memory_order_relaxed);
+    if (bytes > c.limit_bytes || used + bytes > c.limit_bytes) throw_limit(size, "the limit would be passed");
+    slot = claim_slot_locked(bytes, kForBlock);
+    seg_name = c.slots[slot].name;
+    // Reserved now; the segment is made without the mutex (backing a huge one takes a while).
+    c.used_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    c.mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  SharedSegment seg;
+  try {
+    seg = create_named_segment(seg_name, bytes);
+  } catch (const std::system_error& e) {
+    {
+      Locked lock(*this);
+      ctl().used_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      ctl().mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      forget_slot_locked(slot);
+    }
+    if (e.code().value() == ENOSPC) throw_limit(size, "/dev/shm is full");
+    throw;
+  }
+  uint64_t generation;
+  {
+    Locked lock(*this);
+    Control& c = ctl();
+    SlotRecord& s = c.slots[slot];
+    generation = c.next_generation++;
+    s.block_size = size;
+    s.refs.store(1, std::memory_order_relaxed);
+    s.generation.store(generation, std::memory_order_relaxed);
+    s.kind.store(kDedicated, std::memory_order_release);  // commit
+  }
+  {
+    std::lock_guard<std::mutex> lock(local_mu_);
+    dedicated_.emplace(generation, LocalDedicated{std::move(seg), 1});
+  }
+  // Fresh from the system: already zero.
+  return Block{slot, Block::kDedicated, 0, size, generation};
+}
+
+void SharedArena::free_dedicated_locked(uint32_t slot) {
+  Control& c = ctl();
+  SlotRecord& s = c.slots[slot];
+  s.kind.store(kDying, std::memory_order_release);  // commit: the block is gone
+  s.generation.store(0, std::memory_order_release);
+  c.used_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
+  c.mapped_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
+  forget_slot_locked(slot);
+}
+
+}  // namespace shoal

@@ -1,0 +1,54 @@
+#include "shm_file.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "shoal/ipc/errors.hpp"
+
+namespace shoal::arena_detail {
+
+std::string segment_name(pid_t owner) {
+  unsigned char raw[8];
+  if (getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw)) throw_errno("getrandom");
+  char hex[17];
+  for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  return std::string(kSegmentPrefix) + std::to_string(owner) + "-" + hex;
+}
+
+SharedSegment create_named_segment(const std::string& name, std::size_t bytes) {
+  const std::string path = "/" + name;
+  int fd = shm_open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) throw_errno("shm_open " + name);
+  auto fail = [&](const std::string& what) {
+    const int err = errno;
+    ::close(fd);
+    shm_unlink(path.c_str());
+    throw_errno(what, err);
+  };
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0)
+    fail("ftruncate shared memory " + name + " to " + std::to_string(bytes) + " bytes");
+  // Reserve the pages now. tmpfs supports this; elsewhere, go on without.
+  if (fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0 && errno != EOPNOTSUPP && errno != ENOSYS)
+    fail("fallocate " + std::to_string(bytes) + " bytes of shared memory for " + name);
+  ::close(fd);
+  try {
+    return SharedSegment::attach(name);
+  } catch (...) {
+    shm_unlink(path.c_str());
+    throw;
+  }
+}
+
+void unlink_name(const char* name) {
+  if (name[0] != '\0') shm_unlink((std::string("/") + name).c_str());
+}
+
+bool process_alive(pid_t pid) { return pid <= 0 || kill(pid, 0) == 0 || errno != ESRCH; }
+
+}  // namespace shoal::arena_detail

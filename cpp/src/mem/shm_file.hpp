@@ -1,0 +1,31 @@
+#pragma once
+// Shared-memory segments the arena names itself: `shoal-<owner pid>-<hex>`, the
+// scheme SharedSegment uses, but with the arena owner's pid whichever process
+// creates them, so reclaim_stale_segments() keeps them exactly as long as the
+// owner lives. Private to cpp/src/mem.
+#include <sys/types.h>
+
+#include <cstddef>
+#include <string>
+
+#include "shoal/ipc/segment.hpp"
+
+namespace shoal::arena_detail {
+
+// A fresh random name for a segment of the arena owned by `owner`.
+std::string segment_name(pid_t owner);
+
+// Creates the segment `name` (mode 0600, O_EXCL) of `bytes` bytes, backs all of
+// it with memory now (so a full /dev/shm fails here with ENOSPC, never later
+// with SIGBUS) and maps it. The returned mapping does not own the name: the
+// caller records it and unlinks it. On failure nothing is left behind and a
+// std::system_error carries the errno.
+SharedSegment create_named_segment(const std::string& name, std::size_t bytes);
+
+// Removes a segment name; a name that is already gone is fine.
+void unlink_name(const char* name);
+
+// True unless `pid` certainly no longer exists.
+bool process_alive(pid_t pid);
+
+}  // namespace shoal::arena_detail

@@ -1,0 +1,523 @@
+// SharedArena across real processes: references, growth, huge blocks, the
+// limit, and processes that die holding references or the arena's lock.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../src/mem/arena_layout.hpp"
+#include "../src/mem/shm_file.hpp"
+#include "child_process.hpp"
+#include "shoal/ipc/errors.hpp"
+#include "shoal/mem/arena.hpp"
+
+namespace shoal {
+// Lets a test play a process that dies in the middle of an arena operation.
+struct ArenaTestAccess {
+  static arena_detail::Control& control(SharedArena& a) { return *a.ctl_; }
+  static arena_detail::BlockHeader* header(SharedArena& a, const Block& b) { return a.pooled_header(b); }
+};
+}  // namespace shoal
+
+using shoal::ArenaLimitError;
+using shoal::ArenaTestAccess;
+using shoal::Block;
+using shoal::SharedArena;
+using shoal::testing::ChildProcess;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+std::set<std::string> shm_names_of(pid_t pid) {
+  std::set<std::string> names;
+  const std::string prefix = "shoal-" + std::to_string(pid) + "-";
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    if (name.starts_with(prefix)) names.insert(name);
+  }
+  return names;
+}
+
+// A pipe for handing small values between a parent and a forked child.
+struct Channel {
+  int fd[2] = {-1, -1};
+  Channel() {
+    if (pipe(fd) != 0) throw std::runtime_error("pipe");
+  }
+  ~Channel() {
+    close(fd[0]);
+    close(fd[1]);
+  }
+  template <class T>
+  void send(const T& value) {
+    if (write(fd[1], &value, sizeof value) != static_cast<ssize_t>(sizeof value)) throw std::runtime_error("write");
+  }
+  // Waits up to `timeout` for a value.
+  template <class T>
+  bool receive(T& value, std::chrono::milliseconds timeout = 30s) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    std::size_t got = 0;
+    while (got < sizeof value) {
+      if (std::chrono::steady_clock::now() > until) return false;
+      fd_set set;
+      FD_ZERO(&set);
+      FD_SET(fd[0], &set);
+      timeval tv{0, 10'000};
+      if (select(fd[0] + 1, &set, nullptr, nullptr, &tv) <= 0) continue;
+      ssize_t n = read(fd[0], reinterpret_cast<char*>(&value) + got, sizeof value - got);
+      if (n <= 0) return false;
+      got += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+};
+
+void fill(SharedArena& a, const Block& b, unsigned char value) { std::memset(a.data(b), value, b.size); }
+
+bool all_equal(SharedArena& a, const Block& b, unsigned char value) {
+  const std::byte* p = a.data(b);
+  return std::all_of(p, p + b.size, [value](std::byte x) { return x == std::byte{value}; });
+}
+
+}  // namespace
+
+TEST(Arena, CreatesOwnedNamesAndUnlinksThemAllWhenDestroyed) {
+  const auto before = shm_names_of(getpid());
+  {
+    auto arena = SharedArena::create(512 * kMiB);
+    EXPECT_TRUE(arena->name().starts_with("shoal-" + std::to_string(getpid()) + "-"));
+    EXPECT_TRUE(arena->owns_name());
+    Block small = arena->alloc(1000);
+    Block huge = arena->alloc(20 * kMiB);  // more than a quarter of a 64 MiB segment
+    EXPECT_FALSE(small.dedicated());
+    EXPECT_TRUE(huge.dedicated());
+    EXPECT_EQ(arena->segment_count(), 2u);
+    EXPECT_EQ(shm_names_of(getpid()).size(), before.size() + 3);  // control, pooled, dedicated
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(arena->data(small)) % SharedArena::kAlignment, 0u);
+    EXPECT_TRUE(arena->contains(arena->data(small), small.size));
+    EXPECT_TRUE(arena->contains(arena->data(huge), huge.size));
+    int local = 0;
+    EXPECT_FALSE(arena->contains(&local));
+  }  // blocks still referenced: the names go all the same
+  EXPECT_EQ(shm_names_of(getpid()), before);
+}
+
+TEST(Arena, AttachReturnsTheProcessHandleAndRefusesOtherSegments) {
+  auto arena = SharedArena::create(64 * kMiB);
+  EXPECT_EQ(SharedArena::attach(arena->name()).get(), arena.get());
+  auto seg = shoal::SharedSegment::create(1 << 20);
+  EXPECT_THROW(SharedArena::attach(seg.name()), std::invalid_argument);
+  EXPECT_THROW(SharedArena::attach("shoal-1-doesnotexist"), shoal::NotFoundError);
+}
+
+TEST(Arena, ChildAttachesByNameAndWritesWhatTheParentAllocated) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block small = arena->alloc(100'000, true);
+  Block huge = arena->alloc(17 * kMiB);
+  EXPECT_TRUE(all_equal(*arena, small, 0));
+  EXPECT_TRUE(all_equal(*arena, huge, 0));
+  const std::string name = arena->name();
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(name);
+    if (mine.get() == arena.get() || mine->owns_name()) return 2;
+    for (const Block& b : {small, huge}) {
+      mine->retain(b);
+      fill(*mine, b, 0xab);
+      mine->release(b);
+    }
+    return 0;
+  });
+  ASSERT_TRUE(child.succeeded());
+  EXPECT_TRUE(all_equal(*arena, small, 0xab));
+  EXPECT_TRUE(all_equal(*arena, huge, 0xab));
+  EXPECT_EQ(arena->refcount(small), 1u);
+  EXPECT_EQ(arena->refcount(huge), 1u);
+  arena->release(small);
+  arena->release(huge);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, TheLastReleaseFreesTheBlockInWhicheverProcessItHappens) {
+  auto arena = SharedArena::create(256 * kMiB);
+  const std::string name = arena->name();
+
+  // The child holds the last reference.
+  for (std::size_t size : {std::size_t{4096}, 20 * kMiB}) {
+    Block b = arena->alloc(size);
+    Channel to_child, to_parent;
+    ChildProcess child([&] {
+      auto mine = SharedArena::attach(name);
+      mine->retain(b);
+      to_parent.send(1);
+      int go = 0;
+      if (!to_child.receive(go)) return 3;
+      if (mine->refcount(b) != 1) return 4;
+      mine->release(b);
+      return mine->used_bytes() == 0 ? 0 : 5;
+    });
+    int ready = 0;
+    ASSERT_TRUE(to_parent.receive(ready));
+    EXPECT_EQ(arena->refcount(b), 2u);
+    arena->release(b);
+    EXPECT_GT(arena->used_bytes(), 0u);
+    to_child.send(1);
+    ASSERT_TRUE(child.succeeded());
+    EXPECT_EQ(arena->used_bytes(), 0u);
+  }
+
+  // The child allocates, hands its reference over and exits; the parent drops it.
+  for (std::size_t size : {std::size_t{4096}, 20 * kMiB}) {
+    Channel to_parent;
+    ChildProcess child([&] {
+      auto mine = SharedArena::attach(name);
+      Block b = mine->alloc(size);
+      fill(*mine, b, 7);
+      mine->disown(b);
+      to_parent.send(b);
+      return 0;
+    });
+    Block b;
+    ASSERT_TRUE(to_parent.receive(b));
+    ASSERT_TRUE(child.succeeded());
+    arena->adopt(b);
+    EXPECT_TRUE(all_equal(*arena, b, 7));
+    EXPECT_EQ(arena->refcount(b), 1u);
+    arena->release(b);
+    EXPECT_EQ(arena->used_bytes(), 0u);
+  }
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, GrowsNewSegmentsInAnyProcessAndOthersMapThemLazily) {
+  auto arena = SharedArena::create(1024 * kMiB);
+  std::vector<Block> blocks;
+  for (int i = 0; i < 3; ++i) blocks.push_back(arena->alloc(kMiB));  // fits the first 4 MiB segment
+  EXPECT_EQ(arena->segment_count(), 1u);
+  blocks.push_back(arena->alloc(kMiB));  // does not: an 8 MiB segment follows
+  EXPECT_EQ(arena->segment_count(), 2u);
+  EXPECT_EQ(arena->mapped_bytes(), 12 * kMiB);
+
+  const std::string name = arena->name();
+  Channel to_parent;
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(name);
+    std::vector<Block> made;
+    for (int i = 0; i < 40; ++i) {  // well past the parent's segments
+      Block b = mine->alloc(kMiB);
+      fill(*mine, b, static_cast<unsigned char>(i));
+      mine->disown(b);
+      made.push_back(b);
+    }
+    for (const Block& b : made) to_parent.send(b);
+    return 0;
+  });
+  std::vector<Block> from_child(40);
+  for (Block& b : from_child) ASSERT_TRUE(to_parent.receive(b));
+  ASSERT_TRUE(child.succeeded());
+  EXPECT_GT(arena->segment_count(), 3u);
+  for (std::size_t i = 0; i < from_child.size(); ++i) {
+    arena->adopt(from_child[i]);
+    EXPECT_TRUE(all_equal(*arena, from_child[i], static_cast<unsigned char>(i)));
+    arena->release(from_child[i]);
+  }
+  for (const Block& b : blocks) arena->release(b);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, AHugeBlockHasASegmentThatIsUnlinkedAndUnmappedWhenFreed) {
+  auto arena = SharedArena::create(512 * kMiB);
+  const auto before = shm_names_of(getpid());
+  Block huge = arena->alloc(40 * kMiB + 3);
+  ASSERT_TRUE(huge.dedicated());
+  const auto during = shm_names_of(getpid());
+  ASSERT_EQ(during.size(), before.size() + 1);
+  EXPECT_GE(arena->used_bytes(), 40 * kMiB);
+  fill(*arena, huge, 1);
+  std::byte* p = arena->data(huge);
+  arena->release(huge);
+  EXPECT_EQ(shm_names_of(getpid()), before);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->mapped_bytes(), 0u);
+  EXPECT_FALSE(arena->contains(p));
+  EXPECT_THROW(arena->data(huge), std::logic_error);
+  EXPECT_FALSE(arena->try_retain(huge));
+  EXPECT_THROW(arena->release(huge), std::invalid_argument);
+  // Its slot is reused, under a new generation.
+  Block again = arena->alloc(40 * kMiB);
+  EXPECT_EQ(again.segment, huge.segment);
+  EXPECT_NE(again.generation, huge.generation);
+  arena->release(again);
+}
+
+TEST(Arena, PastTheLimitThrowsNamingTheSizeTheLimitAndHowToRaiseIt) {
+  auto arena = SharedArena::create(kMiB);
+  try {
+    arena->alloc(2 * kMiB);
+    FAIL() << "expected ArenaLimitError";
+  } catch (const ArenaLimitError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("2097152"), std::string::npos) << what;
+    EXPECT_NE(what.find("1048576"), std::string::npos) << what;
+    EXPECT_NE(what.find("shm_limit="), std::string::npos) << what;
+    EXPECT_EQ(e.requested(), 2 * kMiB);
+    EXPECT_EQ(e.limit(), kMiB);
+  }
+  std::vector<Block> blocks;
+  try {
+    for (int i = 0; i < 100; ++i) blocks.push_back(arena->alloc(100'000));
+    FAIL() << "expected ArenaLimitError";
+  } catch (const ArenaLimitError&) {
+  }
+  EXPECT_GE(blocks.size(), 9u);
+  EXPECT_LE(arena->used_bytes(), kMiB);
+  for (const Block& b : blocks) arena->release(b);
+  Block ok = arena->alloc(500'000);  // still usable
+  arena->release(ok);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, TenThousandCyclesOfOneMiBLeaveNothingUsed) {
+  auto arena = SharedArena::create(1024 * kMiB);
+  for (int i = 0; i < 10'000; ++i) {
+    Block b = arena->alloc(kMiB);
+    arena->data(b)[0] = std::byte{1};
+    arena->release(b);
+  }
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->segment_count(), 1u);
+
+  // Mixed sizes and lifetimes, then everything freed: one free block per segment.
+  std::mt19937 rng(42);
+  std::vector<Block> live;
+  for (int i = 0; i < 5'000; ++i) {
+    if (live.size() > 200 || (!live.empty() && rng() % 2 == 0)) {
+      std::swap(live[rng() % live.size()], live.back());
+      arena->release(live.back());
+      live.pop_back();
+    } else {
+      live.push_back(arena->alloc(1 + rng() % (3 * kMiB)));
+    }
+  }
+  EXPECT_EQ(arena->check(), "");
+  for (const Block& b : live) arena->release(b);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, ThreadsAllocateAndReleaseConcurrently) {
+  auto arena = SharedArena::create(1024 * kMiB);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::vector<Block> mine;
+      for (int i = 0; i < 2'000; ++i) {
+        if (!mine.empty() && rng() % 2 == 0) {
+          const Block b = mine.back();
+          mine.pop_back();
+          if (arena->data(b)[0] != std::byte(t)) ++failures;
+          arena->retain(b);
+          arena->release(b);
+          arena->release(b);
+        } else {
+          Block b = arena->alloc(64 + rng() % 300'000);
+          arena->data(b)[0] = std::byte(t);
+          mine.push_back(b);
+        }
+      }
+      for (const Block& b : mine) arena->release(b);
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, ADescriptorWithoutAReferenceCanBeRetainedOnlyWhileItsBlockLives) {
+  auto arena = SharedArena::create(64 * kMiB);
+  Block b = arena->alloc(1000);
+  EXPECT_TRUE(arena->try_retain(b));
+  EXPECT_EQ(arena->refcount(b), 2u);
+  arena->release(b);
+  arena->release(b);
+  EXPECT_FALSE(arena->try_retain(b));
+  EXPECT_THROW(arena->release(b), std::invalid_argument);
+  Block other = arena->alloc(1000);  // reuses the memory under a new generation
+  EXPECT_EQ(other.offset, b.offset);
+  EXPECT_FALSE(arena->try_retain(b));
+  Block forged = other;
+  forged.offset += 1;
+  EXPECT_FALSE(arena->try_retain(forged));
+  arena->release(other);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+}
+
+TEST(Arena, AChildKilledWhileHoldingAReferenceLeaksOnlyThatBlock) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block b = arena->alloc(kMiB);
+  const std::string name = arena->name();
+  Channel to_parent;
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(name);
+    mine->retain(b);
+    to_parent.send(1);
+    pause();
+    return 0;
+  });
+  int ready = 0;
+  ASSERT_TRUE(to_parent.receive(ready));
+  child.kill_now();
+  child.wait();
+  arena->release(b);
+  EXPECT_EQ(arena->refcount(b), 1u);  // the dead child's reference stays: the documented leak
+  std::vector<Block> more;
+  for (int i = 0; i < 50; ++i) more.push_back(arena->alloc(100'000));
+  for (const Block& m : more) arena->release(m);
+  EXPECT_EQ(arena->used_bytes(), shoal::arena_detail::kHeaderBytes + kMiB);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, AProcessDyingMidAllocationWithTheLockHeldIsRecovered) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block keep = arena->alloc(kMiB);
+  Block doomed = arena->alloc(kMiB);
+  Block after = arena->alloc(kMiB);
+  const std::size_t used = arena->used_bytes();
+  const std::string name = arena->name();
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(name);
+    auto& c = ArenaTestAccess::control(*mine);
+    c.mutex.lock();
+    // Half an operation: a block unlinked from its list, a remainder header
+    // written but never committed, the counters off, and the lock never let go.
+    for (auto& bin : c.bins) bin = shoal::arena_detail::kNil;
+    auto* h = ArenaTestAccess::header(*mine, after);
+    auto* next = reinterpret_cast<shoal::arena_detail::BlockHeader*>(reinterpret_cast<std::byte*>(h) + h->span);
+    next->prev_span = 12345;
+    c.used_bytes.store(1);
+    // And the last reference of `doomed` dropped, its free never done.
+    ArenaTestAccess::header(*mine, doomed)->refs.store(0);
+    _exit(0);
+    return 0;
+  });
+  ASSERT_TRUE(child.succeeded());
+  Block b = arena->alloc(2 * kMiB);  // takes the lock: recovery first
+  EXPECT_EQ(arena->recoveries(), 1u);
+  EXPECT_EQ(arena->check(), "");
+  EXPECT_EQ(arena->used_bytes(), used - (kMiB + 64) + (2 * kMiB + 64));
+  arena->release(b);
+  arena->release(keep);
+  arena->release(after);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, AProcessDyingMidSegmentCreationLeavesNoName) {
+  auto arena = SharedArena::create(256 * kMiB);
+  const std::string name = arena->name();
+  const auto before = shm_names_of(getpid());
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(name);
+    auto& c = ArenaTestAccess::control(*mine);
+    c.mutex.lock();
+    // As grow_locked() would: the slot is claimed and the segment exists, not yet committed.
+    const uint32_t slot = c.slot_count.load();
+    auto& s = c.slots[slot];
+    std::string seg = shoal::arena_detail::segment_name(c.owner_pid);
+    std::strcpy(s.name, seg.c_str());
+    s.bytes = 4 * kMiB;
+    s.creator = getpid();
+    s.purpose = shoal::arena_detail::kForPool;
+    s.kind.store(shoal::arena_detail::kCreating);
+    c.slot_count.store(slot + 1);
+    shoal::arena_detail::create_named_segment(seg, 4 * kMiB);
+    _exit(0);
+    return 0;
+  });
+  ASSERT_TRUE(child.succeeded());
+  EXPECT_EQ(shm_names_of(getpid()).size(), before.size() + 1);
+  Block b = arena->alloc(1000);
+  EXPECT_EQ(arena->recoveries(), 1u);
+  EXPECT_EQ(shm_names_of(getpid()).size(), before.size() + 1);  // the orphan went, the new pool came
+  EXPECT_EQ(arena->segment_count(), 1u);
+  arena->release(b);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, ChildrenKilledAtRandomMomentsNeverCorruptTheAllocator) {
+  auto arena = SharedArena::create(1024 * kMiB);
+  const std::string name = arena->name();
+  std::mt19937 rng(7);
+  std::vector<Block> mine;
+  for (int round = 0; round < 12; ++round) {
+    Channel to_parent;
+    ChildProcess child([&] {
+      auto a = SharedArena::attach(name);
+      std::mt19937 r(round);
+      std::vector<Block> held;
+      to_parent.send(1);
+      for (;;) {
+        if (!held.empty() && r() % 2 == 0) {
+          a->release(held.back());
+          held.pop_back();
+        } else {
+          held.push_back(a->alloc(64 + r() % (2 * kMiB)));
+        }
+        if (held.size() > 64) {
+          for (const Block& b : held) a->release(b);
+          held.clear();
+        }
+      }
+      return 0;
+    });
+    int ready = 0;
+    ASSERT_TRUE(to_parent.receive(ready));
+    std::this_thread::sleep_for(std::chrono::microseconds(2'000 + rng() % 20'000));
+    child.kill_now();
+    child.wait();
+    // The parent goes on allocating and freeing, and the invariants hold.
+    for (int i = 0; i < 20; ++i) mine.push_back(arena->alloc(1 + rng() % kMiB));
+    for (int i = 0; i < 10; ++i) {
+      arena->release(mine.back());
+      mine.pop_back();
+    }
+    ASSERT_EQ(arena->check(), "") << "after round " << round;
+  }
+  std::printf("recoveries after killing children at random: %llu\n",
+              static_cast<unsigned long long>(arena->recoveries()));
+  for (const Block& b : mine) arena->release(b);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, CloseUnlinksEverythingButKeepsLiveBlocksUsable) {
+  const auto before = shm_names_of(getpid());
+  auto arena = SharedArena::create(256 * kMiB);
+  Block a = arena->alloc(1000);
+  Block h = arena->alloc(30 * kMiB);
+  fill(*arena, a, 3);
+  arena->close();
+  EXPECT_TRUE(arena->closed());
+  EXPECT_EQ(shm_names_of(getpid()), before);
+  EXPECT_TRUE(all_equal(*arena, a, 3));
+  EXPECT_THROW(arena->alloc(10), shoal::ClosedError);
+  arena->release(a);
+  arena->release(h);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+}

@@ -1,0 +1,96 @@
+"""The debug mode: every task runs inline in the caller, with the pools' API.
+
+``Executor(max_workers=0)``, ``Pool(0)`` or ``SHOAL_SERIAL=1`` select it.
+Nothing is pickled and no process is started, so breakpoints, pdb and
+profilers see the task code directly; exceptions keep their real tracebacks.
+Per-task time and memory limits and retries do not apply here.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable, Optional
+
+from ._runtime import INLINE_ERROR, INLINE_OK, MapFeed
+from ._worker import CALL, MAP_ONE, MAP_STAR
+
+
+class SerialRuntime:
+    workers = 1
+
+    def __init__(self) -> None:
+        self._job_ids = itertools.count(1)
+        self._closed = False
+
+    def _function_id(self, fn: Callable[..., Any]) -> int:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return 0
+
+    def check_usable(self) -> None:
+        pass
+
+    @staticmethod
+    def pack_chunk(chunk: list) -> list:
+        return chunk
+
+    def submit(self, fn, tag: int, payload: Any, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        job_id = next(self._job_ids)
+        if tag == CALL:
+            args, kwargs = payload
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - delivered like a worker's exception
+                handler(INLINE_ERROR, 0, exc)
+            else:
+                handler(INLINE_OK, 0, result)
+            return job_id
+        results: list = []
+        failures: dict[int, BaseException] = {}
+        for index, item in enumerate(payload):
+            try:
+                results.append(fn(*item) if tag == MAP_STAR else fn(item))
+            except Exception as exc:  # noqa: BLE001
+                results.append(None)
+                failures[index] = exc
+        handler(INLINE_OK, 0, (results, failures))
+        return job_id
+
+    def submit_call(self, fn, args: tuple, kwargs: dict, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+        return self.submit(fn, CALL, (args, kwargs), handler, retries, timeout)
+
+    def cancel(self, job_id: int) -> bool:
+        return False  # every job has already run
+
+    def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
+            bounded=True, timeout=None, on_chunk=None, on_complete=None) -> MapFeed:
+        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
+        feed.on_chunk, feed.on_complete = on_chunk, on_complete
+        feed.start()
+        return feed
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        self._closed = True
+
+    def terminate(self) -> None:
+        self._closed = True
+
+    at_exit = terminate
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def make_runtime(workers: Optional[int], **options: Any):
+    """The serial runtime for ``workers == 0`` or ``SHOAL_SERIAL=1``, else worker processes."""
+    import os
+
+    from ._runtime import Runtime
+
+    if workers == 0 or os.environ.get("SHOAL_SERIAL", "") not in ("", "0"):
+        return SerialRuntime()
+    return Runtime(workers, **options)

@@ -1,0 +1,204 @@
+"""Fault tolerance with real processes and real signals."""
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import shoal
+import tasks
+
+
+def _chaos_inputs(tmp_path, n=2000, share=0.05, seed=7):
+    rng = random.Random(seed)
+    doomed = set(rng.sample(range(n), int(n * share)))
+    for x in doomed:
+        (tmp_path / f"{x}.doomed").touch()
+    return doomed
+
+
+def test_chaos_with_retries_every_result_exactly_once(tmp_path, no_leaks):
+    doomed = _chaos_inputs(tmp_path)
+    with shoal.Executor(2) as ex:
+        futs = {x: ex.submit(tasks.kill_self_once, x, str(tmp_path), retries=3) for x in range(2000)}
+        results = {x: f.result(timeout=120) for x, f in futs.items()}
+        assert ex.stats()["workers_lost"] >= len(doomed)
+    assert results == {x: 2 * x for x in range(2000)}
+    assert len(list(tmp_path.glob("*.killed"))) == len(doomed)  # each doomed task died once
+
+
+def test_chaos_without_retries_fails_exactly_the_killed_tasks(no_leaks):
+    rng = random.Random(11)
+    doomed = frozenset(rng.sample(range(2000), 100))
+    with shoal.Executor(2) as ex:
+        futs = {x: ex.submit(tasks.kill_self_if, x, doomed) for x in range(2000)}
+        for x, f in futs.items():
+            if x in doomed:
+                with pytest.raises(shoal.WorkerLostError, match=r"worker \d \(pid \d+\) was killed by signal 9 \(SIGKILL\)"):
+                    f.result(timeout=120)
+            else:
+                assert f.result(timeout=120) == 2 * x
+
+
+def test_map_with_retries_survives_crashes(tmp_path, no_leaks):
+    doomed = _chaos_inputs(tmp_path, n=300, share=0.05, seed=3)
+    with shoal.Pool(2) as pool:
+        # A retry re-runs the whole chunk; each doomed item dies once, so a
+        # chunk may need as many retries as it holds doomed items.
+        out = pool.starmap(tasks.kill_self_once, [(x, str(tmp_path)) for x in range(300)], retries=len(doomed))
+    assert out == [2 * x for x in range(300)] and doomed
+
+
+def test_task_over_its_time_limit_raises_timeout_error_and_others_go_on(no_leaks):
+    with shoal.Executor(2) as ex:
+        stuck = ex.submit(tasks.sleep_forever, timeout=0.5)
+        fine = [ex.submit(tasks.square, i, timeout=30) for i in range(20)]
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="time limit of 0.5 s"):
+            stuck.result(timeout=30)
+        assert time.monotonic() - start < 5
+        assert [f.result(timeout=30) for f in fine] == [i * i for i in range(20)]
+        assert list(ex.map(tasks.square, range(5), task_timeout=10)) == [0, 1, 4, 9, 16]
+
+
+def test_pool_apply_async_and_map_timeouts(no_leaks):
+    with shoal.Pool(2) as pool:
+        r = pool.apply_async(tasks.sleep_forever, timeout=0.3)
+        with pytest.raises(TimeoutError):
+            r.get(timeout=30)
+        it = pool.imap(tasks.sleep_then, [1], timeout=0.3)  # TypeError: sleep_then needs 2 args
+        with pytest.raises(TypeError):
+            next(it)
+        with pytest.raises(TimeoutError):
+            pool.map(tasks.sleep_forever, [1, 2], timeout=0.3)
+        assert pool.map(tasks.square, range(4), timeout=30) == [0, 1, 4, 9]
+
+
+def test_memory_hard_limit_kills_the_task_with_memory_limit_error(no_leaks):
+    with shoal.Executor(1, max_memory_per_worker="200MB") as ex:
+        with pytest.raises(shoal.MemoryLimitError, match="over the limit of 200 MiB"):
+            ex.submit(tasks.allocate_mib, 600).result(timeout=60)
+        assert ex.submit(tasks.square, 5).result(timeout=30) == 25
+
+
+def test_memory_soft_limit_recycles_the_worker_after_its_task(no_leaks):
+    with shoal.Executor(1, max_memory_per_worker="400MB") as ex:
+        first = ex.submit(tasks.allocate_mib, 340, True).result(timeout=60)  # stays above 80 %
+        second = ex.submit(tasks.allocate_mib, 1).result(timeout=60)
+        assert first != second
+
+
+def test_unpicklable_exception_arrives_as_remote_error(no_leaks):
+    with shoal.Executor(1) as ex:
+        with pytest.raises(shoal.RemoteError) as info:
+            ex.submit(tasks.raise_unpicklable).result(timeout=30)
+    err = info.value
+    assert err.type_name == "Unpicklable" and err.message == "carries a lock"
+    assert "raise_unpicklable" in err.traceback
+
+
+def test_crashes_are_logged_with_the_signal_name(caplog, no_leaks):
+    caplog.set_level(logging.DEBUG, logger="shoal")
+    with shoal.Executor(1) as ex:
+        with pytest.raises(shoal.WorkerLostError):
+            ex.submit(tasks.kill_self_if, 1, {1}).result(timeout=30)
+        ex.submit(tasks.square, 1).result(timeout=30)
+    messages = [r.getMessage() for r in caplog.records if r.name == "shoal"]
+    assert any("SIGKILL" in m and "replacement" in m for m in messages), messages
+    assert any("started" in m for m in messages)
+
+
+def test_serial_mode_runs_inline_with_the_same_api():
+    with shoal.Executor(max_workers=0) as ex:
+        assert ex.submit(tasks.worker_id_and_pid).result() == (None, os.getpid())
+        assert list(ex.map(tasks.square, range(300))) == [x * x for x in range(300)]
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            ex.submit(tasks.fail_on, 3).result()
+        assert info.value.__traceback__ is not None  # the real traceback, for pdb.post_mortem
+    with shoal.Pool(0) as pool:
+        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+        assert sorted(pool.imap_unordered(tasks.square, range(10))) == sorted(x * x for x in range(10))
+        assert pool.apply_async(tasks.add, (1, 2)).get() == 3
+
+
+def test_serial_mode_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SHOAL_SERIAL", "1")
+    with shoal.Executor(4) as ex:
+        assert ex.submit(os.getpid).result() == os.getpid()
+
+
+def _run_script(code, **kw):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__), **kw)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_worker_output_reaches_the_parent_line_by_line():
+    proc = _run_script("""
+        import shoal, tasks
+        with shoal.Executor(2) as ex:
+            list(ex.map(tasks.say, [f"line {i}" for i in range(20)], chunksize=1))
+    """)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sorted(out.splitlines()) == sorted(f"line {i}" for i in range(20))
+
+
+def test_ctrl_c_during_map_stops_workers_within_two_seconds():
+    proc = _run_script("""
+        import os, sys, time, shoal, tasks
+        try:
+            with shoal.Executor(2) as ex:
+                results = ex.map(tasks.sleep_then, range(100), [30] * 100)
+                while len(ex.worker_pids()) < 2:
+                    time.sleep(0.01)
+                print(" ".join(map(str, ex.worker_pids())), flush=True)
+                list(results)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    time.sleep(0.3)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted" in out, err
+    assert time.monotonic() - sent < 2.5
+    assert not any(_alive(p) for p in pids)
+
+
+def test_parent_killed_with_sigkill_takes_workers_along_and_segments_are_reclaimed():
+    proc = _run_script("""
+        import time, shoal, tasks
+        ex = shoal.Executor(2)
+        ex.submit(tasks.square, 1).result()
+        while len(ex.worker_pids()) < 2:
+            time.sleep(0.01)
+        print(ex._runtime._engine.segment_name, *ex.worker_pids(), flush=True)
+        time.sleep(60)
+    """)
+    name, *pids = proc.stdout.readline().split()
+    assert os.path.exists(f"/dev/shm/{name}")
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 1.0
+    while any(_alive(int(p)) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(int(p)) for p in pids), "workers outlived their killed parent by over 1 s"
+    checker = _run_script("import shoal")  # the next start reclaims the dead parent's segments
+    checker.communicate(timeout=60)
+    assert not os.path.exists(f"/dev/shm/{name}")
