@@ -30,6 +30,7 @@ OK, ERROR, WORKER_LOST, CANCELLED, BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = ran
 INLINE_OK, INLINE_ERROR = 100, 101
 
 log = logging.getLogger("shoal")
+log.addHandler(logging.NullHandler())  # a library logs; the application decides where it goes
 
 Handler = Callable[[int, int, bytes], None]
 
