@@ -11,7 +11,7 @@ BUILD  ?= build/dev
 JOBS   ?= $(shell nproc)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all demo test test-cpp test-python build sanitize-asan sanitize-tsan bench bench-quick install clean system-deps
+.PHONY: all demo test test-cpp test-python build sanitize-asan sanitize-tsan bench bench-deps install clean system-deps
 
 all: build
 
@@ -56,8 +56,19 @@ install: system-deps $(VENV)/.stamp
 demo: install
 	$(VPY) -m shoal demo
 
-bench: build
-	PYTHONPATH=$(BUILD)/pkg $(VPY) -m bench
+# Benchmarks against the peers (installed here as optional dependencies, never
+# needed by shoal itself). Results: docs/benchmarks.md, docs/img/, bench/results/.
+$(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
+	$(VPY) -m pip install -q -r bench/requirements.txt
+	touch $@
+
+bench-deps: $(VENV)/.bench-stamp
+
+bench: build bench-deps
+	./$(BUILD)/cpp/bench/ipc_bench
+	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench.ipc
+	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench.chaos
+	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench
 
 clean:
 	rm -rf build
