@@ -22,18 +22,22 @@ def _describe(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _by_value(obj: Any, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    except Exception as error:
+        raise TypeError(
+            f"cannot send {what} {_describe(obj)} to a worker process: it cannot be pickled "
+            f"({type(error).__name__}: {error})"
+        ) from error
+
+
 def dumps(obj: Any, what: str = "argument") -> bytes:
     """Pickle `obj`; raise TypeError saying what could not be pickled."""
     try:
         return pickle.dumps(obj, PROTOCOL)
-    except Exception as plain_error:
-        try:
-            return cloudpickle.dumps(obj, PROTOCOL)
-        except Exception as error:
-            raise TypeError(
-                f"cannot send {what} {_describe(obj)} to a worker process: it cannot be pickled "
-                f"({type(error).__name__}: {error})"
-            ) from plain_error
+    except Exception:
+        return _by_value(obj, what)
 
 
 def dumps_callable(fn: Any) -> bytes:
@@ -43,13 +47,7 @@ def dumps_callable(fn: Any) -> bytes:
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", "")
     if module == "__main__" or "<lambda>" in qualname or "<locals>" in qualname:
-        try:
-            return cloudpickle.dumps(fn, PROTOCOL)
-        except Exception as error:
-            raise TypeError(
-                f"cannot send the callable {_describe(fn)} to a worker process: it cannot be pickled "
-                f"({type(error).__name__}: {error})"
-            ) from error
+        return _by_value(fn, "the callable")
     return dumps(fn, "the callable")
 
 
