@@ -125,3 +125,29 @@ def stdout_state(_=None):
     import sys
 
     return sys.stdout.line_buffering, type(sys.stdout).__name__, sys.stdout.fileno()
+
+
+def describe_array(arr):
+    """What a worker sees of an array argument."""
+    from shoal.shared import in_shared_memory
+
+    return arr.shape, str(arr.dtype), bool(arr.flags.writeable), in_shared_memory(arr), float(arr.sum())
+
+
+def fill_slice(shared, start, stop, value):
+    shared[start:stop] = value
+    return stop - start
+
+
+def ones(n, dtype="float64"):
+    import numpy as np
+
+    return np.ones(n, dtype=dtype)
+
+
+def try_write(arr):
+    try:
+        arr[0] = 1
+    except ValueError:
+        return "refused"
+    return "written"

@@ -222,7 +222,8 @@ void bind_mem(nb::module_& m) {
       .def("__reduce__",
            [](const BlockView& v) {
              if (!v.holds_ref) throw ClosedError("cannot pickle a closed shared-memory block view");
-             return nb::make_tuple(nb::module_::import_("shoal._core").attr("_attach_block_view"),
+             // A Python function, so that pickle can name it.
+             return nb::make_tuple(nb::module_::import_("shoal._oob").attr("attach_view"),
                                    nb::make_tuple(descriptor(v)));
            })
       .def("__repr__", [](const BlockView& v) {

@@ -38,5 +38,6 @@ void bind_ipc(nb::module_& m);
 void bind_sync(nb::module_& m);
 void bind_queue(nb::module_& m);
 void bind_pool(nb::module_& m);
+void bind_mem(nb::module_& m);
 
 }  // namespace shoal::py

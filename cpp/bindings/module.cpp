@@ -34,6 +34,7 @@ NB_MODULE(_core, m) {
   shoal::py::bind_sync(m);
   shoal::py::bind_queue(m);
   shoal::py::bind_pool(m);
+  shoal::py::bind_mem(m);
 
   // A previous process killed with SIGKILL cannot unlink its segments; the next
   // shoal start in this user's session does it for them.

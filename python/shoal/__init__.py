@@ -5,6 +5,7 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 (locks, semaphores, events, barriers, queues) that live in shared memory.
 """
 from ._core import SharedSegment
+from .shared import SharedArray, share  # first: its exit hook must run after the pools stop
 from ._worker import worker_id
 from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, WorkerLostError
 from .executor import Executor
@@ -40,8 +41,10 @@ __all__ = [
     "Executor",
     "RemoteError",
     "RemoteTraceback",
+    "SharedArray",
     "SharedSegment",
     "WorkerLostError",
+    "share",
     "worker_id",
 ]
 __version__ = "0.1.0"

@@ -38,7 +38,7 @@ def _single_threaded() -> bool:
         return False
 
 
-def fork_fork_server() -> Optional[tuple[int, int]]:
+def fork_fork_server(config: dict[str, Any]) -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
     Forking is only safe while this process runs a single thread (no lock can
@@ -56,7 +56,7 @@ def fork_fork_server() -> Optional[tuple[int, int]]:
         try:
             ours.close()
             slot, segment = _core.serve_forks(theirs.detach())  # the worker's copy is closed in C++
-            _worker.main(segment, slot)  # never returns
+            _worker.main(segment, slot, config)  # never returns
         except BaseException:
             import traceback
 
@@ -83,7 +83,7 @@ def main(args: list[str]) -> None:
     if mode == "forkserver":
         _preload(config)
         slot, segment = _core.serve_forks(3)  # returns in each forked worker
-        _worker.main(segment, slot)
+        _worker.main(segment, slot, config)
     else:
         _core.die_with_parent(int(owner_pid))
-        _worker.main(segment, int(rest[0]))
+        _worker.main(segment, int(rest[0]), config)

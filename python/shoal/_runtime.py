@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _core
 from ._bootstrap import child_argv, fork_fork_server
+from ._oob import MAGIC as _PACKED
+from ._oob import pack, release, unpack
 from ._serialize import dumps, dumps_callable, loads, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
@@ -76,7 +78,7 @@ def decode(status: int, payload: bytes) -> tuple[bool, Any]:
 
 def _decode(status: int, payload: bytes) -> tuple[bool, Any]:
     if status == OK:
-        return True, loads(payload)
+        return True, unpack(payload, adopt=True)  # the result's objects own its arena blocks
     if status == ERROR:
         return False, loads_exception(payload)
     if status == WORKER_LOST:
@@ -120,6 +122,24 @@ def _check_timeout(timeout: Optional[float]) -> float:
     return float(timeout)
 
 
+class _ReleasingHandler:
+    """Calls a job's handler, then drops the arena blocks its arguments used."""
+
+    __slots__ = ("arena", "payload", "handler")
+
+    def __init__(self, arena: Any, payload: bytes, handler: Handler) -> None:
+        self.arena, self.payload, self.handler = arena, payload, handler
+
+    def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
+        try:
+            self.handler(status, run_ns, payload)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        release(self.payload, self.arena)
+
+
 class Runtime:
     """Runs tasks in worker processes through the C++ engine."""
 
@@ -133,6 +153,7 @@ class Runtime:
         *,
         cancel_at_exit: bool = False,
         max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
     ) -> None:
         if workers is None:
             workers = default_workers()
@@ -149,10 +170,13 @@ class Runtime:
             init_payload = dumps((initializer, tuple(initargs)), "initializer")
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
-        config = {"preload": preload}
         hard_limit = parse_bytes(max_memory_per_worker)
+        # Buffers of 64 KiB and more (numpy arrays, bytes) travel through this
+        # arena as zero-copy views instead of inside the pickles.
+        self._arena = _core.Arena.create(parse_bytes(shm_limit) or None)
+        config = {"preload": preload, "arena": self._arena.name}
         self.workers = workers
-        server = fork_fork_server() if start_method == "forkserver" else None
+        server = fork_fork_server(config) if start_method == "forkserver" else None
         self._engine = _core.Engine(
             workers=workers,
             fork_server=start_method == "forkserver",
@@ -202,6 +226,8 @@ class Runtime:
         self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
         fn_id = self._function_id(fn)
+        if payload[:8] == _PACKED:  # it holds arena blocks: free them when the job ends
+            handler = _ReleasingHandler(self._arena, payload, handler)
         job_id = next(self._job_ids)  # atomic under the GIL
         self._handlers[job_id] = handler  # filed before the job can finish
         try:
@@ -214,15 +240,16 @@ class Runtime:
     def submit_call(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        return self.submit(fn, CALL, dumps((args, kwargs)), handler, retries, timeout)
+        return self.submit(fn, CALL, pack((args, kwargs), self._arena), handler, retries, timeout)
 
-    @staticmethod
-    def pack_chunk(chunk: list) -> bytes:
-        return dumps(chunk, "map item")
+    def pack_chunk(self, chunk: list) -> bytes:
+        return pack(chunk, self._arena, what="map item")
 
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
-            self._handlers.pop(job_id, None)
+            handler = self._handlers.pop(job_id, None)
+            if isinstance(handler, _ReleasingHandler):
+                handler.release()
             return True
         return False
 
@@ -233,6 +260,9 @@ class Runtime:
         while True:
             batch = engine.collect(None)
             if batch is None:
+                # Every worker is gone: the arena's names go too (blocks that
+                # results still use stay mapped until those objects die).
+                self._arena.close()
                 return
             pop = self._handlers.pop
             handlers = [pop(job[0], None) for job in batch]
@@ -269,7 +299,9 @@ class Runtime:
         return list(self._engine.worker_pids())
 
     def stats(self) -> dict[str, int]:
-        return dict(self._engine.stats())
+        stats = dict(self._engine.stats())
+        stats["shm_used_bytes"] = 0 if self._arena.closed else self._arena.used_bytes()
+        return stats
 
     # -- maps -----------------------------------------------------------------
 
@@ -438,7 +470,7 @@ class MapFeed:
             return payload
         if status == ERROR:
             try:
-                values, failed = loads(payload)
+                values, failed = unpack(payload, adopt=True)
                 return values, {i: loads_exception(p) for i, p in failed.items()}
             except Exception:  # noqa: BLE001 - not a per-item report: the whole chunk failed
                 exc = loads_exception(payload)

@@ -13,7 +13,8 @@ from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 from . import _core
-from ._serialize import dumps, dumps_exception, loads
+from ._oob import pack, unpack
+from ._serialize import dumps_exception, loads
 
 # Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
 DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
@@ -22,6 +23,7 @@ OK, ERROR = 0, 1
 CALL, MAP_ONE, MAP_STAR = 0, 1, 2
 
 _worker_id: Optional[int] = None
+_arena: Any = None  # the pool's shared-memory arena: big buffers travel through it
 
 
 def worker_id() -> Optional[int]:
@@ -74,12 +76,12 @@ class _LineWriter(io.TextIOBase):
 def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
     if tag == CALL:
         try:
-            args, kwargs = loads(payload)
+            args, kwargs = unpack(payload, _arena)
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
             return ERROR, dumps_exception(exc)
         return _pickled_result(result)
-    items = loads(payload)
+    items = unpack(payload, _arena)
     results = []
     failures: dict[int, bytes] = {}
     star = tag == MAP_STAR
@@ -90,22 +92,23 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
             results.append(None)
             failures[index] = dumps_exception(exc)
     if failures:
-        return ERROR, dumps((results, failures))
+        return ERROR, pack((results, failures), _arena, what="result")
     return _pickled_result(results)
 
 
 def _pickled_result(result: Any) -> tuple[int, bytes]:
     try:
-        return OK, dumps(result, "result")
-    except TypeError as exc:
+        return OK, pack(result, _arena, what="result")
+    except (TypeError, MemoryError) as exc:
         return ERROR, dumps_exception(exc)
 
 
-def serve(segment: str, slot: int) -> None:
+def serve(segment: str, slot: int, arena: str) -> None:
     """Run tasks from the pool's ring until the pool closes it (at shutdown, or
     when this worker has used up max_tasks_per_child)."""
-    global _worker_id
+    global _worker_id, _arena
     _worker_id = slot
+    _arena = _core.Arena.attach(arena)  # held for the worker's life: mappings stay warm
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Workers share the parent's stdout/stderr: write whole lines, each in one
     # write(2), so lines from different workers never tear into each other.
@@ -139,9 +142,9 @@ def serve(segment: str, slot: int) -> None:
                 os._exit(3)
 
 
-def main(segment: str, slot: int) -> None:
+def main(segment: str, slot: int, config: dict) -> None:
     try:
-        serve(segment, slot)
+        serve(segment, slot, config["arena"])
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

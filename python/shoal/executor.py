@@ -67,6 +67,9 @@ class Executor(futures.Executor):
             string like ``"2GB"``): a task that drives its worker past it is
             killed and raises ``shoal.MemoryLimitError``; a worker above 80 %
             of it after a task is replaced before its next one.
+        shm_limit: the most shared memory (bytes or ``"4GB"``) the pool's arena
+            may hold for big arguments and results in flight; default: half
+            of /dev/shm's free space. Past it, submit raises MemoryError.
         start_method: ``"forkserver"`` (default: workers forked from a clean
             helper process, so a replacement costs milliseconds) or ``"spawn"``.
     """
@@ -79,6 +82,7 @@ class Executor(futures.Executor):
         initargs: tuple = (),
         max_tasks_per_child: Optional[int] = None,
         max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
         if max_workers is not None and max_workers < 0:
@@ -90,6 +94,7 @@ class Executor(futures.Executor):
             max_tasks_per_child=max_tasks_per_child,
             start_method=start_method,
             max_memory_per_worker=max_memory_per_worker,
+            shm_limit=shm_limit,
         )
         self._shutdown = False
         self._shutdown_lock = threading.Lock()

@@ -151,6 +151,7 @@ class Pool:
         maxtasksperchild: Optional[int] = None,
         *,
         max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
         if processes is not None and processes < 0:
@@ -163,6 +164,7 @@ class Pool:
             start_method=start_method,
             cancel_at_exit=True,
             max_memory_per_worker=max_memory_per_worker,
+            shm_limit=shm_limit,
         )
         self._state = _RUN
 

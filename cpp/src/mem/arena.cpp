@@ -155,6 +155,8 @@ void SharedArena::unlink_all_names() {
   // Under the mutex (if it can be had soon), so that no process is halfway
   // through creating a segment whose name we would miss.
   LockResult r = ctl().mutex.lock(Deadline::after(std::chrono::seconds(2)));
+  // Its holder died: leave the rebuild to the next locker (this is no allocation).
+  if (r == LockResult::previous_owner_died) ctl().recovering.store(1, std::memory_order_release);
   ctl().closed.store(1, std::memory_order_release);
   const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
   for (uint32_t i = 0; i < n; ++i)
@@ -484,6 +486,13 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
     Locked lock(*this);
     Control& c = ctl();
     SlotRecord& s = c.slots[slot];
+    if (c.closed.load(std::memory_order_acquire) != 0) {
+      // The owner unlinked every name while we made ours: it is ours to remove.
+      c.used_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      c.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      forget_slot_locked(slot);
+      throw ClosedError("shared-memory arena '" + name() + "' is closed");
+    }
     generation = c.next_generation++;
     s.block_size = size;
     s.refs.store(1, std::memory_order_relaxed);

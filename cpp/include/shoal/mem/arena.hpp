@@ -80,9 +80,12 @@ class SharedArena {
   static constexpr std::size_t kAlignment = 64;  // every block's data is 64-byte aligned
   static constexpr uint32_t kMaxSegments = 1024;
 
-  // Creates an arena owned by this process. `limit_bytes` bounds both the bytes
-  // in live blocks and the shared memory the arena maps; 0 means half of the
-  // space free in /dev/shm now (default_limit()).
+  // Creates an arena owned by this process. `limit_bytes` bounds the bytes in
+  // live blocks (used_bytes(), headers included); 0 means half of the space
+  // free in /dev/shm now (default_limit()). Pooled segments together also stay
+  // within it (past that, a block gets a segment of its own), so the arena
+  // maps at most the limit plus its huge blocks. `segment_bytes` is the
+  // largest pooled segment (clamped to the limit).
   static std::shared_ptr<SharedArena> create(std::size_t limit_bytes = 0,
                                              std::size_t segment_bytes = kDefaultSegmentBytes);
   // Attaches to the arena called `name`. Within one process there is one handle

@@ -1,0 +1,89 @@
+"""Big data through the pools: out-of-band buffers in the arena, SharedArray by reference."""
+import os
+
+import numpy as np
+import pytest
+
+import shoal
+import tasks
+from shoal.shared import in_shared_memory
+
+
+@pytest.fixture
+def ex(no_leaks):
+    executor = shoal.Executor(2)
+    yield executor
+    executor.shutdown()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int8", "uint16", "int64", "complex128", "bool"])
+@pytest.mark.parametrize("shape", [(0,), (7,), (300, 301), (20, 30, 40)])
+def test_arrays_round_trip_exactly_as_arguments_and_results(ex, dtype, shape):
+    rng = np.random.default_rng(1)
+    arr = (rng.standard_normal(shape) * 100).astype(dtype)
+    back = ex.submit(tasks.identity, arr).result(timeout=60)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert np.array_equal(back, arr)
+
+
+def test_big_arguments_arrive_as_read_only_zero_copy_views(ex):
+    arr = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
+    shape, dtype, writeable, shared, total = ex.submit(tasks.describe_array, arr).result(timeout=60)
+    assert (shape, dtype, total) == (arr.shape, "float64", float(arr.sum()))
+    assert shared and not writeable
+    assert ex.submit(tasks.try_write, arr).result(timeout=60) == "refused"
+    small = np.arange(10.0)  # below the threshold: pickled in-band, an ordinary copy
+    assert ex.submit(tasks.describe_array, small).result(timeout=60)[3] is False
+
+
+def test_big_results_come_back_through_shared_memory(ex):
+    out = ex.submit(tasks.ones, 1 << 20).result(timeout=60)
+    assert out.sum() == 1 << 20 and in_shared_memory(out)
+
+
+def test_non_contiguous_and_object_arrays(ex):
+    base = np.arange(400 * 400, dtype=np.int64).reshape(400, 400)
+    view = base[::3, 1::2]
+    assert np.array_equal(ex.submit(tasks.identity, view).result(timeout=60), view)
+    objects = np.array([{"a": 1}, None, "x"] * 30000, dtype=object)
+    assert list(ex.submit(tasks.identity, objects).result(timeout=60)) == list(objects)
+
+
+@pytest.fixture
+def default_arena_ready():
+    """The process-wide arena lives as long as the process; make its first segment now."""
+    with shoal.SharedArray((1,)):
+        pass
+
+
+def test_shared_array_writes_from_several_workers_land(default_arena_ready, ex):
+    with shoal.SharedArray((1000,), dtype=np.int32) as shared:
+        counts = list(ex.map(tasks.fill_slice, [shared] * 10, range(0, 1000, 100), range(100, 1100, 100),
+                             range(1, 11), chunksize=1))
+        assert counts == [100] * 10
+        assert np.array_equal(shared, np.repeat(np.arange(1, 11, dtype=np.int32), 100))
+
+
+def test_shm_limit_gives_a_clear_memory_error_and_the_pool_goes_on(no_leaks):
+    with shoal.Executor(1, shm_limit="1MB") as ex:
+        with pytest.raises(MemoryError, match="shm_limit"):
+            ex.submit(tasks.identity, np.zeros(1 << 20))  # 8 MiB > 1 MiB
+        assert ex.submit(tasks.square, 3).result(timeout=30) == 9
+
+
+def _rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_ten_thousand_one_mib_tasks_leave_the_arena_empty_and_rss_flat(ex):
+    arr = np.ones(1 << 17)  # 1 MiB
+    list(ex.map(tasks.length, [arr] * 50, chunksize=1))  # warm-up
+    rss = _rss_kib()
+    total = sum(ex.map(tasks.length, (arr for _ in range(10_000)), chunksize=1))
+    assert total == 10_000 * len(arr)
+    assert ex.stats()["shm_used_bytes"] == 0
+    assert _rss_kib() - rss < 64 * 1024  # not 1 MiB per task (that would be 10 GiB)
