@@ -229,6 +229,8 @@ def _encode(names: Sequence[str], entries: Sequence[Entry], pickled: bytes) -> b
 
 def is_packed(payload: Any) -> bool:
     """Whether ``payload`` lists blocks (else it is a plain pickle)."""
+    if type(payload) is bytes:  # the common case, without a memoryview
+        return payload.startswith(MAGIC)
     return bytes(memoryview(payload)[: len(MAGIC)]) == MAGIC
 
 
