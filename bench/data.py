@@ -29,7 +29,7 @@ WORKERS = 2
 
 
 def _tree_rss_kib(root: int) -> int:
-    """Sum of RSS over `root` and its descendants (proportional share not counted)."""
+    """Sum of PSS over `root` and its descendants: a shared page counts once in all."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -38,8 +38,8 @@ def _tree_rss_kib(root: int) -> int:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/status") as f:
-                rss[int(entry)] = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            with open(f"/proc/{entry}/smaps_rollup") as f:
+                rss[int(entry)] = next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
         except (OSError, StopIteration, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
@@ -52,7 +52,7 @@ def _tree_rss_kib(root: int) -> int:
 
 
 class PeakMemory:
-    """Samples the process tree's RSS every 5 ms while active."""
+    """Samples the process tree's memory (PSS) every 5 ms while active."""
 
     def __enter__(self) -> "PeakMemory":
         self.peak = 0
@@ -167,8 +167,7 @@ def main(argv=None) -> int:
 
     big = (1 << 30) // 8 if not args.quick else (32 << 20) // 8
     print(f"### Peak memory of the process tree, 2 workers reading one {big * 8 >> 20} MiB array\n")
-    print("| variant | peak RSS of the tree |\n|---|---|")
-    arr = np.ones(big)
+    print("| variant | peak memory of the tree (PSS) |\n|---|---|")
     expect = float(big)
     for name in ("shoal (SharedArray)", "shoal (plain array)", "ProcessPoolExecutor"):
         if name.startswith("shoal"):
@@ -177,15 +176,20 @@ def main(argv=None) -> int:
             pool_obj = cf.ProcessPoolExecutor(WORKERS, mp_context=ctx)
         with pool_obj as runner:
             runner.submit(touch_all, np.ones(1)).result()
-            payload = shoal.share(arr) if name == "shoal (SharedArray)" else arr
+            if name == "shoal (SharedArray)":
+                arr = shoal.SharedArray((big,))  # built in shared memory: no private copy
+            else:
+                arr = np.empty(big)
+            arr[:] = 1.0
             with PeakMemory() as peak:
-                got = [f.result() for f in [runner.submit(touch_all, payload) for _ in range(WORKERS)]]
+                got = [f.result() for f in [runner.submit(touch_all, arr) for _ in range(WORKERS)]]
             if got != [expect] * WORKERS:
                 raise AssertionError("wrong result")
             print(f"| {name} | {peak.peak / 2**20:.2f} GiB |")
             if name == "shoal (SharedArray)":
-                payload.close()
-    print(f"\n(the parent's own copy of the array: {arr.nbytes / 2**30:.2f} GiB)")
+                arr.close()
+            del arr
+    print(f"\n(the array itself: {big * 8 / 2**30:.2f} GiB)")
     return 0
 
 

@@ -7,6 +7,15 @@ def shoal_segments_of(pid: int) -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")}
 
 
+def _is_resource_tracker(pid: str) -> bool:
+    # multiprocessing starts one per process on first use and keeps it until exit.
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 def child_pids() -> list:
     """Live (non-zombie) processes whose parent is this test process."""
     me = str(os.getpid())
@@ -19,7 +28,7 @@ def child_pids() -> list:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == me and fields[0] != "Z":
+        if fields[1] == me and fields[0] != "Z" and not _is_resource_tracker(entry):
             found.append(int(entry))
     return found
 

@@ -256,8 +256,27 @@ def _decode(payload: Any) -> Tuple[List[str], List[Entry], memoryview]:
     return names, entries, view[pos:]
 
 
+# Arenas a pool worker keeps attached for its whole life, by name: without a
+# held handle an arena is unmapped when its last view dies, and every task
+# would map it again and fault in every page it touches anew.
+_pinned: Optional[dict] = None
+
+
+def pin_arenas() -> None:
+    """Keep every arena this process attaches mapped until it exits (pool workers)."""
+    global _pinned
+    if _pinned is None:
+        _pinned = {}
+
+
+def _pin(arena: Any) -> Any:
+    if _pinned is not None and arena is not None:
+        _pinned.setdefault(arena.name, arena)
+    return arena
+
+
 def _arenas(names: Sequence[str], arena: Any) -> List[Any]:
-    return [arena if arena is not None and arena.name == name else _core.Arena.attach(name) for name in names]
+    return [_pin(arena if arena is not None and arena.name == name else _core.Arena.attach(name)) for name in names]
 
 
 def blocks(payload: Any) -> List[Tuple[str, Any]]:
@@ -333,7 +352,9 @@ def release(payload: Any, arena: Any = None) -> None:
 
 def attach_view(descriptor: tuple, readonly: Optional[bool] = None) -> Any:
     """Unpickling helper for a BlockView: a new reference on the block it names."""
-    return track(_core._attach_block_view(descriptor, readonly))
+    view = track(_core._attach_block_view(descriptor, readonly))
+    _pin(view.arena)
+    return view
 
 
 # --- exit --------------------------------------------------------------------

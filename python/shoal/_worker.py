@@ -13,7 +13,7 @@ from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 from . import _core
-from ._oob import pack, unpack
+from ._oob import pack, pin_arenas, unpack
 from ._serialize import dumps_exception, loads
 
 # Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
@@ -109,6 +109,7 @@ def serve(segment: str, slot: int, arena: str) -> None:
     global _worker_id, _arena
     _worker_id = slot
     _arena = _core.Arena.attach(arena)  # held for the worker's life: mappings stay warm
+    pin_arenas()  # likewise for arenas that SharedArray arguments live in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Workers share the parent's stdout/stderr: write whole lines, each in one
     # write(2), so lines from different workers never tear into each other.
