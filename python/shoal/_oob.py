@@ -347,6 +347,10 @@ def release(payload: Any, arena: Any = None) -> None:
     names, entries, _ = _decode(payload)
     arenas = _arenas(names, arena)
     for arena_index, _, block, _, _ in entries:
+        # The payload's references are disowned (not this process's): adopt
+        # each before dropping it, so this process's own mappings and
+        # references on the same block (a live SharedArray) stay intact.
+        arenas[arena_index].adopt(block)
         arenas[arena_index].release(block)
 
 
