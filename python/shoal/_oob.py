@@ -93,6 +93,25 @@ class _ArenaFailure(Exception):
         self.error = error
 
 
+class _Probe:
+    """Stands in for _Packing during pack()'s fast pass: notes whether anything
+    needs the arena (a big buffer, a SharedArray to hold)."""
+
+    __slots__ = ("clean", "threshold")
+
+    def __init__(self) -> None:
+        self.clean = True
+
+    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        # Returning True keeps the buffer in the pickle; any buffer at all sends
+        # pack() down the full path, which decides by size.
+        self.clean = False
+        return True
+
+    def hold(self, view: Any) -> None:
+        self.clean = False
+
+
 class _Packing:
     """One pack() call: the blocks it made and the references it took."""
 
@@ -173,13 +192,26 @@ def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, wha
         TypeError: if ``obj`` cannot be pickled (naming ``what`` it is).
         MemoryError: if the arena's limit does not leave room for the buffers.
     """
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    # Fast path, for the many small payloads: one plain pickling pass that only
+    # watches for out-of-band buffers and SharedArrays; if there are none, the
+    # result is the plain pickle and no arena is touched.
+    probe = _Probe()
+    stack.append(probe)
+    try:
+        pickled = pickle.dumps(obj, PROTOCOL, buffer_callback=probe.buffer_callback)
+    except Exception:  # noqa: BLE001 - the full path below tries cloudpickle and explains
+        probe.clean = False
+    finally:
+        stack.pop()
+    if probe.clean:
+        return pickled
     if arena is None:
         from .shared import default_arena
 
         arena = default_arena()
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
     state = _Packing(arena, threshold)
     stack.append(state)
     try:
