@@ -5,7 +5,7 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 (locks, semaphores, events, barriers, queues) that live in shared memory.
 """
 from ._core import SharedSegment
-from .shared import SharedArray, share  # first: its exit hook must run after the pools stop
+from . import _oob  # noqa: F401 - first: its exit hook must run after the pools stop
 from ._worker import worker_id
 from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, WorkerLostError
 from .executor import Executor
@@ -48,3 +48,13 @@ __all__ = [
     "worker_id",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # SharedArray needs numpy; importing it lazily keeps `import shoal` (and so
+    # every fresh worker interpreter) fast for code that never uses it.
+    if name in ("SharedArray", "share"):
+        from . import shared
+
+        return getattr(shared, name)
+    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
