@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from typing import Any, Optional
 
 _CODE = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from shoal._bootstrap import main;main(sys.argv[2:])"
@@ -31,22 +32,23 @@ def child_argv(mode: str, config: dict[str, Any]) -> list[str]:
     ]
 
 
-def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
+def _no_other_python_threads() -> bool:
+    # Only Python threads can hold the locks the child's Python code would need
+    # (the import lock, logging's, a user's). Native pools such as OpenBLAS's
+    # idle threads register their own fork handlers: the same assumption that
+    # multiprocessing's default "fork" start method makes.
+    return threading.active_count() == 1
 
 
 def fork_fork_server(config: dict[str, Any]) -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
-    Forking is only safe while this process runs a single thread (no lock can
-    be held by a thread that would not exist in the child). Then the server
-    starts in a millisecond and its workers inherit every module already
-    imported. Otherwise (None) the engine starts a clean interpreter instead.
+    Forking is safe while no other Python thread runs (see
+    _no_other_python_threads). Then the server starts in a millisecond and its
+    workers inherit every module already imported. Otherwise (None) the engine
+    starts a clean interpreter instead.
     """
-    if not _single_threaded():
+    if not _no_other_python_threads():
         return None
     from . import _core, _worker
 
