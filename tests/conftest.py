@@ -3,6 +3,15 @@ import os
 import pytest
 
 
+def rss_kib() -> int:
+    """This process's resident set size in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def shoal_segments_of(pid: int) -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")}
 

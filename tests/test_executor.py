@@ -8,6 +8,7 @@ import pytest
 
 import shoal
 import tasks
+from conftest import rss_kib
 
 
 @pytest.fixture
@@ -204,13 +205,6 @@ def _open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def _rss_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def test_100k_tasks_without_growth_in_memory_or_descriptors(ex):
     def batch(start):
@@ -218,9 +212,9 @@ def test_100k_tasks_without_growth_in_memory_or_descriptors(ex):
         return sum(f.result(timeout=60) for f in cf.as_completed(futs))
 
     batch(0)  # warm-up: allocator pools reach the size one batch needs
-    fds, rss = _open_fds(), _rss_kib()
+    fds, rss = _open_fds(), rss_kib()
     total = sum(batch(start) for start in range(0, 100_000, 10_000))
     assert total == sum(i * i for i in range(100_000))
     assert _open_fds() <= fds
     # A leak of even 256 bytes per task would add 25 MiB.
-    assert _rss_kib() - rss < 20 * 1024
+    assert rss_kib() - rss < 20 * 1024

@@ -6,6 +6,7 @@ import pytest
 
 import shoal
 import tasks
+from conftest import rss_kib
 from shoal.shared import in_shared_memory
 
 
@@ -71,22 +72,15 @@ def test_shm_limit_gives_a_clear_memory_error_and_the_pool_goes_on(no_leaks):
         assert ex.submit(tasks.square, 3).result(timeout=30) == 9
 
 
-def _rss_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
 
 def test_ten_thousand_one_mib_tasks_leave_the_arena_empty_and_rss_flat(ex):
     arr = np.ones(1 << 17)  # 1 MiB
     list(ex.map(tasks.length, [arr] * 50, chunksize=1))  # warm-up
-    rss = _rss_kib()
+    rss = rss_kib()
     total = sum(ex.map(tasks.length, (arr for _ in range(10_000)), chunksize=1))
     assert total == 10_000 * len(arr)
     assert ex.stats()["shm_used_bytes"] == 0
-    assert _rss_kib() - rss < 64 * 1024  # not 1 MiB per task (that would be 10 GiB)
+    assert rss_kib() - rss < 64 * 1024  # not 1 MiB per task (that would be 10 GiB)
 
 
 def test_a_big_shared_array_stays_usable_in_the_caller_after_tasks_used_it():
