@@ -234,10 +234,24 @@ def machine_info() -> dict:
     return info
 
 
+def shoal_revision() -> str:
+    """The commit of the tree shoal is imported from, and whether its sources differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "python/shoal", "cpp"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty else "") if head else "unknown"
+
+
 def run_suite(libs: list, scenario_names: list, workers_list: list, repeats: int, quick: bool,
               limit_s: float, log=print) -> dict:
     started = time.time()
     t_start = time.monotonic()
+    revision_at_start = shoal_revision()
     status: dict = {}
     run_libs = []
     for lib in libs:
@@ -283,6 +297,7 @@ def run_suite(libs: list, scenario_names: list, workers_list: list, repeats: int
         "started": started,
         "duration_s": time.monotonic() - t_start,
         "machine": machine_info(),
+        "shoal_revision": [revision_at_start, shoal_revision()],
         "load_1min": load,
         "workers": workers_list,
         "repeats": repeats,

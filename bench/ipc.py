@@ -16,7 +16,7 @@ libraries; process start-up is never inside a timed region):
   the first put until the child's report arrives.
 * **Lock, uncontended**: ``with lock: pass`` and ``lock.acquire(); lock.release()``
   in a loop in one process; nanoseconds per acquire/release pair, Python loop
-  included (the same loop for every lock). ``threading.Lock`` is shown as a floor.
+  included (the same loop for every lock). ``threading.Lock`` is shown for reference.
 
 The libraries are interleaved within each repeat (and the order rotates between
 repeats), so slow phases of a busy machine hit all of them. Every received object
@@ -61,7 +61,7 @@ QUEUES: Dict[str, Callable[..., Any]] = {
 LOCKS: Dict[str, Callable[[], Any]] = {
     "shoal.Lock": shoal.Lock,
     "multiprocessing.Lock": CTX.Lock,
-    "threading.Lock (floor, not shared)": threading.Lock,
+    "threading.Lock (reference, not shared)": threading.Lock,
 }
 
 

@@ -28,7 +28,7 @@ TARGETS = [
     ("b", "submit_100k", "time_s", "ProcessPoolExecutor", 10.0,
      "100,000 tiny tasks by submit + as_completed: shoal's throughput this many times higher"),
     ("c", "map_1m", "time_s", "multiprocessing.Pool", 1.5,
-     "map over 1,000,000 tiny items, default chunking: shoal this many times faster"),
+     "map of x*x over 1,000,000 items, default chunking: shoal this many times faster"),
     ("d", "cpu_10ms", "time_s", "serial", 1.9,
      "CPU-bound 10 ms tasks on 2 workers: speed-up over serial"),
     ("e", "startup", "first_result_s", "ProcessPoolExecutor", 2.0,
@@ -39,12 +39,17 @@ TARGETS = [
 #: of the shoal tree this suite was run against. Keyed by scenario, (scenario,
 #: measure) or "target-<tag>".
 _PER_TASK_COPY = (
-    "Cause: shoal sends large buffers out of band through its shared-memory arena, but an "
-    "ordinary array argument is still copied into the arena once per task: the 100 MB image is "
-    "copied 20 times (2 GB of memcpy on a 2-core machine), where the winners share it once: fork "
-    "inheritance through the initializer (mp.Pool, PPE), a memory map (joblib), `shared_objects` "
-    "(mpire), the object store (Ray). `shoal.SharedArray` (the shoal+SA column) copies it once. "
-    "shoal also pays its slow pool start inside the timing (see start-up). "
+    "Cause: an ordinary array argument is copied into shoal's shared-memory arena once per task, "
+    "so the 100 MB image is shipped 20 times, where the winners share it once (fork inheritance "
+    "through the initializer for mp.Pool and PPE, a memory map for joblib, `shared_objects` for "
+    "mpire, the object store for Ray). Each shipment costs ~250 ms of the caller's CPU, and "
+    "profiling (py-spy) shows why: `_oob.pack()` pickles the argument twice, and its first, "
+    "'fast' pass keeps the buffer in band (`_Probe.buffer_callback` returns True), i.e. copies "
+    "all 100 MB into a bytes object only to learn that the arena is needed; the second pass "
+    "copies it again into fresh arena pages. Repro: `img = numpy.ones((5000, 5000), numpy.float32)`; "
+    "`ex.submit(len, img).result()` takes ~250 ms on this machine. Returning False from the probe's "
+    "callback (nothing copied) would remove one of the two copies. With `shoal.SharedArray` "
+    "(column shoal+SA) the image is copied once. "
 )
 CAUSES: dict = {
     ("startup", "idle_rss_per_worker_mb"): (
@@ -403,7 +408,14 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
         f"limit per library and scenario; the whole run took {result['duration_s'] / 60:.1f} min. "
         f"1-minute load average during the run: {min(loads):.2f}–{max(loads):.2f} "
         f"(other work shared the machine at times: treat differences under ~20 % as noise).\n")
-    parts.append(f"Versions: {vers}.\n")
+    rev = result.get("shoal_revision")
+    if rev:
+        same = rev[0] == rev[-1]
+        parts.append(f"Versions: {vers}; shoal from the tree at {rev[0]}"
+                     + ("" if same else f" at the start and {rev[-1]} at the end (it changed during the run)")
+                     + ".\n")
+    else:
+        parts.append(f"Versions: {vers}.\n")
     if missing:
         parts.append("Not run: " + "; ".join(missing) + ".\n")
     parts.append(
@@ -612,8 +624,9 @@ def console_summary(result: dict) -> str:
     workers = result["workers"][0]
     if result["kind"] == "quick":
         return correctness_table(result, agg, workers)
-    out = [summary_table(result, agg, w) for w in result["workers"]]
-    out.append(targets_table(result, agg, workers)[0])
+    out = [f"workers={w}:\n" + summary_table(result, agg, w) for w in result["workers"]]
+    if 2 in result["workers"]:
+        out.append(targets_table(result, agg, 2)[0])
     return "\n\n".join(out)
 
 
