@@ -202,3 +202,19 @@ def test_parent_killed_with_sigkill_takes_workers_along_and_segments_are_reclaim
     checker = _run_script("import shoal")  # the next start reclaims the dead parent's segments
     checker.communicate(timeout=60)
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_shutdown_without_waiting_cancels_the_queue_and_returns_at_once(no_leaks):
+    ex = shoal.Executor(2)
+    running = [ex.submit(tasks.sleep_then, i, 0.3) for i in range(2)]
+    queued = [ex.submit(tasks.square, i) for i in range(200)]
+    start = time.monotonic()
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - start < 0.5
+    assert [f.result(timeout=10) for f in running] == [0, 1]  # running tasks finish
+    assert sum(f.cancelled() for f in queued) > 0
+    for i, f in enumerate(queued):
+        assert f.cancelled() or f.result(timeout=10) == i * i
+    with pytest.raises(RuntimeError):
+        ex.submit(tasks.square, 1)
+    ex.shutdown(wait=True)  # the workers are gone within the no_leaks fixture's wait
