@@ -61,22 +61,22 @@ CAUSES: dict = {
         "Cause: the fork server is one more Python process (counted in the sum), and shoal's C++ "
         "extension and cloudpickle are loaded in it and in every worker."),
     ("startup", "first_result_s"): (
-        "Cause: shoal's fast start forks its fork server from the caller, which it only does while "
-        "the caller is single-threaded; anything that started a thread before the pool (numpy's "
-        "OpenBLAS at import, see the next row) makes it start a fresh interpreter instead (~0.3 s). "
-        "For a while `import shoal` itself imported numpy and hit this on every start (fixed in "
-        "e8cb3e0, \"import shoal no longer imports numpy\")."),
+        "Cause: shoal's fast start forks its fork server from the caller, which it does only while no "
+        "other Python thread runs; otherwise it starts a fresh interpreter as fork server (~0.3 s). "
+        "Until 6d3564b any native thread (numpy's OpenBLAS pool) forced the slow path, and for a while "
+        "`import shoal` itself imported numpy, so every start paid ~0.3 s."),
     ("startup", "first_result_numpy_s"): (
-        "Cause: shoal forks its fork server from the caller only while the caller is single-threaded; "
-        "`import numpy` starts OpenBLAS's threads, so shoal falls back to starting a fresh interpreter "
-        "as fork server and importing numpy there (~0.3 s instead of ~5 ms). multiprocessing.Pool and "
-        "ProcessPoolExecutor fork the caller whatever its threads (Python 3.11's default, unsafe with "
-        "threads). Repro: `python -c \"import numpy, shoal, time; t=time.perf_counter(); "
-        "e=shoal.Executor(2); e.submit(abs, 1).result(); print(time.perf_counter()-t)\"`; "
-        "without `import numpy` it is ~40x faster. Every scenario that creates its pool after numpy "
-        "is imported (3, 4, 5 here, and most real programs) pays this. Fix: let the fast start "
-        "survive threads that hold no lock the fork server needs (BLAS pools), or fork the server "
-        "at `import shoal`."),
+        "Cause: see the row above: with a Python thread running before the pool, shoal starts a fresh "
+        "interpreter as its fork server."),
+    ("startup", "peak_rss_mb"): (
+        "Cause: shoal runs one more process than the stdlib pools, its fork server, and loads its C++ "
+        "extension and cloudpickle in it and in every worker; RSS counts the pages they share once per "
+        "process."),
+    ("startup", "idle_rss_per_worker_mb"): (
+        "Cause: the sum includes shoal's fork server (one more process, divided over the workers), and "
+        "its workers hold the C++ extension and cloudpickle; RSS counts pages shared with the fork "
+        "server once per process, PSS splits them (a difference of ~2 MB per worker)."),
+    ("startup", "idle_pss_per_worker_mb"): "Cause: as for RSS above.",
     ("overhead", "submit_s"): (
         "Cause: joblib's `return_as='generator_unordered'` batches tasks automatically "
         "(`batch_size='auto'`), so it never pays per task; shoal sends one job per `submit` and builds a "
@@ -90,14 +90,14 @@ CAUSES: dict = {
         "Cause: 64 slices of 4 MiB go in and 64 arrays of 4 MiB come back through the arena, one copy "
         "each way; the differences to the winner are within this machine's noise."),
     "expensive_init": (
-        "Cause: pool creation is inside the timing (the initializer is part of it), and once numpy is "
-        "imported shoal's pool start costs ~0.3 s (a fresh interpreter as fork server, see start-up), where "
-        "multiprocessing.Pool/PPE fork the caller in milliseconds and joblib reuses loky workers "
+        "Cause: pool creation is inside the timing (the initializer is part of it); when shoal's "
+        "start takes the slow path (a fresh interpreter as fork server, see start-up) it costs ~0.3 s, "
+        "where multiprocessing.Pool/PPE fork the caller in milliseconds and joblib reuses loky workers "
         "that are already running (and builds the table lazily in them)."),
     "prefixes": (
-        "Cause: pool creation is inside the timing (the initializer is part of it) and, with numpy "
-        "imported, costs shoal ~0.3 s (see start-up); the stdlib pools fork in milliseconds. The "
-        "counting itself runs at the same speed in every pool."),
+        "Cause: pool creation is inside the timing (the initializer is part of it); on shoal's slow "
+        "start path it costs ~0.3 s (see start-up). The counting itself runs at the same speed in "
+        "every pool."),
     "balance": (
         "Cause: shoal's map sizes chunks to ~5 ms of measured work; with Pareto-distributed durations "
         "a chunk's measured time swings widely, and the last chunks can leave one worker idle. joblib "
@@ -127,8 +127,9 @@ CAUSES: dict = {
         "item in the caller (e.g. results decoded in C++, or ranges and arrays sent without "
         "per-item pickling)."),
     "target-d": (
-        "Cause: on 2 cores the caller's result thread and the machine's other load take CPU from the "
-        "two workers; the speed-up is within noise of the stdlib pools'."),
+        "Cause: none specific to shoal: on 2 cores the caller, the result thread and the machine's other "
+        "load take CPU from the two workers, and multiprocessing.Pool and ProcessPoolExecutor land at "
+        "the same speed-up within noise (each task burns 10 ms of CPU time, so stolen CPU shows)."),
     "target-e": "Cause: see start-up above.",
 }
 
