@@ -103,10 +103,10 @@ class _Probe:
         self.clean = True
 
     def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
-        # Returning True keeps the buffer in the pickle; any buffer at all sends
-        # pack() down the full path, which decides by size.
+        # Any buffer at all sends pack() down the full path, which decides by
+        # size; False keeps this pass from copying the buffer into its pickle.
         self.clean = False
-        return True
+        return False
 
     def hold(self, view: Any) -> None:
         self.clean = False
