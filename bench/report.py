@@ -436,7 +436,8 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
     if not lost and not misses:
         parts.append("shoal was fastest in every scenario and met every target in this run.\n")
     for sc, ms, lib, v, s in lost:
-        cause = CAUSES.get((sc.name, ms.key)) or CAUSES.get(sc.name) or "not yet analysed."
+        cause = (CAUSES.get((sc.name, ms.key)) or CAUSES.get(sc.name)
+                 or (CAUSES.get(f"target-{sc.issue}") if sc.issue else None) or "not yet analysed.")
         parts.append(f"- **{sc.title} — {ms.label}**: {lib} {fmt(v, ms.unit)} vs shoal {fmt(s, ms.unit)}. {cause}")
     for tag, what, factor, target in misses:
         cause = CAUSES.get(f"target-{tag}", "not yet analysed.")
@@ -455,7 +456,7 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
         for sn in scaling["scenarios"]:
             sc = BY_NAME[sn]
             ms = sc.measures[0]
-            head = "| library | " + " | ".join(f"{w} workers" for w in ws) + " |"
+            head = "| library | " + " | ".join(f"workers={w}" for w in ws) + " |"
             parts.append(f"{sc.title}, {ms.label}:\n")
             parts.append(head)
             parts.append("|---|" + "---:|" * len(ws))
