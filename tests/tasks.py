@@ -151,3 +151,16 @@ def try_write(arr):
     except ValueError:
         return "refused"
     return "written"
+
+
+def shm_mappings_of_at_least(nbytes):
+    """The shoal segments this process maps with at least `nbytes` (live or already unlinked)."""
+    found = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5].startswith("/dev/shm/shoal-"):
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if high - low >= nbytes:
+                    found.add(fields[5])
+    return sorted(found)

@@ -1,5 +1,6 @@
 """Big data through the pools: out-of-band buffers in the arena, SharedArray by reference."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -93,3 +94,21 @@ def test_a_big_shared_array_stays_usable_in_the_caller_after_tasks_used_it():
         totals = [f.result(timeout=60) for f in [ex.submit(tasks.describe_array, shared) for _ in range(4)]]
         assert {t[4] for t in totals} == {float(shared.size * 2)}
         assert float(shared.sum()) == shared.size * 2
+
+
+def test_a_worker_keeps_a_shared_array_mapped_between_tasks_and_unmaps_it_once_freed(default_arena_ready, no_leaks):
+    # Mapping the array's segment and faulting its pages in again for every
+    # task made SharedArray tasks several times slower than in-process work.
+    nbytes = 32 << 20  # a segment of its own
+    with shoal.Executor(1) as ex:
+        shared = shoal.SharedArray(nbytes // 8)
+        shared[:] = 1.0
+        assert ex.submit(tasks.describe_array, shared).result(timeout=60)[4] == shared.size
+        # The task's view is gone, yet the worker still maps the segment ...
+        assert len(ex.submit(tasks.shm_mappings_of_at_least, nbytes).result(timeout=60)) == 1
+        shared.close()
+        # ... until the array is freed: then the idle worker unmaps it, so the memory goes back.
+        deadline = time.monotonic() + 10
+        while ex.submit(tasks.shm_mappings_of_at_least, nbytes).result(timeout=60):
+            assert time.monotonic() < deadline, "the worker still maps a freed SharedArray"
+            time.sleep(0.2)

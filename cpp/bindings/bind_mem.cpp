@@ -249,6 +249,12 @@ void bind_mem(nb::module_& m) {
       .def_static("attach", &SharedArena::attach, nb::arg("name"),
                   "The arena called `name` (this process's handle if it has one).")
       .def_static("default_limit", &SharedArena::default_limit)
+      .def_static("cache_idle_mappings", &SharedArena::cache_idle_mappings, nb::arg("enabled"),
+                  "Keep huge blocks' segments mapped in this process after their last reference here goes, "
+                  "while the blocks live (pool workers turn this on).")
+      .def_static("trim_idle_mappings", &SharedArena::trim_idle_mappings,
+                  "Unmap cached mappings of freed blocks in every arena; returns how many stay cached.")
+      .def("idle_mappings", &SharedArena::idle_mappings, "Cached mappings of this arena no reference here uses.")
       .def_prop_ro("name", &SharedArena::name)
       .def_prop_ro("limit", &SharedArena::limit_bytes)
       .def_prop_ro("segment_bytes", &SharedArena::segment_bytes)

@@ -4,6 +4,7 @@
 
 #include "common.hpp"
 #include "shoal/ipc/errors.hpp"
+#include "shoal/mem/arena.hpp"
 #include "shoal/proc/launcher.hpp"
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/engine.hpp"
@@ -32,9 +33,15 @@ nb::object collect(Engine& engine, std::optional<double> timeout) {
 
 // Receives the next frame as (kind, tag, id, arg, payload); None once the pool
 // has closed the inbox. The payload is copied straight into a bytes object.
+// While it waits, it unmaps the worker's cached mappings of freed huge blocks,
+// so their memory goes back to the system within a wait slice.
 nb::object worker_recv(WorkerEndpoint& ep) {
   try {
-    wait_interruptibly(std::nullopt, [&](const Deadline& d) { return ep.wait(d); });
+    wait_interruptibly(std::nullopt, [&](const Deadline& d) {
+      if (ep.wait(d)) return true;
+      SharedArena::trim_idle_mappings();
+      return false;
+    });
     proto::FrameHeader h{};
     nb::bytes payload;
     ep.take(h, [&](std::size_t n) {

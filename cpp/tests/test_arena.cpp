@@ -264,6 +264,65 @@ TEST(Arena, AHugeBlockHasASegmentThatIsUnlinkedAndUnmappedWhenFreed) {
   arena->release(again);
 }
 
+// Restores the process-wide default (off) however a test ends.
+struct MappingCacheOn {
+  MappingCacheOn() { SharedArena::cache_idle_mappings(true); }
+  ~MappingCacheOn() { SharedArena::cache_idle_mappings(false); }
+};
+
+TEST(Arena, WithTheMappingCacheAHugeBlockStaysMappedUntilItIsFreedElsewhere) {
+  MappingCacheOn cache;
+  auto arena = SharedArena::create(512 * kMiB);
+  const auto before = shm_names_of(getpid());
+  Block huge = arena->alloc(40 * kMiB);
+  ASSERT_TRUE(huge.dedicated());
+  fill(*arena, huge, 7);
+  std::byte* first = arena->data(huge);
+  arena->disown(huge);  // the reference travels elsewhere; the mapping stays cached here
+  EXPECT_EQ(arena->idle_mappings(), 1u);
+  EXPECT_FALSE(arena->contains(first));
+  EXPECT_THROW(arena->data(huge), std::logic_error);
+  arena->adopt(huge);
+  EXPECT_EQ(arena->data(huge), first);  // the same mapping, not a new one
+  EXPECT_EQ(arena->idle_mappings(), 0u);
+  EXPECT_TRUE(all_equal(*arena, huge, 7));
+  arena->disown(huge);
+
+  ChildProcess child([&] {
+    auto mine = SharedArena::attach(arena->name());
+    mine->adopt(huge);
+    const bool seen = all_equal(*mine, huge, 7);
+    mine->release(huge);  // the last reference: frees the block
+    return seen ? 0 : 1;
+  });
+  ASSERT_EQ(child.wait(10s), 0);
+  EXPECT_EQ(shm_names_of(getpid()), before);  // the name went with the block
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->idle_mappings(), 1u);  // stale until the next trim
+  EXPECT_EQ(SharedArena::trim_idle_mappings(), 0u);
+  EXPECT_EQ(arena->idle_mappings(), 0u);
+}
+
+TEST(Arena, TheMappingCacheKeepsOnlyTheMostRecentlyUsedIdleMappings) {
+  MappingCacheOn cache;
+  auto arena = SharedArena::create(512 * kMiB, kMiB);  // blocks past 256 KiB are huge
+  std::vector<Block> blocks;
+  for (int i = 0; i < 40; ++i) {
+    blocks.push_back(arena->alloc(300 << 10));
+    ASSERT_TRUE(blocks.back().dedicated());
+    arena->disown(blocks.back());
+  }
+  EXPECT_LE(arena->idle_mappings(), 32u);
+  EXPECT_GE(arena->idle_mappings(), 30u);
+  for (const Block& b : blocks) {
+    arena->adopt(b);  // an evicted mapping is simply mapped again
+    arena->release(b);
+  }
+  EXPECT_EQ(arena->idle_mappings(), 0u);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->segment_count(), 0u);
+}
+
 TEST(Arena, PastTheLimitThrowsNamingTheSizeTheLimitAndHowToRaiseIt) {
   auto arena = SharedArena::create(kMiB);
   try {

@@ -109,6 +109,9 @@ def serve(segment: str, slot: int, arena: str) -> None:
     global _worker_id, _arena
     _worker_id = slot
     _arena = _core.Arena.attach(arena)  # held for the worker's life: mappings stay warm
+    # A SharedArray handed to task after task stays mapped (and its pages
+    # faulted in) between tasks; recv() unmaps it once the array is freed.
+    _core.Arena.cache_idle_mappings(True)
     pin_arenas()  # likewise for arenas that SharedArray arguments live in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Workers share the parent's stdout/stderr: write whole lines, each in one

@@ -55,6 +55,8 @@ std::mutex& registry_mutex() {
   static std::mutex mu;
   return mu;
 }
+std::atomic<bool> mapping_cache_enabled{false};
+
 std::unordered_map<std::string, Registered>& registry() {
   static auto* map = new std::unordered_map<std::string, Registered>();
   return *map;
@@ -311,30 +313,89 @@ void SharedArena::pin(const Block& b) {
     pooled_base(b.segment);
     return;
   }
+  std::vector<LocalDedicated> dropped;  // unmapped after the lock is let go
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
   if (it != dedicated_.end()) {
-    ++it->second.pins;
+    if (it->second.pins++ == 0) --idle_count_;
+    it->second.last_used = ++use_clock_;
     return;
   }
   if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
   const SlotRecord& s = ctl().slots[b.segment];
   if (s.generation.load(std::memory_order_acquire) != b.generation)
     throw std::invalid_argument("shared-memory block was already freed");
-  LocalDedicated local{SharedSegment::attach(s.name), 1};
-  dedicated_.emplace(b.generation, std::move(local));
+  dedicated_.emplace(b.generation, LocalDedicated{SharedSegment::attach(s.name), b.segment, 1, ++use_clock_});
+  collect_idle_locked(dropped);
 }
 
 void SharedArena::unpin(const Block& b) {
   if (!b.dedicated()) return;
-  std::unique_ptr<LocalDedicated> dropped;  // unmapped after the lock is let go
+  std::vector<LocalDedicated> dropped;  // unmapped after the lock is let go
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
   if (it == dedicated_.end()) return;
   if (--it->second.pins == 0) {
-    dropped = std::make_unique<LocalDedicated>(std::move(it->second));
-    dedicated_.erase(it);
+    if (mapping_cache_enabled.load(std::memory_order_relaxed) && dedicated_alive(b.segment, b.generation)) {
+      ++idle_count_;
+    } else {
+      dropped.push_back(std::move(it->second));
+      dedicated_.erase(it);
+    }
   }
+  collect_idle_locked(dropped);
+}
+
+bool SharedArena::dedicated_alive(uint32_t slot, uint64_t generation) const {
+  const SlotRecord& s = ctl().slots[slot];
+  return s.generation.load(std::memory_order_acquire) == generation &&
+         s.kind.load(std::memory_order_acquire) == kDedicated;
+}
+
+void SharedArena::collect_idle_locked(std::vector<LocalDedicated>& out) {
+  if (idle_count_ == 0) return;
+  auto oldest = dedicated_.end();
+  for (auto it = dedicated_.begin(); it != dedicated_.end();) {
+    LocalDedicated& local = it->second;
+    if (local.pins == 0 && !dedicated_alive(local.slot, it->first)) {
+      out.push_back(std::move(local));
+      it = dedicated_.erase(it);
+      --idle_count_;
+      continue;
+    }
+    if (local.pins == 0 && (oldest == dedicated_.end() || local.last_used < oldest->second.last_used)) oldest = it;
+    ++it;
+  }
+  if (idle_count_ > kMaxIdleMappings && oldest != dedicated_.end()) {
+    out.push_back(std::move(oldest->second));
+    dedicated_.erase(oldest);
+    --idle_count_;
+  }
+}
+
+void SharedArena::cache_idle_mappings(bool enabled) { mapping_cache_enabled.store(enabled, std::memory_order_relaxed); }
+
+std::size_t SharedArena::trim_idle_mappings() {
+  std::vector<std::shared_ptr<SharedArena>> arenas;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    for (auto& [name, entry] : registry())
+      if (entry.pid == getpid())
+        if (auto arena = entry.arena.lock()) arenas.push_back(std::move(arena));
+  }
+  std::size_t left = 0;
+  for (auto& arena : arenas) {
+    std::vector<LocalDedicated> dropped;
+    std::lock_guard<std::mutex> lock(arena->local_mu_);
+    arena->collect_idle_locked(dropped);
+    left += arena->idle_count_;
+  }
+  return left;
+}
+
+std::size_t SharedArena::idle_mappings() const {
+  std::lock_guard<std::mutex> lock(local_mu_);
+  return idle_count_;
 }
 
 void SharedArena::adopt(const Block& b) { pin(b); }
@@ -347,7 +408,7 @@ std::byte* SharedArena::data(const Block& b) {
   }
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
-  if (it == dedicated_.end())
+  if (it == dedicated_.end() || it->second.pins == 0)
     throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
   return it->second.segment.bytes() + b.offset;
 }
@@ -360,6 +421,7 @@ bool SharedArena::contains(const void* address, std::size_t length) const {
   }
   std::lock_guard<std::mutex> lock(local_mu_);
   for (const auto& [gen, local] : dedicated_) {
+    if (local.pins == 0) continue;
     const std::byte* base = local.segment.bytes();
     if (p >= base && p + length <= base + local.segment.size()) return true;
   }
@@ -501,7 +563,7 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
   }
   {
     std::lock_guard<std::mutex> lock(local_mu_);
-    dedicated_.emplace(generation, LocalDedicated{std::move(seg), 1});
+    dedicated_.emplace(generation, LocalDedicated{std::move(seg), slot, 1, ++use_clock_});
   }
   // Fresh from the system: already zero.
   return Block{slot, Block::kDedicated, 0, size, generation};

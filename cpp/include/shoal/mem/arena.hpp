@@ -138,8 +138,23 @@ class SharedArena {
   // The block's reference count (a snapshot, for tests and diagnostics).
   uint32_t refcount(const Block& block);
   // Whether [address, address + length) lies inside one of the arena's segments
-  // as mapped in this process.
+  // as mapped in this process (and in use: idle cached mappings do not count).
   bool contains(const void* address, std::size_t length = 1) const;
+
+  // Mapping cache. A process that adopts the same huge block again and again
+  // (a worker handed one SharedArray task after task) would otherwise map its
+  // segment and fault its pages in anew each time. With the cache on, a
+  // dedicated segment stays mapped after this process's last reference goes,
+  // for as long as the block lives; the mapping is dropped at the next arena
+  // call or trim_idle_mappings() after the block is freed (until then it keeps
+  // the freed block's memory from returning to the system). Off by default;
+  // pool workers turn it on and trim whenever they wait for work.
+  static void cache_idle_mappings(bool enabled);
+  // Drops the idle mappings whose blocks are gone, in every arena this process
+  // has a handle on. Returns how many idle mappings remain cached.
+  static std::size_t trim_idle_mappings();
+  // Idle (cached, unreferenced) mappings of this handle.
+  std::size_t idle_mappings() const;
 
   // Checks the allocator's invariants (header chain, free lists, counters).
   // Returns an empty string when they hold, else a description of what does not.
@@ -157,8 +172,11 @@ class SharedArena {
   class Locked;
   struct LocalDedicated {
     SharedSegment segment;
-    uint32_t pins = 0;
+    uint32_t slot = 0;
+    uint32_t pins = 0;       // references this process holds; 0 = an idle cached mapping
+    uint64_t last_used = 0;  // for evicting the least recently used idle mapping
   };
+  static constexpr std::size_t kMaxIdleMappings = 32;
 
   SharedArena(SharedSegment control, bool owner);
   static void register_handle(const std::shared_ptr<SharedArena>& arena);
@@ -173,6 +191,9 @@ class SharedArena {
   arena_detail::BlockHeader* pooled_header(const Block& block) const;
   void pin(const Block& block);
   void unpin(const Block& block);
+  bool dedicated_alive(uint32_t slot, uint64_t generation) const;
+  // Moves the idle mappings to drop (freed blocks; the oldest past the cap) into `out`.
+  void collect_idle_locked(std::vector<LocalDedicated>& out);
   [[noreturn]] void throw_limit(std::size_t requested, const char* why) const;
   void unlink_all_names();
 
@@ -207,6 +228,8 @@ class SharedArena {
   std::unique_ptr<std::atomic<std::byte*>[]> pooled_base_;
   std::unique_ptr<std::atomic<std::size_t>[]> pooled_size_;
   std::unordered_map<uint64_t, LocalDedicated> dedicated_;
+  std::size_t idle_count_ = 0;  // entries of dedicated_ with pins == 0
+  uint64_t use_clock_ = 0;
 };
 
 }  // namespace shoal
