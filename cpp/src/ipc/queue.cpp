@@ -49,7 +49,7 @@ struct QueueHeader {
   std::atomic<uint32_t> closed{0};
 
   alignas(64) Notifier not_empty;  // bumped after a put commits, and on close
-  Notifier not_full;               // bumped after a get commits, and on close
+  alignas(64) Notifier not_full;   // bumped after a get commits, and on close
 };
 
 namespace {

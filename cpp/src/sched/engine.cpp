@@ -241,7 +241,7 @@ void Engine::run() {
   for (;;) {
     const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
     bell.wait_until([&] { return events_pending_.load() || any_outbox_readable(); },
-                    Deadline::after(limits ? kLimitTick : kEngineTick), 16);
+                    Deadline::after(limits ? kLimitTick : kEngineTick));
     lk.lock();
     events_pending_ = false;
     handle_events_locked();

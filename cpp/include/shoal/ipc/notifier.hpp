@@ -8,6 +8,7 @@
 
 #include "shoal/ipc/deadline.hpp"
 #include "shoal/ipc/futex.hpp"
+#include "shoal/ipc/spin.hpp"
 
 namespace shoal {
 
@@ -26,11 +27,15 @@ struct Notifier {
 
   // Waits until ready() holds or the deadline passes; returns ready()'s last value.
   // ready() must read state that notifiers publish before calling notify_*().
+  // It polls first, for as long as AdaptiveSpin allows, then sleeps on the futex.
   template <class Ready>
-  bool wait_until(Ready&& ready, const Deadline& deadline, int spins = 64) {
-    for (int i = 0; i < spins; ++i) {
-      if (ready()) return true;
-      cpu_relax();
+  bool wait_until(Ready&& ready, const Deadline& deadline) {
+    if (ready()) return true;
+    const auto start = AdaptiveSpin::Clock::now();
+    const auto stop_at = deadline.is_never() ? AdaptiveSpin::Clock::time_point::max() : start + *deadline.remaining();
+    if (AdaptiveSpin::poll(ready, start, stop_at, cpu_relax)) {
+      AdaptiveSpin::caught_while_polling();
+      return true;
     }
     for (;;) {
       sleepers.fetch_add(1, std::memory_order_seq_cst);
@@ -41,8 +46,14 @@ struct Notifier {
       }
       const bool in_time = futex_wait(seq, key, deadline);
       sleepers.fetch_sub(1, std::memory_order_seq_cst);
-      if (ready()) return true;
-      if (!in_time || deadline.expired()) return false;
+      if (ready()) {
+        AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
+        return true;
+      }
+      if (!in_time || deadline.expired()) {
+        AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
+        return false;
+      }
     }
   }
 };

@@ -26,8 +26,9 @@ struct RingHeader {
   uint64_t capacity;  // data bytes, a power of two
   alignas(64) std::atomic<uint64_t> head;
   alignas(64) std::atomic<uint64_t> tail;
+  // Each on its own cache line: the producer bumps one and the consumer the other.
   alignas(64) Notifier readable;  // bumped after a frame is published
-  Notifier writable;              // bumped after a frame is consumed
+  alignas(64) Notifier writable;  // bumped after a frame is consumed
   std::atomic<uint32_t> closed;
 };
 
