@@ -117,6 +117,46 @@ def test_as_completed_and_wait(ex):
     assert len(done) == 5 and not not_done
 
 
+def test_result_in_the_caller_while_many_are_in_flight_loses_and_repeats_nothing(ex):
+    # result() takes its own result straight from the workers; the rest must
+    # still reach their futures (and callbacks) through the result thread, once.
+    called = []
+    futs = [ex.submit(tasks.square, i) for i in range(500)]
+    for f in futs:
+        f.add_done_callback(lambda f: called.append(f.result()))
+    assert futs[250].result(timeout=30) == 250 * 250
+    assert futs[499].exception(timeout=30) is None
+    assert sorted(f.result() for f in cf.as_completed(futs, timeout=60)) == sorted(i * i for i in range(500))
+    deadline = time.monotonic() + 10
+    while len(called) < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(called) == sorted(i * i for i in range(500))
+
+
+def test_result_timeout_on_a_running_task_then_the_result(ex):
+    fut = ex.submit(tasks.sleep_then, 7, 0.5)
+    start = time.monotonic()
+    with pytest.raises(cf.TimeoutError):
+        fut.result(timeout=0.05)
+    assert time.monotonic() - start < 0.4
+    assert fut.result(timeout=30) == 7
+
+
+def test_threads_waiting_on_each_others_futures_all_get_theirs(ex):
+    futs = [ex.submit(tasks.sleep_then, i, 0.001 * (i % 7)) for i in range(64)]
+    got = [None] * 64
+
+    def wait_on(i):
+        got[i] = futs[i].result(timeout=60)
+
+    threads = [threading.Thread(target=wait_on, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert got == list(range(64))
+
+
 def test_cancel_a_queued_future(no_leaks):
     with shoal.Executor(1) as ex:
         blocker = ex.submit(tasks.sleep_then, "first", 0.5)

@@ -31,6 +31,20 @@ nb::object collect(Engine& engine, std::optional<double> timeout) {
   return out;
 }
 
+// Waits for one job, draining results in the calling thread: (status, run_ns,
+// payload) once it finished, False if it is not waiting to finish (another
+// thread collected it), None if the timeout passed.
+nb::object wait_for(Engine& engine, uint64_t job_id, std::optional<double> timeout) {
+  std::optional<Completion> done;
+  bool waiting = true;
+  wait_interruptibly(timeout, [&](const Deadline& d) {
+    waiting = engine.wait_for(job_id, d, done);
+    return done.has_value() || !waiting;
+  });
+  if (done) return nb::make_tuple(static_cast<uint32_t>(done->status), done->run_ns, to_bytes(done->payload));
+  return waiting ? nb::none() : nb::object(nb::bool_(false));
+}
+
 // Receives the next frame as (kind, tag, id, arg, payload); None once the pool
 // has closed the inbox. The payload is copied straight into a bytes object.
 // While it waits, it unmaps the worker's cached mappings of freed huge blocks,
@@ -105,6 +119,9 @@ void bind_pool(nb::module_& m) {
       .def("cancel", &Engine::cancel)
       .def("collect", &collect, nb::arg("timeout") = nb::none(),
            "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")
+      .def("wait_for", &wait_for, nb::arg("job_id"), nb::arg("timeout") = nb::none(),
+           "Wait for one job in this thread: (status, run_ns, payload), False if another thread collected it, "
+           "None on timeout.")
       .def("shutdown", &Engine::shutdown, nb::arg("wait"), nb::arg("cancel_pending"),
            nb::call_guard<nb::gil_scoped_release>())
       .def("terminate", &Engine::terminate, nb::call_guard<nb::gil_scoped_release>())

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -216,6 +217,47 @@ TEST_P(EngineTest, WorkerDeathsAreLogged) {
       logged |= c.status == Status::log && c.payload.find("SIGKILL") != std::string::npos;
   }
   EXPECT_TRUE(logged);
+}
+
+TEST_P(EngineTest, WaitForTakesOneJobsResultWhichCollectNeverDelivers) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  std::vector<uint64_t> others;
+  for (int i = 0; i < 100; ++i) others.push_back(e.submit(fn, 0, "echo:" + std::to_string(i)));
+  const uint64_t mine = e.submit(fn, 0, "echo:mine");
+  for (int i = 100; i < 200; ++i) others.push_back(e.submit(fn, 0, "echo:" + std::to_string(i)));
+
+  std::optional<Completion> got;
+  ASSERT_TRUE(e.wait_for(mine, Deadline::after(30s), got));
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->job_id, mine);
+  EXPECT_EQ(got->payload, "mine");
+  // It is taken: waiting again finds nothing to wait for.
+  std::optional<Completion> again;
+  EXPECT_FALSE(e.wait_for(mine, Deadline::after(1s), again));
+  EXPECT_FALSE(again.has_value());
+  // Every other result still reaches collect(), once.
+  auto done = collect(e, others.size());
+  ASSERT_EQ(done.size(), others.size());
+  EXPECT_FALSE(done.count(mine));
+  for (std::size_t i = 0; i < others.size(); ++i) EXPECT_EQ(done[others[i]].payload, std::to_string(i));
+}
+
+TEST_P(EngineTest, WaitForGivesUpAtItsDeadlineAndSeesAWorkerDeath) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const uint64_t slow = e.submit(fn, 0, "sleep:500");
+  std::optional<Completion> got;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(e.wait_for(slow, Deadline::after(50ms), got));  // still running
+  EXPECT_FALSE(got.has_value());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+  const uint64_t doomed = e.submit(fn, 0, "die");
+  ASSERT_TRUE(e.wait_for(doomed, Deadline::after(30s), got));
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::worker_lost);
+  EXPECT_FALSE(e.wait_for(12345678, Deadline::after(1s), got));  // no such job
+  e.terminate();
 }
 
 INSTANTIATE_TEST_SUITE_P(Launchers, EngineTest, ::testing::Values(true, false),

@@ -245,6 +245,20 @@ class Runtime:
     def pack_chunk(self, chunk: list) -> bytes:
         return pack(chunk, self._arena, what="map item")
 
+    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> None:
+        """Waits until job `job_id` finished (or `timeout` passed) and runs its
+        handler in this thread: the result goes from the worker's outbox to the
+        caller without a hop through the engine and collector threads.
+        Returns at once if another thread already took the job's result."""
+        if threading.current_thread() is self._collector:
+            return  # a callback waiting on another future: the collector must keep collecting
+        got = self._engine.wait_for(job_id, timeout)
+        if not got:  # None: timed out; False: the collector has it
+            return
+        handler = self._handlers.pop(job_id, None)
+        if handler is not None:
+            handler(*got)
+
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
             handler = self._handlers.pop(job_id, None)

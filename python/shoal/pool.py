@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -18,6 +19,8 @@ class AsyncResult:
     """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
 
     def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None) -> None:
+        self._runtime: Any = None  # with _job_id: the job whose result wait() may take directly
+        self._job_id = 0
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -43,6 +46,13 @@ class AsyncResult:
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
+        if self._job_id and not self._event.is_set():
+            # Take the result straight from the workers in this thread (no
+            # hop through the pool's result thread); callbacks then run here.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._runtime.wait_for_job(self._job_id, timeout)
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -194,10 +204,13 @@ class Pool:
         retries: int = 0,
         timeout: Optional[float] = None,
     ) -> AsyncResult:
-        """Schedule ``func(*args, **kwds)``; callbacks run in the pool's result thread."""
+        """Schedule ``func(*args, **kwds)``. Callbacks run in the thread that
+        receives the result: the pool's result thread, or a thread blocked in
+        ``get()``/``wait()`` on this result."""
         self._check_running()
         result = AsyncResult(callback, error_callback)
-        self._runtime.submit_call(
+        result._runtime = self._runtime
+        result._job_id = self._runtime.submit_call(
             func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*decode(s, p)), retries, timeout
         )
         return result

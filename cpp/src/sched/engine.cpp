@@ -152,6 +152,45 @@ bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
   return !stopped_;
 }
 
+bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) {
+  auto& bell = layout_.header().doorbell;
+  // While a caller waits here, it drains the outboxes and the engine thread
+  // leaves them alone (so the result comes here, not to collect()). On the
+  // way out, the engine thread is told to look again.
+  result_waiters_.fetch_add(1);
+  struct Leave {
+    Engine& e;
+    ~Leave() {
+      e.result_waiters_.fetch_sub(1);
+      if (e.any_outbox_readable()) e.layout_.header().doorbell.notify_all();
+    }
+  } leave{*this};
+  for (;;) {
+    {
+      std::lock_guard lk(mu_);
+      if (!stopped_) {
+        for (uint32_t i = 0; i < slots_.size(); ++i)
+          if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+        dispatch_locked();
+      }
+      auto it = std::find_if(completions_.begin(), completions_.end(),
+                             [&](const Completion& c) { return c.job_id == job_id; });
+      if (it != completions_.end()) {
+        out = std::move(*it);
+        completions_.erase(it);
+        if (!completions_.empty()) completions_cv_.notify_all();
+        return true;
+      }
+      if (!completions_.empty()) completions_cv_.notify_all();
+      if (stopped_ || !unfinished_locked(job_id)) return false;
+    }
+    if (deadline.expired()) return true;
+    // Short slices: deaths, retries and shutdown reach completions_ through
+    // the engine thread, not through the outboxes this wait watches.
+    bell.wait_until([&] { return any_outbox_readable(); }, deadline.capped(kLimitTick));
+  }
+}
+
 void Engine::shutdown(bool wait, bool cancel_pending) {
   {
     std::lock_guard lk(mu_);
@@ -240,7 +279,7 @@ void Engine::run() {
   std::unique_lock lk(mu_, std::defer_lock);
   for (;;) {
     const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
-    bell.wait_until([&] { return events_pending_.load() || any_outbox_readable(); },
+    bell.wait_until([&] { return events_pending_.load() || (result_waiters_.load() == 0 && any_outbox_readable()); },
                     Deadline::after(limits ? kLimitTick : kEngineTick));
     lk.lock();
     events_pending_ = false;
@@ -282,6 +321,13 @@ void Engine::run() {
   }
   stopped_ = true;
   completions_cv_.notify_all();
+}
+
+bool Engine::unfinished_locked(uint64_t job_id) const {
+  if (pending_ids_.count(job_id)) return true;
+  return std::any_of(slots_.begin(), slots_.end(), [&](const Slot& s) {
+    return std::any_of(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == job_id; });
+  });
 }
 
 bool Engine::idle_locked() const {

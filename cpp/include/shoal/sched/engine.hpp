@@ -7,6 +7,7 @@
 // front takes finished jobs in batches with collect().
 #include <sys/types.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -91,6 +92,15 @@ class Engine {
   // the engine has stopped and nothing is left to collect.
   bool collect(std::vector<Completion>& out, const Deadline& deadline);
 
+  // Waits for job `job_id` alone and moves its completion into `out`, where
+  // collect() never sees it. The calling thread drains the workers' outboxes
+  // itself (polling first, see AdaptiveSpin), so a result reaches it without
+  // waking the engine thread or a collector: the low-latency path of a caller
+  // blocked on one result. Returns false when the job is not waiting to finish
+  // (unknown, or already collected), true otherwise; `out` stays empty if the
+  // deadline passed first.
+  bool wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out);
+
   // Refuses new jobs; cancels the queued ones if asked; workers exit once the
   // rest is done. With wait, returns when every worker is gone.
   void shutdown(bool wait, bool cancel_pending);
@@ -150,6 +160,7 @@ class Engine {
   std::string worker_name(uint32_t slot) const;
   void fail_everything_locked(const std::string& reason);
   bool idle_locked() const;
+  bool unfinished_locked(uint64_t job_id) const;
   bool any_outbox_readable() const;
 
   EngineOptions options_;
@@ -177,6 +188,7 @@ class Engine {
   std::atomic<bool> events_pending_{false};
 
   std::vector<Completion> completions_;  // guarded by mu_
+  std::atomic<int> result_waiters_{0};   // threads in wait_for()
   std::condition_variable completions_cv_;
 
   std::thread thread_;
