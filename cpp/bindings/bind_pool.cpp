@@ -113,7 +113,11 @@ void bind_pool(nb::module_& m) {
       .def(
           "submit_as",
           [](Engine& e, uint64_t job_id, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries,
-             double timeout) { e.submit_as(job_id, fn_id, tag, from_bytes(payload), retries, timeout); },
+             double timeout) {
+            std::string bytes = from_bytes(payload);
+            nb::gil_scoped_release unlocked;  // it may wait for the engine's lock and wake a worker
+            e.submit_as(job_id, fn_id, tag, std::move(bytes), retries, timeout);
+          },
           nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0,
           nb::arg("timeout") = 0.0)
       .def("cancel", &Engine::cancel)

@@ -182,6 +182,35 @@ def _describe(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _only_scalars(obj: Any, depth: int = 2) -> bool:
+    """Whether ``obj`` is a scalar, or a small tuple/list/dict nesting scalars:
+    a payload that cannot hold an out-of-band buffer or a SharedArray (the
+    common ``((x,), {})`` of a submit), so it needs no probing pass."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if depth == 0:
+        return False
+    if kind is tuple or kind is list:
+        if len(obj) > 8:
+            return False
+        for item in obj:
+            if not _only_scalars(item, depth - 1):
+                return False
+        return True
+    if kind is dict:
+        if len(obj) > 8:
+            return False
+        for key, value in obj.items():
+            if type(key) not in _SCALARS or not _only_scalars(value, depth - 1):
+                return False
+        return True
+    return False
+
+
 def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, what: str = "argument") -> bytes:
     """Pickles ``obj`` (protocol 5; cloudpickle where plain pickle cannot),
     moving every out-of-band buffer of at least ``threshold`` bytes into
@@ -192,6 +221,8 @@ def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, wha
         TypeError: if ``obj`` cannot be pickled (naming ``what`` it is).
         MemoryError: if the arena's limit does not leave room for the buffers.
     """
+    if _only_scalars(obj):
+        return pickle.dumps(obj, PROTOCOL)
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []

@@ -4,68 +4,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
-from concurrent.futures._base import PENDING, RUNNING
-from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from ._future import _Future
 from ._progress import progress_bar
-from ._runtime import Cancelled, Runtime, decode  # noqa: F401 - Runtime for typing
+from ._runtime import Runtime  # noqa: F401 - for typing
 from ._serial import make_runtime
 
 __all__ = ["Executor"]
-
-
-class _Future(futures.Future):
-    """A concurrent.futures.Future whose cancel() also removes the queued job."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
-        self._runtime = runtime
-        self._job_id = 0
-
-    def result(self, timeout: Optional[float] = None) -> Any:
-        return super().result(self._wait_here(timeout))
-
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        return super().exception(self._wait_here(timeout))
-
-    def _wait_here(self, timeout: Optional[float]) -> Optional[float]:
-        """Takes the result straight from the workers while this thread waits
-        (much lower latency than being woken by the collector thread); returns
-        what is left of `timeout`."""
-        if self._state not in (PENDING, RUNNING) or not self._job_id:
-            return timeout
-        if timeout is None:
-            self._runtime.wait_for_job(self._job_id, None)
-            return None
-        deadline = time.monotonic() + timeout
-        self._runtime.wait_for_job(self._job_id, timeout)
-        return max(0.0, deadline - time.monotonic())
-
-    def cancel(self) -> bool:
-        with self._condition:
-            if self._state == PENDING and not self._runtime.cancel(self._job_id):
-                # A worker already holds it: it counts as running now.
-                self._state = RUNNING
-                return False
-            if not super().cancel():
-                return False
-        self.set_running_or_notify_cancel()  # wakes wait() and as_completed()
-        return True
-
-
-def _resolve(fut: _Future, status: int, run_ns: int, payload: bytes) -> None:
-    ok, value = decode(status, payload)
-    try:
-        if ok:
-            fut.set_result(value)
-        elif isinstance(value, Cancelled):  # shutdown(cancel_futures=True) dropped it
-            if futures.Future.cancel(fut):
-                fut.set_running_or_notify_cancel()
-        else:
-            fut.set_exception(value)
-    except futures.InvalidStateError:
-        pass  # cancelled by its owner in the meantime
 
 
 class Executor(futures.Executor):
@@ -139,7 +85,7 @@ class Executor(futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._runtime.check_usable()
             fut = _Future(self._runtime)
-            fut._job_id = self._runtime.submit_call(fn, args, kwargs, partial(_resolve, fut), retries, timeout)
+            fut._job_id = self._runtime.submit_call(fn, args, kwargs, fut, retries, timeout)
             return fut
 
     def map(

@@ -26,6 +26,7 @@
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/pool_layout.hpp"
 #include "shoal/sched/protocol.hpp"
+#include "shoal/sched/spinning_mutex.hpp"
 
 namespace shoal {
 
@@ -168,7 +169,7 @@ class Engine {
   std::vector<Slot> slots_;
   std::unique_ptr<Supervisor> supervisor_;
 
-  mutable std::mutex mu_;
+  mutable SpinningMutex mu_;
   std::deque<Job> pending_;
   std::unordered_set<uint64_t> pending_ids_;
   std::unordered_map<uint64_t, Blob> functions_;
@@ -189,7 +190,7 @@ class Engine {
 
   std::vector<Completion> completions_;  // guarded by mu_
   std::atomic<int> result_waiters_{0};   // threads in wait_for()
-  std::condition_variable completions_cv_;
+  std::condition_variable_any completions_cv_;
 
   std::thread thread_;
 };

@@ -1,0 +1,112 @@
+"""The Future that ``Executor.submit`` returns: a ``concurrent.futures.Future``
+that is cheap to create, cancels queued jobs, and waits for its result by
+taking it straight from the workers."""
+from __future__ import annotations
+
+import time
+from _thread import RLock, allocate_lock
+from concurrent import futures
+from concurrent.futures._base import PENDING, RUNNING
+from typing import Any, Optional
+
+from ._runtime import Cancelled, decode
+
+
+class _Condition(RLock):
+    """What ``concurrent.futures`` needs of a Future's condition variable:
+    an RLock (``with``, ``acquire``/``release``) with ``wait`` and ``notify_all``.
+
+    ``threading.Condition`` allocates a dozen objects per instance (bound
+    methods, a deque) and enters in Python code, which made creating and
+    completing a Future cost more than sending its task.
+    """
+
+    __slots__ = ("_sleepers",)
+
+    def __init__(self) -> None:
+        self._sleepers: list = []
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        # As threading.Condition.wait: sleep on a fresh lock that notify releases.
+        sleeper = allocate_lock()
+        sleeper.acquire()
+        self._sleepers.append(sleeper)
+        saved = self._release_save()  # type: ignore[attr-defined]
+        woken = False
+        try:
+            if timeout is None:
+                woken = sleeper.acquire()
+            else:
+                woken = sleeper.acquire(True, timeout) if timeout > 0 else sleeper.acquire(False)
+            return woken
+        finally:
+            self._acquire_restore(saved)  # type: ignore[attr-defined]
+            if not woken:
+                try:
+                    self._sleepers.remove(sleeper)
+                except ValueError:
+                    pass
+
+    def notify_all(self) -> None:
+        sleepers, self._sleepers = self._sleepers, []
+        for sleeper in sleepers:
+            sleeper.release()
+
+
+class _Future(futures.Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also removes the
+    queued job and whose ``result()`` takes the result from the workers in the
+    waiting thread (no hop through the pool's result thread)."""
+
+    def __init__(self, runtime: Any) -> None:
+        # What futures.Future.__init__ sets, with the lighter condition.
+        self._condition = _Condition()  # type: ignore[assignment]
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+        self._runtime = runtime
+        self._job_id = 0
+
+    def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
+        """Delivers the job's outcome: the future is the job's result handler."""
+        ok, value = decode(status, payload)
+        try:
+            if ok:
+                self.set_result(value)
+            elif isinstance(value, Cancelled):  # shutdown(cancel_futures=True) dropped it
+                if futures.Future.cancel(self):
+                    self.set_running_or_notify_cancel()
+            else:
+                self.set_exception(value)
+        except futures.InvalidStateError:
+            pass  # cancelled by its owner in the meantime
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return super().result(self._wait_here(timeout))
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        return super().exception(self._wait_here(timeout))
+
+    def _wait_here(self, timeout: Optional[float]) -> Optional[float]:
+        """Waits for the job in this thread; returns what is left of `timeout`."""
+        if self._state not in (PENDING, RUNNING) or not self._job_id:
+            return timeout
+        if timeout is None:
+            self._runtime.wait_for_job(self._job_id, None)
+            return None
+        deadline = time.monotonic() + timeout
+        self._runtime.wait_for_job(self._job_id, timeout)
+        return max(0.0, deadline - time.monotonic())
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state == PENDING and not self._runtime.cancel(self._job_id):
+                # A worker already holds it: it counts as running now.
+                self._state = RUNNING
+                return False
+            if not super().cancel():
+                return False
+        self.set_running_or_notify_cancel()  # wakes wait() and as_completed()
+        return True
