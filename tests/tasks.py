@@ -164,3 +164,7 @@ def shm_mappings_of_at_least(nbytes):
                 if high - low >= nbytes:
                     found.add(fields[5])
     return sorted(found)
+
+
+def wait_at_barrier(barrier, timeout):
+    return barrier.wait(timeout)

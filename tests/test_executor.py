@@ -157,6 +157,16 @@ def test_threads_waiting_on_each_others_futures_all_get_theirs(ex):
     assert got == list(range(64))
 
 
+def test_tasks_that_wait_for_each_other_run_side_by_side(ex):
+    # The dispatcher prefers a worker that is awake, but never queues a task
+    # behind a running one while another worker is idle.
+    for _ in range(3):
+        barrier = shoal.Barrier(2)
+        assert ex.submit(tasks.square, 2).result(timeout=30) == 4  # one worker is warm and awake
+        futs = [ex.submit(tasks.wait_at_barrier, barrier, 10) for _ in range(2)]
+        assert sorted(f.result(timeout=30) for f in futs) == [0, 1]
+
+
 def test_cancel_a_queued_future(no_leaks):
     with shoal.Executor(1) as ex:
         blocker = ex.submit(tasks.sleep_then, "first", 0.5)
@@ -197,9 +207,9 @@ def test_initializer_state_persists_in_each_worker(no_leaks):
 
 def test_failing_initializer_breaks_the_pool_with_a_clear_error(no_leaks):
     with shoal.Executor(1, initializer=tasks.raise_in_init) as ex:
-        fut = ex.submit(tasks.square, 3)
+        # The pool may already be broken when submit runs (then submit raises).
         with pytest.raises(shoal.BrokenPoolError, match="initializer exploded"):
-            fut.result(timeout=30)
+            ex.submit(tasks.square, 3).result(timeout=30)
         with pytest.raises(shoal.BrokenPoolError):
             ex.submit(tasks.square, 3)
 

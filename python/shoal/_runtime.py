@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from functools import partial
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _core
@@ -430,12 +431,9 @@ class MapFeed:
             if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
                 return  # the consumer is behind: stop reading ahead
             size = self._chunk_size()
-            chunk = []
+            chunk: list = []
             try:
-                for item in self._items:
-                    chunk.append(item)
-                    if len(chunk) >= size:
-                        break
+                chunk.extend(islice(self._items, size))  # keeps the items read before a failure
             except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
                 self._input_error = exc
                 self._exhausted = True

@@ -531,13 +531,24 @@ void Engine::dispatch_locked() {
       pending_.pop_front();
       continue;
     }
+    // The least loaded worker; among equals, one that is awake (running or
+    // polling for work) rather than asleep, so that while one worker keeps up
+    // with the submitter the others stay asleep, and a submit pays no wake-up
+    // (a system call and a context switch) that it can avoid. Never a busy
+    // worker while another is idle: tasks that wait for each other, or long
+    // ones, must run side by side.
     int best = -1;
+    std::pair<std::size_t, bool> best_rank{};
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       const Slot& s = slots_[i];
       if (full[i] || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
       if (s.in_flight.size() >= depth) continue;
       if (s.retired || (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child)) continue;
-      if (best < 0 || s.in_flight.size() < slots_[best].in_flight.size()) best = static_cast<int>(i);
+      const std::pair<std::size_t, bool> rank{s.in_flight.size(), s.inbox.consumer_sleeping()};
+      if (best < 0 || rank < best_rank) {
+        best = static_cast<int>(i);
+        best_rank = rank;
+      }
     }
     if (best < 0) return;
     if (!send_job_locked(static_cast<uint32_t>(best), pending_.front())) {

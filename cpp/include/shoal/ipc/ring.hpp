@@ -112,6 +112,9 @@ class SpscRing {
   // Wakes both sides for good: pushes fail, pops drain what is left then fail.
   void close();
   bool is_closed() const { return hdr_->closed.load(std::memory_order_acquire) != 0; }
+  // Whether the consumer is asleep waiting for a frame (a push would have to
+  // wake it), as opposed to busy or polling. A hint: it may change at once.
+  bool consumer_sleeping() const { return hdr_->readable.sleepers.load(std::memory_order_relaxed) != 0; }
 
   RingHeader* header() const { return hdr_; }
 
