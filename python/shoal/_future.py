@@ -24,12 +24,14 @@ class _Condition(RLock):
     __slots__ = ("_sleepers",)
 
     def __init__(self) -> None:
-        self._sleepers: list = []
+        self._sleepers: Optional[list] = None  # made by the first wait(): most futures never see one
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         # As threading.Condition.wait: sleep on a fresh lock that notify releases.
         sleeper = allocate_lock()
         sleeper.acquire()
+        if self._sleepers is None:
+            self._sleepers = []
         self._sleepers.append(sleeper)
         saved = self._release_save()  # type: ignore[attr-defined]
         woken = False
@@ -41,16 +43,17 @@ class _Condition(RLock):
             return woken
         finally:
             self._acquire_restore(saved)  # type: ignore[attr-defined]
-            if not woken:
+            if not woken and self._sleepers is not None:
                 try:
                     self._sleepers.remove(sleeper)
                 except ValueError:
                     pass
 
     def notify_all(self) -> None:
-        sleepers, self._sleepers = self._sleepers, []
-        for sleeper in sleepers:
-            sleeper.release()
+        sleepers, self._sleepers = self._sleepers, None
+        if sleepers:
+            for sleeper in sleepers:
+                sleeper.release()
 
 
 class _Future(futures.Future):

@@ -155,39 +155,45 @@ bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
 bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) {
   auto& bell = layout_.header().doorbell;
   // While a caller waits here, it drains the outboxes and the engine thread
-  // leaves them alone (so the result comes here, not to collect()). On the
-  // way out, the engine thread is told to look again.
+  // leaves them alone (so the result comes here, not to collect()). It
+  // watches the doorbell's sequence, which every published result bumps,
+  // not the rings: outside the lock the engine thread may be reformatting a
+  // dead worker's rings. Leaving (under the lock, so no result slips between
+  // the last drain and the hand-back), it rings the engine thread if results
+  // for other jobs are waiting.
+  bool ring_on_leave = false;
+  std::unique_lock lk(mu_);
   result_waiters_.fetch_add(1);
-  struct Leave {
-    Engine& e;
-    ~Leave() {
-      e.result_waiters_.fetch_sub(1);
-      if (e.any_outbox_readable()) e.layout_.header().doorbell.notify_all();
-    }
-  } leave{*this};
+  auto leave = [&](bool value) {
+    result_waiters_.fetch_sub(1);
+    ring_on_leave = any_outbox_readable();
+    lk.unlock();
+    if (ring_on_leave) bell.notify_all();
+    return value;
+  };
   for (;;) {
-    {
-      std::lock_guard lk(mu_);
-      if (!stopped_) {
-        for (uint32_t i = 0; i < slots_.size(); ++i)
-          if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
-        dispatch_locked();
-      }
-      auto it = std::find_if(completions_.begin(), completions_.end(),
-                             [&](const Completion& c) { return c.job_id == job_id; });
-      if (it != completions_.end()) {
-        out = std::move(*it);
-        completions_.erase(it);
-        if (!completions_.empty()) completions_cv_.notify_all();
-        return true;
-      }
-      if (!completions_.empty()) completions_cv_.notify_all();
-      if (stopped_ || !unfinished_locked(job_id)) return false;
+    const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
+    if (!stopped_) {
+      for (uint32_t i = 0; i < slots_.size(); ++i)
+        if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+      dispatch_locked();
     }
-    if (deadline.expired()) return true;
+    auto it = std::find_if(completions_.begin(), completions_.end(),
+                           [&](const Completion& c) { return c.job_id == job_id; });
+    if (it != completions_.end()) {
+      out = std::move(*it);
+      completions_.erase(it);
+      if (!completions_.empty()) completions_cv_.notify_all();
+      return leave(true);
+    }
+    if (!completions_.empty()) completions_cv_.notify_all();
+    if (stopped_ || !unfinished_locked(job_id)) return leave(false);
+    if (deadline.expired()) return leave(true);
+    lk.unlock();
     // Short slices: deaths, retries and shutdown reach completions_ through
-    // the engine thread, not through the outboxes this wait watches.
-    bell.wait_until([&] { return any_outbox_readable(); }, deadline.capped(kLimitTick));
+    // the engine thread, which rings the doorbell only for process events.
+    bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick));
+    lk.lock();
   }
 }
 
