@@ -115,6 +115,19 @@ uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int r
 void Engine::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
                        double timeout_s) {
   std::lock_guard lk(mu_);
+  submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
+}
+
+bool Engine::try_submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
+                           double timeout_s) {
+  if (!mu_.try_lock_spinning()) return false;
+  std::lock_guard adopted(mu_, std::adopt_lock);
+  submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
+  return true;
+}
+
+void Engine::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
+                           double timeout_s) {
   if (closing_) throw ClosedError("cannot schedule new work after shutdown");
   ++stats_.submitted;
   if (broken_) {

@@ -86,6 +86,11 @@ class Engine {
   // and replaced, and the job ends as timed_out.
   void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0,
                  double timeout_s = 0);
+  // The same, unless the engine's lock stays taken for longer than a short
+  // spin: then it returns false and leaves `payload` alone (the bindings then
+  // let go of the GIL and call submit_as, which may block).
+  bool try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries = 0,
+                     double timeout_s = 0);
   // Removes a job that no worker holds yet; false if it already left the queue.
   bool cancel(uint64_t job_id);
 
@@ -162,6 +167,8 @@ class Engine {
   void fail_everything_locked(const std::string& reason);
   bool idle_locked() const;
   bool unfinished_locked(uint64_t job_id) const;
+  void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
+                     double timeout_s);
   bool any_outbox_readable() const;
 
   EngineOptions options_;

@@ -16,12 +16,17 @@ namespace shoal {
 class SpinningMutex {
  public:
   void lock() {
+    if (!try_lock_spinning()) mu_.lock();
+  }
+  // Takes the lock if it comes free within the spin; false (not held) if not.
+  bool try_lock_spinning() {
+    if (mu_.try_lock()) return true;
     const auto give_up = std::chrono::steady_clock::now() + kSpin;
     do {
       for (int i = 0; i < kPausesPerTry; ++i) cpu_relax();
-      if (mu_.try_lock()) return;
+      if (mu_.try_lock()) return true;
     } while (std::chrono::steady_clock::now() < give_up);
-    mu_.lock();
+    return false;
   }
   bool try_lock() { return mu_.try_lock(); }
   void unlock() { mu_.unlock(); }
