@@ -182,7 +182,7 @@ def _describe(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})  # never hold a buffer
 
 
 def _only_scalars(obj: Any, depth: int = 2) -> bool:
@@ -190,7 +190,7 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
     a payload that cannot hold an out-of-band buffer or a SharedArray (the
     common ``((x,), {})`` of a submit), so it needs no probing pass."""
     kind = type(obj)
-    if kind in _SCALARS:
+    if kind in SCALAR_TYPES:
         return True
     if depth == 0:
         return False
@@ -205,7 +205,7 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
         if len(obj) > 8:
             return False
         for key, value in obj.items():
-            if type(key) not in _SCALARS or not _only_scalars(value, depth - 1):
+            if type(key) not in SCALAR_TYPES or not _only_scalars(value, depth - 1):
                 return False
         return True
     return False

@@ -11,6 +11,7 @@ import atexit
 import itertools
 import logging
 import os
+import pickle
 import sys
 import threading
 import weakref
@@ -22,7 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 from . import _core
 from ._bootstrap import child_argv, fork_fork_server
 from ._oob import MAGIC as _PACKED
-from ._oob import pack, release, unpack
+from ._oob import PROTOCOL as PICKLE_PROTOCOL
+from ._oob import SCALAR_TYPES, pack, release, unpack
 from ._serialize import dumps, dumps_callable, loads, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
@@ -57,6 +59,13 @@ def _stop_live_runtimes() -> None:
 
 class Cancelled(Exception):
     """Internal marker: the job was cancelled before it ran."""
+
+
+def _scalars_only(args: tuple) -> bool:
+    for arg in args:
+        if type(arg) not in SCALAR_TYPES:
+            return False
+    return True
 
 
 def default_workers() -> int:
@@ -241,7 +250,11 @@ class Runtime:
     def submit_call(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        return self.submit(fn, CALL, pack((args, kwargs), self._arena), handler, retries, timeout)
+        if not kwargs and _scalars_only(args):  # the common f(x): no buffers to look for
+            payload = pickle.dumps((args, kwargs), PICKLE_PROTOCOL)
+        else:
+            payload = pack((args, kwargs), self._arena)
+        return self.submit(fn, CALL, payload, handler, retries, timeout)
 
     def pack_chunk(self, chunk: list) -> bytes:
         return pack(chunk, self._arena, what="map item")

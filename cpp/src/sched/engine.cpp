@@ -543,6 +543,7 @@ std::size_t Engine::prefetch_depth() const {
 }
 
 void Engine::dispatch_locked() {
+  if (pending_.empty()) return;  // the common case after a drain: nothing to hand out
   const std::size_t depth = prefetch_depth();
   std::vector<bool> full(slots_.size(), false);
   while (!pending_.empty()) {
