@@ -174,21 +174,23 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
   // dead worker's rings. Leaving (under the lock, so no result slips between
   // the last drain and the hand-back), it rings the engine thread if results
   // for other jobs are waiting.
-  bool ring_on_leave = false;
   std::unique_lock lk(mu_);
   result_waiters_.fetch_add(1);
-  auto leave = [&](bool value) {
-    result_waiters_.fetch_sub(1);
-    ring_on_leave = any_outbox_readable();
-    lk.unlock();
-    if (ring_on_leave) bell.notify_all();
-    return value;
-  };
+  struct Leave {  // on every way out, exceptions included
+    Engine& e;
+    std::unique_lock<SpinningMutex>& lk;
+    ~Leave() {
+      if (!lk.owns_lock()) lk.lock();
+      e.result_waiters_.fetch_sub(1);
+      const bool ring = e.any_outbox_readable();
+      lk.unlock();
+      if (ring) e.layout_.header().doorbell.notify_all();
+    }
+  } leave{*this, lk};
   for (;;) {
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
     if (!stopped_) {
-      for (uint32_t i = 0; i < slots_.size(); ++i)
-        if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+      drain_outboxes_locked();
       dispatch_locked();
     }
     auto it = std::find_if(completions_.begin(), completions_.end(),
@@ -197,11 +199,11 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
       out = std::move(*it);
       completions_.erase(it);
       if (!completions_.empty()) completions_cv_.notify_all();
-      return leave(true);
+      return true;
     }
     if (!completions_.empty()) completions_cv_.notify_all();
-    if (stopped_ || !unfinished_locked(job_id)) return leave(false);
-    if (deadline.expired()) return leave(true);
+    if (stopped_ || !unfinished_locked(job_id)) return false;
+    if (deadline.expired()) return true;
     lk.unlock();
     // Short slices: deaths, retries and shutdown reach completions_ through
     // the engine thread, which rings the doorbell only for process events.
@@ -303,8 +305,7 @@ void Engine::run() {
     lk.lock();
     events_pending_ = false;
     handle_events_locked();
-    for (uint32_t i = 0; i < slots_.size(); ++i)
-      if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+    drain_outboxes_locked();
     if (limits) enforce_limits_locked();
     dispatch_locked();
 
@@ -440,6 +441,11 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
     return;
   }
   start_slot_locked(slot);
+}
+
+void Engine::drain_outboxes_locked() {
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
 }
 
 void Engine::drain_outbox_locked(uint32_t slot) {

@@ -152,6 +152,7 @@ class Engine {
   void run();
   void on_process_event(const ProcessEvent& e);
   void handle_events_locked();
+  void drain_outboxes_locked();  // every live worker's
   void drain_outbox_locked(uint32_t slot);
   void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
   void start_slot_locked(uint32_t slot);
