@@ -68,6 +68,7 @@ bench: build bench-deps
 	./$(BUILD)/cpp/bench/ipc_bench
 	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench.ipc
 	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench.chaos
+	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench.data
 	PYTHONPATH=$(BUILD)/pkg:. $(VPY) -m bench
 
 clean:

@@ -42,14 +42,9 @@ _PER_TASK_COPY = (
     "Cause: an ordinary array argument is copied into shoal's shared-memory arena once per task, "
     "so the 100 MB image is shipped 20 times, where the winners share it once (fork inheritance "
     "through the initializer for mp.Pool and PPE, a memory map for joblib, `shared_objects` for "
-    "mpire, the object store for Ray). Each shipment costs ~250 ms of the caller's CPU, and "
-    "profiling (py-spy) shows why: `_oob.pack()` pickles the argument twice, and its first, "
-    "'fast' pass keeps the buffer in band (`_Probe.buffer_callback` returns True), i.e. copies "
-    "all 100 MB into a bytes object only to learn that the arena is needed; the second pass "
-    "copies it again into fresh arena pages. Repro: `img = numpy.ones((5000, 5000), numpy.float32)`; "
-    "`ex.submit(len, img).result()` takes ~250 ms on this machine. Returning False from the probe's "
-    "callback (nothing copied) would remove one of the two copies. With `shoal.SharedArray` "
-    "(column shoal+SA) the image is copied once. "
+    "mpire, the object store for Ray). Each shipment is one copy into arena pages, on the caller's "
+    "CPU, which the two workers need on this 2-core machine. (Until 2ab8a2f `_oob.pack()` copied the "
+    "buffer twice.) With `shoal.SharedArray` (column shoal+SA) the image is copied once. "
 )
 CAUSES: dict = {
     ("startup", "idle_rss_per_worker_mb"): (
@@ -95,30 +90,27 @@ CAUSES: dict = {
         "where multiprocessing.Pool/PPE fork the caller in milliseconds and joblib reuses loky workers "
         "that are already running (and builds the table lazily in them)."),
     "prefixes": (
-        "Cause: pool creation is inside the timing (the initializer is part of it); on shoal's slow "
-        "start path it costs ~0.3 s (see start-up). The counting itself runs at the same speed in "
-        "every pool."),
+        "Cause: pool creation and the per-worker flush are inside the timing; the counting itself runs "
+        "at the same speed in every pool, and differences of a few percent are this machine's noise."),
     "balance": (
         "Cause: shoal's map sizes chunks to ~5 ms of measured work; with Pareto-distributed durations "
         "a chunk's measured time swings widely, and the last chunks can leave one worker idle. joblib "
         "sends small batches and adapts their size continuously. Differences under ~10 % are within "
         "this machine's noise."),
     "target-a": (
-        "Cause: a round trip crosses three wake-ups (caller -> worker futex, worker -> shoal's result "
-        "thread, result thread -> caller through the Future's Condition) plus a pickle each way and a "
-        "new `concurrent.futures.Future`; the two Python threads hand over the GIL. On a busy 2-core "
-        "machine each wake-up is a scheduler round trip; the short spin before sleeping rarely pays "
-        "there. ProcessPoolExecutor crosses a similar number of hops, so the ratio is bounded by the "
-        "Python-side costs shoal still has (Future creation, pickling, the result thread)."),
+        "Cause: a round trip is one ring hop each way: the caller blocked in `result()` drains the "
+        "workers' outboxes itself (`Engine::wait_for`), and both sides poll for a short adaptive "
+        "budget before sleeping, so on an idle machine nobody pays a wake-up. Under load the "
+        "polls shrink and wake-ups (5-60 µs on this VM) come back."),
     "target-b": (
-        "Cause: per task, shoal creates a real `concurrent.futures.Future` (a `threading.Condition` "
-        "with its `RLock`), pickles the arguments, calls into the engine, and later resolves the future "
-        "from its result thread; `as_completed` then installs waiters on every future. Profiled with "
-        "py-spy, the Future construction alone is ~45 % of the submit loop and the engine call ~20 %; "
-        "the stdlib's own Future + set_result + as_completed cost ~10-18 µs per task on this machine "
-        "before any process is involved, so 10x ProcessPoolExecutor (~20 µs per task here) is not "
-        "reachable while every task gets a stdlib Future. A lighter Future (C-level, or a lazily "
-        "created Condition) and batching submits into the engine are the levers."),
+        "Cause: the caller's Python work per task, on one core that the two workers also need: "
+        "`Executor.submit` (a `concurrent.futures.Future`, pickling the arguments, the engine call) "
+        "costs ~8 µs of the caller's CPU per task here, the result thread's decoding and "
+        "`set_result` ~2 µs, `as_completed` ~2 µs, the engine thread ~4 µs (draining results, waking "
+        "workers). ProcessPoolExecutor varied between 10 and 17 s over this session's runs (so did "
+        "the ratio, 7.3x-11x). The levers left: a Future implemented in C (every stdlib Future "
+        "holds a lock and three lists that the garbage collector walks), submits batched into the "
+        "engine, and fewer engine-thread wake-ups."),
     "target-c": (
         "Cause: both pools pickle the items in chunks and unpickle the results in the caller, so the "
         "per-item cost is the same pickle work (shoal's transport only saves per-chunk costs, and with "
