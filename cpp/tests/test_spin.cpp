@@ -86,3 +86,20 @@ TEST(Notifier, AWaitWithAnExpiredDeadlineReturnsAtOnceAndASleeperIsWoken) {
   EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(10s)));
   notifier.join();
 }
+
+TEST(Notifier, AWaiterThatDoesNotPollSleepsAndIsWoken) {
+  Notifier n;
+  std::atomic<bool> flag{false};
+  std::thread notifier([&] {
+    std::this_thread::sleep_for(5ms);
+    flag.store(true, std::memory_order_seq_cst);
+    n.notify_all();
+  });
+  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(10s), /*poll=*/false));
+  notifier.join();
+  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(0ns), /*poll=*/false));  // already true
+  flag.store(false);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(n.wait_until([&] { return flag.load(); }, Deadline::after(20ms), /*poll=*/false));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 18ms);  // it slept until the deadline
+}

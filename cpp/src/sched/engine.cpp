@@ -300,8 +300,11 @@ void Engine::run() {
   std::unique_lock lk(mu_, std::defer_lock);
   for (;;) {
     const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
+    // No polling here: this thread serves throughput (a caller waiting for
+    // one result drains the outboxes itself, in wait_for), and on a machine
+    // with few cores a poll takes CPU from the workers and the caller.
     bell.wait_until([&] { return events_pending_.load() || (result_waiters_.load() == 0 && any_outbox_readable()); },
-                    Deadline::after(limits ? kLimitTick : kEngineTick));
+                    Deadline::after(limits ? kLimitTick : kEngineTick), /*poll=*/false);
     lk.lock();
     events_pending_ = false;
     handle_events_locked();

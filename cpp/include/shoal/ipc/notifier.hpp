@@ -27,13 +27,14 @@ struct Notifier {
 
   // Waits until ready() holds or the deadline passes; returns ready()'s last value.
   // ready() must read state that notifiers publish before calling notify_*().
-  // It polls first, for as long as AdaptiveSpin allows, then sleeps on the futex.
+  // It polls first, for as long as AdaptiveSpin allows, then sleeps on the
+  // futex; with `poll` false it sleeps at once.
   template <class Ready>
-  bool wait_until(Ready&& ready, const Deadline& deadline) {
+  bool wait_until(Ready&& ready, const Deadline& deadline, bool poll = true) {
     if (ready()) return true;
     const auto start = AdaptiveSpin::Clock::now();
     const auto stop_at = deadline.is_never() ? AdaptiveSpin::Clock::time_point::max() : start + *deadline.remaining();
-    if (AdaptiveSpin::poll(ready, start, stop_at, cpu_relax)) {
+    if (poll && AdaptiveSpin::poll(ready, start, stop_at, cpu_relax)) {
       AdaptiveSpin::caught_while_polling();
       return true;
     }
@@ -47,11 +48,11 @@ struct Notifier {
       const bool in_time = futex_wait(seq, key, deadline);
       sleepers.fetch_sub(1, std::memory_order_seq_cst);
       if (ready()) {
-        AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
+        if (poll) AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
         return true;
       }
       if (!in_time || deadline.expired()) {
-        AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
+        if (poll) AdaptiveSpin::slept(AdaptiveSpin::Clock::now() - start);
         return false;
       }
     }
