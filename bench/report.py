@@ -106,9 +106,9 @@ CAUSES: dict = {
         "Cause: the caller's Python work per task, on one core that the two workers also need: "
         "`Executor.submit` (a `concurrent.futures.Future`, pickling the arguments, the engine call) "
         "costs ~8 µs of the caller's CPU per task here, the result thread's decoding and "
-        "`set_result` ~2 µs, `as_completed` ~2 µs, the engine thread ~4 µs (draining results, waking "
-        "workers). ProcessPoolExecutor varied between 10 and 17 s over this session's runs (so did "
-        "the ratio, 7.3x-11x). The levers left: a Future implemented in C (every stdlib Future "
+        "`set_result` ~2 µs, `as_completed` ~2 µs, the engine thread a few µs (draining results, waking "
+        "workers; it no longer polls). ProcessPoolExecutor varied between 10 and 17 s over this "
+        "session's runs (so did the ratio, 7.3x-11x). The levers left: a Future implemented in C (every stdlib Future "
         "holds a lock and three lists that the garbage collector walks), submits batched into the "
         "engine, and fewer engine-thread wake-ups."),
     "target-c": (
