@@ -86,6 +86,15 @@ def test_callbacks_and_error_callbacks(pool):
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
 
+def test_a_failing_callback_is_reported_and_get_still_returns(pool, capsys):
+    def explode(value):
+        raise RuntimeError("callback exploded")
+
+    assert pool.apply_async(tasks.square, (5,), callback=explode).get(timeout=30) == 25
+    assert pool.apply_async(tasks.square, (6,)).get(timeout=30) == 36  # the pool goes on
+    assert "callback exploded" in capsys.readouterr().err
+
+
 def test_close_and_join(no_leaks):
     p = shoal.Pool(2)
     results = [p.apply_async(tasks.sleep_then, (i, 0.05)) for i in range(4)]

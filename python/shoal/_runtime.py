@@ -68,6 +68,17 @@ def _scalars_only(args: tuple) -> bool:
     return True
 
 
+def _run_handler(handler: Handler, status: int, run_ns: int, payload: bytes) -> None:
+    """Delivers a job's outcome; a failing user callback is reported, never raised
+    into whichever thread happens to deliver (the result thread, or a waiter)."""
+    try:
+        handler(status, run_ns, payload)
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+
+
 def default_workers() -> int:
     """The CPUs this process may run on (its affinity mask), at least 1."""
     try:
@@ -271,7 +282,7 @@ class Runtime:
             return
         handler = self._handlers.pop(job_id, None)
         if handler is not None:
-            handler(*got)
+            _run_handler(handler, *got)
 
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
@@ -298,12 +309,7 @@ class Runtime:
                 if status == LOG:
                     log.log(run_ns, "%s", payload.decode(errors="replace"))
                 elif handler is not None:
-                    try:
-                        handler(status, run_ns, payload)
-                    except Exception:  # noqa: BLE001 - a user callback must not kill the thread
-                        import traceback
-
-                        traceback.print_exc()
+                    _run_handler(handler, status, run_ns, payload)
 
     # -- life cycle -----------------------------------------------------------
 
