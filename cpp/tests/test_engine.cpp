@@ -142,6 +142,13 @@ TEST_P(EngineTest, FailedInitializerBreaksThePoolWithItsReason) {
   EXPECT_EQ(done[id].status, Status::broken);
   EXPECT_NE(done[id].payload.find("initializer failed"), std::string::npos);
   ASSERT_TRUE(e.broken().has_value());
+  // Once broken, a submit is answered with the reason (whether or not the pool
+  // broke before the first submit, as it may with a fast fork server).
+  uint64_t later = e.submit(fn, 0, "echo:y");
+  done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[later].status, Status::broken);
+  EXPECT_NE(done[later].payload.find("initializer failed"), std::string::npos);
 }
 
 TEST_P(EngineTest, CancelRemovesQueuedJobsAndShutdownCancelsTheRest) {

@@ -128,13 +128,15 @@ bool Engine::try_submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::strin
 
 void Engine::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
                            double timeout_s) {
-  if (closing_) throw ClosedError("cannot schedule new work after shutdown");
-  ++stats_.submitted;
+  // A broken pool (it also counts as closing) answers with the reason it broke.
   if (broken_) {
+    ++stats_.submitted;
     complete_locked(id, Status::broken, 0, *broken_);
     completions_cv_.notify_all();
     return;
   }
+  if (closing_) throw ClosedError("cannot schedule new work after shutdown");
+  ++stats_.submitted;
   const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
   if (timeout_ns && !timeouts_used_) {
     timeouts_used_ = true;
