@@ -578,7 +578,7 @@ int main(int argc, char** argv) {
       auto c = socket_round_trips(pp);
       sock_ns.insert(sock_ns.end(), c.begin(), c.end());
     }
-    const std::vector<LatencyRow> lat = {summarize("shoal SpscRing pair (spin, then futex)", ring_ns),
+    const std::vector<LatencyRow> lat = {summarize("shoal SpscRing pair (adaptive poll, then futex)", ring_ns),
                                          summarize("pipe pair", pipe_ns),
                                          summarize("socketpair (AF_UNIX, SOCK_STREAM)", sock_ns),
                                          summarize("variant: SpscRing pair, try_pop spin <= 20 µs, then pop", spin_ns),

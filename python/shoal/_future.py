@@ -3,7 +3,6 @@ that is cheap to create, cancels queued jobs, and waits for its result by
 taking it straight from the workers."""
 from __future__ import annotations
 
-import time
 from _thread import RLock, allocate_lock
 from concurrent import futures
 from concurrent.futures._base import PENDING, RUNNING
@@ -96,12 +95,7 @@ class _Future(futures.Future):
         """Waits for the job in this thread; returns what is left of `timeout`."""
         if self._state not in (PENDING, RUNNING) or not self._job_id:
             return timeout
-        if timeout is None:
-            self._runtime.wait_for_job(self._job_id, None)
-            return None
-        deadline = time.monotonic() + timeout
-        self._runtime.wait_for_job(self._job_id, timeout)
-        return max(0.0, deadline - time.monotonic())
+        return self._runtime.wait_for_job(self._job_id, timeout)
 
     def cancel(self) -> bool:
         with self._condition:

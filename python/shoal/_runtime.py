@@ -11,9 +11,9 @@ import atexit
 import itertools
 import logging
 import os
-import pickle
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from functools import partial
@@ -23,9 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 from . import _core
 from ._bootstrap import child_argv, fork_fork_server
 from ._oob import MAGIC as _PACKED
-from ._oob import PROTOCOL as PICKLE_PROTOCOL
-from ._oob import SCALAR_TYPES, pack, release, unpack
-from ._serialize import dumps, dumps_callable, loads, loads_exception
+from ._oob import pack, pack_call, release, unpack
+from ._serialize import dumps, dumps_callable, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
 
@@ -59,13 +58,6 @@ def _stop_live_runtimes() -> None:
 
 class Cancelled(Exception):
     """Internal marker: the job was cancelled before it ran."""
-
-
-def _scalars_only(args: tuple) -> bool:
-    for arg in args:
-        if type(arg) not in SCALAR_TYPES:
-            return False
-    return True
 
 
 def _run_handler(handler: Handler, status: int, run_ns: int, payload: bytes) -> None:
@@ -261,28 +253,26 @@ class Runtime:
     def submit_call(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        if not kwargs and _scalars_only(args):  # the common f(x): no buffers to look for
-            payload = pickle.dumps((args, kwargs), PICKLE_PROTOCOL)
-        else:
-            payload = pack((args, kwargs), self._arena)
-        return self.submit(fn, CALL, payload, handler, retries, timeout)
+        return self.submit(fn, CALL, pack_call(args, kwargs, self._arena), handler, retries, timeout)
 
     def pack_chunk(self, chunk: list) -> bytes:
         return pack(chunk, self._arena, what="map item")
 
-    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> None:
+    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
         """Waits until job `job_id` finished (or `timeout` passed) and runs its
         handler in this thread: the result goes from the worker's outbox to the
         caller without a hop through the engine and collector threads.
-        Returns at once if another thread already took the job's result."""
+        Returns at once if another thread already took the job's result.
+        Returns what is left of `timeout`, for the caller's own wait."""
         if threading.current_thread() is self._collector:
-            return  # a callback waiting on another future: the collector must keep collecting
+            return timeout  # a callback waiting on another future: the collector must keep collecting
+        deadline = None if timeout is None else time.monotonic() + timeout
         got = self._engine.wait_for(job_id, timeout)
-        if not got:  # None: timed out; False: the collector has it
-            return
-        handler = self._handlers.pop(job_id, None)
-        if handler is not None:
-            _run_handler(handler, *got)
+        if got:  # None: timed out; False: the collector has it
+            handler = self._handlers.pop(job_id, None)
+            if handler is not None:
+                _run_handler(handler, *got)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
@@ -527,8 +517,6 @@ class MapFeed:
 
     def chunks(self, deadline: Optional[float] = None) -> Iterator[tuple[list, dict[int, BaseException], int]]:
         """Yields (values, failures by index, count) per chunk, ordered or as finished."""
-        import time
-
         try:
             while True:
                 with self._cond:

@@ -63,8 +63,8 @@ class SerialRuntime:
     def cancel(self, job_id: int) -> bool:
         return False  # every job has already run
 
-    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> None:
-        pass  # every job has already run
+    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
+        return timeout  # every job has already run
 
     def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
             bounded=True, timeout=None, on_chunk=None, on_complete=None) -> MapFeed:

@@ -8,7 +8,6 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from ._future import _Future
 from ._progress import progress_bar
-from ._runtime import Runtime  # noqa: F401 - for typing
 from ._serial import make_runtime
 
 __all__ = ["Executor"]

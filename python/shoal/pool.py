@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from multiprocessing import TimeoutError as MpTimeoutError
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from ._progress import progress_bar
 from ._runtime import decode
@@ -49,10 +49,7 @@ class AsyncResult:
         if self._job_id and not self._event.is_set():
             # Take the result straight from the workers in this thread (no
             # hop through the pool's result thread); callbacks then run here.
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._runtime.wait_for_job(self._job_id, timeout)
-            if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
+            timeout = self._runtime.wait_for_job(self._job_id, timeout)
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -126,8 +123,6 @@ class IMapIterator:
 
     def _next_chunk(self, timeout: Optional[float]):
         if timeout is not None:
-            import time
-
             self._chunks = self._feed.chunks(time.monotonic() + timeout) if self._chunks is None else self._chunks
         try:
             return next(self._chunks)

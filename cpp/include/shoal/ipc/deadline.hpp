@@ -23,7 +23,6 @@ class Deadline {
 
   bool is_never() const { return !at_; }
   bool expired() const { return at_ && Clock::now() >= *at_; }
-  bool expired_at(Clock::time_point now) const { return at_ && now >= *at_; }
   // Time left, clamped at zero; nullopt for "never".
   std::optional<std::chrono::nanoseconds> remaining() const {
     if (!at_) return std::nullopt;

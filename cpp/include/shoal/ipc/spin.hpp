@@ -12,9 +12,10 @@
 // is short. And polling hurts when the CPU is oversubscribed: a poller holds a
 // CPU that its peer (or anyone) may be queued for, while a sleeper that is
 // woken gets the CPU back quickly. A poller notices that by a gap in its own
-// clock reads (it was preempted), and then sleeps at once and keeps its
-// budget at the minimum until a poll succeeds again. (Yielding instead does
-// not help: it hands the CPU to whatever else runs there, not to the peer.)
+// clock reads (it was preempted); then it sleeps at once, its budget drops to
+// the minimum and climbs back one step per short wait, or at once when a poll
+// succeeds. (Yielding instead does not help: it hands the CPU to whatever else
+// runs there, not to the peer.)
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
