@@ -168,3 +168,28 @@ def shm_mappings_of_at_least(nbytes):
 
 def wait_at_barrier(barrier, timeout):
     return barrier.wait(timeout)
+
+
+def append_line(x, path):
+    """Records that item x ran (one line per run), then fails for multiples of 5."""
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    if x % 5 == 0:
+        raise ValueError(f"item {x} is a multiple of 5")
+    return x
+
+
+def churn_heap_then_report(n):
+    """Builds and frees n small objects, then says how many bytes of freed heap
+    arenas this worker keeps for reuse."""
+    from shoal import _core
+
+    junk = [str(i) for i in range(n)]
+    del junk
+    return _core.heap_cache_bytes()
+
+
+def heap_cache_bytes(_=None):
+    from shoal import _core
+
+    return _core.heap_cache_bytes()

@@ -138,3 +138,14 @@ def test_invalid_arguments(no_leaks):
     with shoal.Pool(1) as p:
         with pytest.raises(ValueError):
             p.imap(tasks.square, range(3), chunksize=0)
+
+
+def test_a_busy_worker_keeps_freed_heap_memory_for_reuse_and_gives_it_back_when_idle(no_leaks):
+    with shoal.Pool(1) as pool:
+        # Many small objects built and freed: their arenas stay in the worker...
+        assert pool.apply(tasks.churn_heap_then_report, (300_000,)) > 0
+        # ...until it has waited for work a while.
+        deadline = time.monotonic() + 10
+        while pool.apply(tasks.heap_cache_bytes) != 0:
+            assert time.monotonic() < deadline, "an idle worker kept its cached heap arenas"
+            time.sleep(0.3)

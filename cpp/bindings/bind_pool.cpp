@@ -54,6 +54,7 @@ nb::object worker_recv(WorkerEndpoint& ep) {
     wait_interruptibly(std::nullopt, [&](const Deadline& d) {
       if (ep.wait(d)) return true;
       SharedArena::trim_idle_mappings();
+      trim_heap_cache();
       return false;
     });
     proto::FrameHeader h{};
@@ -101,6 +102,7 @@ void bind_pool(nb::module_& m) {
           nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0)
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
+      .def_prop_ro("inline_payload_limit", &Engine::inline_payload_limit)
       .def("define_function",
            [](Engine& e, nb::bytes pickled) { return e.define_function(from_bytes(pickled)); })
       .def("drop_function", &Engine::drop_function)

@@ -255,6 +255,11 @@ class Runtime:
     ) -> int:
         return self.submit(fn, CALL, pack_call(args, kwargs, self._arena), handler, retries, timeout)
 
+    @property
+    def inline_payload_limit(self) -> int:
+        """The largest payload that travels inside a ring frame (larger ones are spilled)."""
+        return self._engine.inline_payload_limit
+
     def pack_chunk(self, chunk: list) -> bytes:
         return pack(chunk, self._arena, what="map item")
 
@@ -343,16 +348,16 @@ class Runtime:
         timeout: Optional[float] = None,
         on_chunk: Optional[Callable[[int], None]] = None,
         on_complete: Optional[Callable[["MapFeed"], None]] = None,
+        gather: bool = False,
     ) -> "MapFeed":
         """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
-        ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did."""
+        ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did.
+        ``gather``: the results are wanted whole (``feed.gathered()``), not chunk by chunk."""
         if timeout is not None and chunksize is None:
             chunksize = 1  # a time limit is per task: one task per job
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
         feed.timeout = timeout
-        feed.on_chunk, feed.on_complete = on_chunk, on_complete
-        feed.start()
-        return feed
+        return feed.start(on_chunk, on_complete, gather)
 
 
 class MapFeed:
@@ -366,6 +371,12 @@ class MapFeed:
     """
 
     TARGET_CHUNK_NS = 5_000_000  # ~5 ms of work per chunk amortises the per-chunk cost
+    # Chunks and their results stay this far under the size that travels
+    # inline in the ring: a spilled payload gets a segment of its own, and
+    # both processes fault in every page of it.
+    INLINE_SHARE = 0.8
+    # Weight kept by the older samples of task time and size at each new chunk.
+    DECAY = 0.7
 
     def __init__(
         self, runtime: Runtime, fn, items: Iterator[Any], tag: int, chunksize, ordered: bool, retries: int, total, bounded: bool
@@ -382,12 +393,23 @@ class MapFeed:
         self._next_chunk = 0  # index of the next chunk to submit
         self._next_yield = 0  # ordered: index of the next chunk to hand out
         self._finished: dict[int, tuple[list, dict[int, BaseException], int]] = {}
+        # Gathering maps put each chunk's values in place as it finishes (mp.Pool
+        # does too): no list of the whole result is built after the last one.
+        self._gathered: Optional[list] = None
+        self._gather_failures: dict[int, BaseException] = {}  # by item index
+        self._items_read = 0
         self._in_flight: dict[int, int] = {}  # chunk index -> job id
         self._held_items = 0  # submitted but not yet handed out
         self._exhausted = False
         self._input_error: Optional[BaseException] = None
         self._closed = False
-        self._per_item_ns: Optional[float] = None
+        # Decayed sums of the finished chunks' run time and items: big chunks
+        # weigh more than the first tiny ones, whose fixed costs would
+        # otherwise pass for a slow task.
+        self._run_ns = 0.0
+        self._run_items = 0.0
+        self._bytes_per_item = 0.0  # the larger of arguments and results, recently
+        self._inline_bytes = runtime.inline_payload_limit * self.INLINE_SHARE
         self._growth = 1
         self._max_in_flight = 2 * runtime.workers + 2
         self._bounded = bounded
@@ -398,10 +420,14 @@ class MapFeed:
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
         runtime._function_id(fn)  # an unpicklable callable fails here, in the caller
 
-    def start(self) -> None:
+    def start(self, on_chunk=None, on_complete=None, gather: bool = False) -> "MapFeed":
+        self.on_chunk, self.on_complete = on_chunk, on_complete
+        if gather:
+            self._gathered = [None] * self._remaining if self._remaining is not None else []
         with self._cond:
             self._refill_locked()
         self._report_if_complete()
+        return self
 
     def _report_if_complete(self) -> None:
         with self._cond:
@@ -416,11 +442,13 @@ class MapFeed:
     def _chunk_size(self) -> int:
         if self._fixed_chunk:
             return self._fixed_chunk
-        if self._per_item_ns is None:
+        if not self._run_items:
             size = self._growth  # 1, 2, 4, ... until a chunk reports its time
             self._growth = min(self._growth * 2, 64)
         else:
-            size = int(self.TARGET_CHUNK_NS / max(self._per_item_ns, 1.0))
+            size = int(self.TARGET_CHUNK_NS * self._run_items / max(self._run_ns, 1.0))
+        if self._bytes_per_item:
+            size = min(size, int(self._inline_bytes / self._bytes_per_item))
         if self._remaining is not None:
             # Leave enough chunks for every worker near the end of a known input.
             size = min(size, -(-self._remaining // (2 * self._runtime.workers)))
@@ -456,11 +484,15 @@ class MapFeed:
             if self._remaining is not None:
                 self._remaining -= len(chunk)
             self._held_items += len(chunk)
+            start = self._items_read
+            self._items_read += len(chunk)
             payload = self._runtime.pack_chunk(chunk)
+            if type(payload) is bytes:  # the serial runtime hands over the list itself
+                self._note_size(len(payload), len(chunk))
             self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
             try:
                 job_id = self._runtime.submit(
-                    self._fn, self._tag, payload, partial(self._done, index, len(chunk)), self._retries, self.timeout
+                    self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)), self._retries, self.timeout
                 )
             except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
                 del self._in_flight[index]
@@ -471,19 +503,30 @@ class MapFeed:
             if index in self._in_flight:
                 self._in_flight[index] = job_id
 
-    def _done(self, index: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
+    def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
+        if status == OK and count:
+            self._run_ns = self.DECAY * self._run_ns + run_ns
+            self._run_items = self.DECAY * self._run_items + count
+            self._note_size(len(payload), count)
         values, failures = self._decode_chunk(status, payload, count)
-        if status == OK and run_ns and count:
-            sample = run_ns / count
-            self._per_item_ns = sample if self._per_item_ns is None else 0.7 * self._per_item_ns + 0.3 * sample
+        if self._gathered is not None:
+            self._gather(start, values, failures)
         with self._cond:
             self._in_flight.pop(index, None)
-            self._finished[index] = (values, failures, count)
+            if self._gathered is None:
+                self._finished[index] = (values, failures, count)
             self._refill_locked()
             self._cond.notify_all()
         if self.on_chunk is not None:
             self.on_chunk(count)
         self._report_if_complete()
+
+    def _note_size(self, payload_bytes: int, count: int) -> None:
+        sample = payload_bytes / count
+        if sample >= self._bytes_per_item:
+            self._bytes_per_item = sample  # growing items: follow at once
+        else:
+            self._bytes_per_item = self.DECAY * self._bytes_per_item + (1 - self.DECAY) * sample
 
     @staticmethod
     def _decode_chunk(status: int, payload: Any, count: int) -> tuple[list, dict[int, BaseException]]:
@@ -506,12 +549,22 @@ class MapFeed:
         with self._cond:
             return self._exhausted and not self._in_flight
 
-    def take_all(self) -> list[tuple[list, dict[int, BaseException], int]]:
-        """Every finished chunk in input order (for maps whose results are collected whole)."""
+    def _gather(self, start: int, values: list, failures: dict[int, BaseException]) -> None:
+        gathered = self._gathered
+        end = start + len(values)
+        if end > len(gathered):  # an input of unknown length
+            gathered.extend([None] * (end - len(gathered)))
+        gathered[start:end] = values  # chunks cover disjoint slices: no lock needed
+        for i, exc in failures.items():
+            self._gather_failures[start + i] = exc
+
+    def gathered(self) -> tuple[list, dict[int, BaseException]]:
+        """A gathering map's results in input order, and its failures by item
+        index; raises what the input iterable raised, if it failed."""
         with self._cond:
             if self._input_error is not None:
                 raise self._input_error
-            return [self._finished[i] for i in sorted(self._finished)]
+            return self._gathered, self._gather_failures
 
     # -- consuming ------------------------------------------------------------
 

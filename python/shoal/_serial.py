@@ -8,6 +8,7 @@ Per-task time and memory limits and retries do not apply here.
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 from ._runtime import INLINE_ERROR, INLINE_OK, MapFeed
@@ -16,6 +17,7 @@ from ._worker import CALL, MAP_ONE, MAP_STAR
 
 class SerialRuntime:
     workers = 1
+    inline_payload_limit = sys.maxsize  # nothing travels: chunks are the lists themselves
 
     def __init__(self) -> None:
         self._job_ids = itertools.count(1)
@@ -67,11 +69,9 @@ class SerialRuntime:
         return timeout  # every job has already run
 
     def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
-            bounded=True, timeout=None, on_chunk=None, on_complete=None) -> MapFeed:
+            bounded=True, timeout=None, on_chunk=None, on_complete=None, gather=False) -> MapFeed:
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
-        feed.on_chunk, feed.on_complete = on_chunk, on_complete
-        feed.start()
-        return feed
+        return feed.start(on_chunk, on_complete, gather)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         self._closed = True

@@ -77,17 +77,14 @@ class MapResult(AsyncResult):
         if self._bar is not None:
             self._bar.close()
         try:
-            chunks = feed.take_all()
+            results, failures = feed.gathered()
         except BaseException as exc:  # the input iterable itself failed
             self._set(False, exc)
             return
-        results: list = []
-        for values, failures, _ in chunks:
-            if failures:
-                self._set(False, failures[min(failures)])
-                return
-            results.extend(values)
-        self._set(True, results)
+        if failures:
+            self._set(False, failures[min(failures)])  # the first failing item, as mp.Pool
+        else:
+            self._set(True, results)
 
 
 class IMapIterator:
@@ -222,7 +219,7 @@ class Pool:
         def start(on_chunk, on_complete):
             return self._runtime.map(
                 func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
-                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout,
+                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout, gather=True,
             )
 
         return MapResult(start, callback, error_callback, bar)

@@ -619,9 +619,7 @@ bool Engine::send_job_locked(uint32_t slot, Job& job) {
 bool Engine::push_frame_locked(Slot& s, FrameHeader h, Blob* payload) {
   std::string_view body;
   if (payload) {
-    // A frame larger than a quarter of the ring goes through its own segment,
-    // so one big argument never blocks the small ones behind it.
-    body = payload->wire(s.inbox.max_frame() / 4);
+    body = payload->wire(proto::inline_payload_limit(s.inbox.max_frame()));
     if (payload->spilled()) h.tag |= proto::kSpilled;
   }
   return s.inbox.try_push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(body.data(), body.size()))});

@@ -27,7 +27,7 @@ void WorkerEndpoint::mark_running(uint64_t job_id) {
 
 void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {
   Blob spill;
-  if (payload.size() > outbox_.max_frame() / 4) {
+  if (payload.size() > proto::inline_payload_limit(outbox_.max_frame())) {
     spill = Blob(std::string(payload));
     payload = spill.wire(0);
     spill.hand_over_spill();  // the parent unlinks it after reading

@@ -118,6 +118,9 @@ class Engine {
   std::vector<pid_t> worker_pids() const;
   EngineStats stats() const;
   uint32_t workers() const { return static_cast<uint32_t>(slots_.size()); }
+  // The largest payload that travels inside a ring frame rather than spilled
+  // into a segment of its own (which costs a mapping and page faults).
+  std::size_t inline_payload_limit() const { return proto::inline_payload_limit(slots_.front().inbox.max_frame()); }
 
  private:
   struct Job {

@@ -2,6 +2,7 @@
 // The frames that travel between the pool's parent and its workers. Each frame
 // starts with a FrameHeader; the payload after it is opaque to the engine
 // (pickles made by the Python front).
+#include <cstddef>
 #include <cstdint>
 
 namespace shoal::proto {
@@ -32,6 +33,10 @@ enum class Status : uint32_t {
 // Set in FrameHeader::tag when the payload is the name of a shared-memory
 // segment that holds the real payload (too big for the ring).
 inline constexpr uint32_t kSpilled = 0x80000000u;
+
+// Payloads larger than this (a quarter of the ring's largest frame) are
+// spilled, so one big frame never blocks the small ones behind it.
+inline constexpr std::size_t inline_payload_limit(std::size_t max_frame) { return max_frame / 4; }
 
 struct FrameHeader {
   Kind kind;
