@@ -51,12 +51,16 @@ nb::object wait_for(Engine& engine, uint64_t job_id, std::optional<double> timeo
 // so their memory goes back to the system within a wait slice.
 nb::object worker_recv(WorkerEndpoint& ep) {
   try {
-    wait_interruptibly(std::nullopt, [&](const Deadline& d) {
-      if (ep.wait(d)) return true;
-      SharedArena::trim_idle_mappings();
-      trim_heap_cache();
-      return false;
-    });
+    // A frame already waiting (a busy worker's prefetched jobs) is taken
+    // without letting go of the GIL.
+    if (!ep.wait(Deadline::after(std::chrono::nanoseconds(0)))) {
+      wait_interruptibly(std::nullopt, [&](const Deadline& d) {
+        if (ep.wait(d)) return true;
+        SharedArena::trim_idle_mappings();
+        trim_heap_cache();
+        return false;
+      });
+    }
     proto::FrameHeader h{};
     nb::bytes payload;
     ep.take(h, [&](std::size_t n) {

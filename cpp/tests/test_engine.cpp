@@ -2,6 +2,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -253,6 +255,61 @@ TEST_P(EngineTest, WaitForTakesOneJobsResultWhichCollectNeverDelivers) {
   ASSERT_EQ(done.size(), others.size());
   EXPECT_FALSE(done.count(mine));
   for (std::size_t i = 0; i < others.size(); ++i) EXPECT_EQ(done[others[i]].payload, std::to_string(i));
+}
+
+TEST_P(EngineTest, WaitersGetTheirOwnResultsWhileACollectorTakesEveryOther) {
+  // A collector thread drains the outboxes itself while other threads wait
+  // for single jobs: each awaited result goes to its waiter, every other one
+  // to the collector, and none is lost or delivered twice.
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  std::map<uint64_t, Completion> collected;
+  std::atomic<bool> stop{false};
+  std::thread collector([&] {
+    std::vector<Completion> batch;
+    while (!stop.load()) {
+      batch.clear();
+      if (!e.collect(batch, Deadline::after(50ms))) return;
+      for (auto& c : batch) {
+        if (c.status == Status::log) continue;
+        EXPECT_FALSE(collected.count(c.job_id)) << "job " << c.job_id << " collected twice";
+        collected[c.job_id] = std::move(c);
+      }
+    }
+  });
+  std::vector<uint64_t> others;
+  std::vector<std::thread> waiters;
+  std::atomic<int> waited_ok{0};
+  std::vector<uint64_t> awaited;
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 500; ++i) others.push_back(e.submit(fn, 0, "echo:" + std::to_string(others.size())));
+    const uint64_t mine = e.submit(fn, 0, "echo:mine" + std::to_string(round));
+    awaited.push_back(mine);
+    waiters.emplace_back([&e, &waited_ok, mine, round] {
+      std::optional<Completion> got;
+      if (e.wait_for(mine, Deadline::after(30s), got) && got && got->payload == "mine" + std::to_string(round))
+        ++waited_ok;
+    });
+  }
+  for (auto& t : waiters) t.join();
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(10ms);
+    if (e.stats().completed >= others.size() + awaited.size() && e.stats().in_flight == 0 && e.stats().pending == 0) break;
+  }
+  std::this_thread::sleep_for(100ms);  // the collector's last batch
+  stop = true;
+  collector.join();
+  // A waiter normally takes its own result; if the collector drained it
+  // before the waiter began to wait, the collector has it. Exactly once.
+  EXPECT_EQ(waited_ok.load() + static_cast<int>(std::count_if(awaited.begin(), awaited.end(),
+                                                              [&](uint64_t id) { return collected.count(id) > 0; })),
+            4);
+  for (std::size_t i = 0; i < others.size(); ++i) {
+    ASSERT_TRUE(collected.count(others[i])) << "result of job " << others[i] << " lost";
+    EXPECT_EQ(collected[others[i]].payload, std::to_string(i));
+  }
+  e.shutdown(true, false);
 }
 
 TEST_P(EngineTest, WaitForGivesUpAtItsDeadlineAndSeesAWorkerDeath) {

@@ -8,7 +8,8 @@ from concurrent import futures
 from concurrent.futures._base import PENDING, RUNNING
 from typing import Any, Optional
 
-from ._runtime import Cancelled, decode
+from ._runtime import OK, Cancelled, decode
+from ._serialize import PICKLE_PROTOCOL_5, loads
 
 
 class _Condition(RLock):
@@ -73,7 +74,13 @@ class _Future(futures.Future):
 
     def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
         """Delivers the job's outcome: the future is the job's result handler."""
-        ok, value = decode(status, payload)
+        if status == OK and payload.startswith(PICKLE_PROTOCOL_5):
+            try:  # a plain pickled value, the common case: without decode()'s calls
+                ok, value = True, loads(payload)
+            except Exception:  # noqa: BLE001 - decode() says what went wrong
+                ok, value = decode(status, payload)
+        else:
+            ok, value = decode(status, payload)
         try:
             if ok:
                 self.set_result(value)

@@ -190,7 +190,8 @@ def _describe(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})  # never hold a buffer
+#: Types whose values never hold an out-of-band buffer or a SharedArray: plain pickles.
+SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 def _only_scalars(obj: Any, depth: int = 2) -> bool:
@@ -198,7 +199,7 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
     a payload that cannot hold an out-of-band buffer or a SharedArray (the
     common ``((x,), {})`` of a submit), so it needs no probing pass."""
     kind = type(obj)
-    if kind in _SCALAR_TYPES:
+    if kind in SCALAR_TYPES:
         return True
     if depth == 0:
         return False
@@ -213,7 +214,7 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
         if len(obj) > 8:
             return False
         for key, value in obj.items():
-            if type(key) not in _SCALAR_TYPES or not _only_scalars(value, depth - 1):
+            if type(key) not in SCALAR_TYPES or not _only_scalars(value, depth - 1):
                 return False
         return True
     return False
@@ -225,7 +226,7 @@ def pack_call(args: tuple, kwargs: dict, arena: Any = None) -> bytes:
     path of every submit, where even the generic check's calls show)."""
     if not kwargs:
         for arg in args:
-            if type(arg) not in _SCALAR_TYPES:
+            if type(arg) not in SCALAR_TYPES:
                 break
         else:
             return pickle.dumps((args, kwargs), PROTOCOL)

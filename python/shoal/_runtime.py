@@ -66,9 +66,13 @@ def _run_handler(handler: Handler, status: int, run_ns: int, payload: bytes) -> 
     try:
         handler(status, run_ns, payload)
     except Exception:  # noqa: BLE001
-        import traceback
+        _report_handler_failure()
 
-        traceback.print_exc()
+
+def _report_handler_failure() -> None:
+    import traceback
+
+    traceback.print_exc()
 
 
 def default_workers() -> int:
@@ -206,6 +210,7 @@ class Runtime:
         self._handlers: dict[int, Handler] = {}
         self._job_ids = itertools.count(1)
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._last_function: tuple[Any, int] = (None, 0)  # (fn, id) of the latest submit
         self._cancel_at_exit = cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
@@ -214,21 +219,23 @@ class Runtime:
     # -- submitting -----------------------------------------------------------
 
     def _function_id(self, fn: Callable[..., Any]) -> int:
+        if fn is self._last_function[0]:  # task after task of the same function
+            return self._last_function[1]
         # Bound methods are new objects on every attribute access: key them by
         # their parts so one method is pickled once, not once per task.
         self_obj = getattr(fn, "__self__", None)
         func = getattr(fn, "__func__", None)
         key: Any = (id(self_obj), id(func)) if func is not None else id(fn)
-        entry = self._functions.get(key)  # the hot path: no lock, no reordering
-        if entry is not None:
-            return entry[1]
-        fn_id = self._engine.define_function(dumps_callable(fn))
-        with self._lock:
-            self._functions[key] = (fn, fn_id)  # holding fn keeps its id() unique
-            while len(self._functions) > _FUNCTION_CACHE:  # the oldest goes first
-                _, (_, old_id) = self._functions.popitem(last=False)
-                self._engine.drop_function(old_id)
-        return fn_id
+        entry = self._functions.get(key)  # no lock, no reordering
+        if entry is None:
+            entry = (fn, self._engine.define_function(dumps_callable(fn)))  # holding fn keeps its id() unique
+            with self._lock:
+                self._functions[key] = entry
+                while len(self._functions) > _FUNCTION_CACHE:  # the oldest goes first
+                    _, (_, old_id) = self._functions.popitem(last=False)
+                    self._engine.drop_function(old_id)
+        self._last_function = entry
+        return entry[1]
 
     def check_usable(self) -> None:
         reason = self._engine.broken()
@@ -244,7 +251,7 @@ class Runtime:
         job_id = next(self._job_ids)  # atomic under the GIL
         self._handlers[job_id] = handler  # filed before the job can finish
         try:
-            self._engine.submit_as(job_id, fn_id, tag, payload, retries, _check_timeout(timeout))
+            self._engine.submit_as(job_id, fn_id, tag, payload, retries, 0.0 if timeout is None else _check_timeout(timeout))
         except BaseException:
             del self._handlers[job_id]
             raise
@@ -301,10 +308,13 @@ class Runtime:
             pop = self._handlers.pop
             handlers = [pop(job[0], None) for job in batch]
             for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
-                if status == LOG:
+                if handler is not None:
+                    try:  # as _run_handler, without a call per result
+                        handler(status, run_ns, payload)
+                    except Exception:  # noqa: BLE001
+                        _report_handler_failure()
+                elif status == LOG:
                     log.log(run_ns, "%s", payload.decode(errors="replace"))
-                elif handler is not None:
-                    _run_handler(handler, status, run_ns, payload)
 
     # -- life cycle -----------------------------------------------------------
 

@@ -15,6 +15,9 @@ from .errors import RemoteError, RemoteTraceback
 
 PROTOCOL = 5
 loads = pickle.loads
+# What a protocol 5 pickle starts with (the PROTO opcode and its version);
+# shoal's other payloads (number columns, out-of-band packs) start otherwise.
+PICKLE_PROTOCOL_5 = b"\x80\x05"
 
 
 def _describe(obj: Any) -> str:

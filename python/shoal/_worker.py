@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 from itertools import starmap
+from pickle import dumps
 from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 from . import _core
-from ._oob import pack, pin_arenas, unpack
-from ._serialize import dumps_exception, loads
+
+from ._oob import PROTOCOL, SCALAR_TYPES, pack, pin_arenas, unpack
+from ._serialize import PICKLE_PROTOCOL_5, dumps_exception, loads
 
 # Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
 DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
@@ -79,10 +81,13 @@ class _LineWriter(io.TextIOBase):
 def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
     if tag == CALL:
         try:
-            args, kwargs = unpack(payload, _arena)
+            # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
+            args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
             return ERROR, dumps_exception(exc)
+        if type(result) in SCALAR_TYPES:
+            return OK, dumps(result, PROTOCOL)
         return _pickled_result(result)
     items = iter(unpack(payload, _arena))
     results: list = []

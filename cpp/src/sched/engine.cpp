@@ -28,6 +28,20 @@ constexpr auto kStopGrace = std::chrono::seconds(3);
 constexpr auto kEngineTick = std::chrono::milliseconds(100);
 // With time or memory limits in force, running jobs are checked this often.
 constexpr auto kLimitTick = std::chrono::milliseconds(10);
+// A collector away with a batch (running its handlers) is trusted to come
+// back and drain the outboxes for this long before the engine thread does it.
+constexpr auto kCollectorHandOff = std::chrono::milliseconds(2);
+constexpr uint64_t kCollectorHandOffNs = std::chrono::nanoseconds(kCollectorHandOff).count();
+// Tiny jobs are queued in a worker's inbox up to about this much work, so
+// that it keeps busy while the parent's threads are away (a collector running
+// handlers for a batch drains nothing meanwhile).
+constexpr double kPrefetchNs = 1e6;
+constexpr std::size_t kMaxPrefetch = 64;
+// A collector that finds no result while jobs this short are running naps
+// this long instead of sleeping until the next result rings the doorbell.
+constexpr double kNapJobNs = 100'000;
+constexpr auto kCollectorNap = std::chrono::microseconds(50);
+constexpr uint64_t kNapWindowNs = 1'000'000;  // naps go on this long after the last result
 
 uint64_t monotonic_ns() {
   timespec ts{};
@@ -132,7 +146,7 @@ void Engine::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::strin
   if (broken_) {
     ++stats_.submitted;
     complete_locked(id, Status::broken, 0, *broken_);
-    completions_cv_.notify_all();
+    announce_completions();
     return;
   }
   if (closing_) throw ClosedError("cannot schedule new work after shutdown");
@@ -140,7 +154,7 @@ void Engine::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::strin
   const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
   if (timeout_ns && !timeouts_used_) {
     timeouts_used_ = true;
-    layout_.header().doorbell.notify_all();  // let the engine thread switch to the short tick
+    wake_engine_thread();  // to switch to the short tick
   }
   pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns});
   pending_ids_.insert(id);
@@ -153,42 +167,68 @@ bool Engine::cancel(uint64_t job_id) {
 }
 
 bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
+  // The collecting thread drains the outboxes and hands out work itself, as
+  // wait_for() does, so a stream of results reaches it without a hop through
+  // the engine thread (a wake-up and a context switch per batch). It sleeps on
+  // the doorbell without polling: it serves throughput, and on a machine with
+  // few cores a poll takes CPU from the workers and the submitter. Results
+  // that a wait_for() caller is waiting for are left to that caller.
+  auto& bell = layout_.header().doorbell;
   std::unique_lock lk(mu_);
-  auto ready = [&] { return !completions_.empty() || stopped_; };
-  if (auto left = deadline.remaining())
-    completions_cv_.wait_for(lk, *left, ready);
-  else
-    completions_cv_.wait(lk, ready);
-  if (!completions_.empty()) {
-    std::move(completions_.begin(), completions_.end(), std::back_inserter(out));
-    completions_.clear();
-    return true;
+  ResultWaiter waiting(*this, lk);
+  collector_away_since_ns_.store(0);
+  for (;;) {
+    const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
+    if (!stopped_) {
+      drain_outboxes_locked();
+      dispatch_locked();
+    }
+    if (!completions_.empty()) {
+      if (awaited_.empty()) {
+        std::move(completions_.begin(), completions_.end(), std::back_inserter(out));
+        completions_.clear();
+      } else {
+        auto awaited = [&](const Completion& c) {
+          return std::find(awaited_.begin(), awaited_.end(), c.job_id) != awaited_.end();
+        };
+        auto taken = std::stable_partition(completions_.begin(), completions_.end(), awaited);
+        std::move(taken, completions_.end(), std::back_inserter(out));
+        completions_.erase(taken, completions_.end());
+      }
+      if (!out.empty()) {
+        last_collected_ns_ = monotonic_ns();
+        collector_away_since_ns_.store(last_collected_ns_);
+        return true;
+      }
+    }
+    if (stopped_) return false;
+    if (deadline.expired()) return true;
+    // While tiny jobs stream in, results come faster than a wake-up takes:
+    // nap, and take what the workers published meanwhile in one batch.
+    // Napping, this thread is no sleeper on the doorbell, so a worker
+    // publishes without a system call. Once results stop coming (a long job
+    // among the tiny ones), sleep until the doorbell rings.
+    const bool nap = run_ns_ewma_ > 0 && run_ns_ewma_ < kNapJobNs && !idle_locked() &&
+                     monotonic_ns() - last_collected_ns_ < kNapWindowNs;
+    lk.unlock();
+    if (nap) {
+      std::this_thread::sleep_for(std::min<Clock::duration>(kCollectorNap, deadline.remaining().value_or(kCollectorNap)));
+    } else {
+      bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline, /*poll=*/false);
+    }
+    lk.lock();
   }
-  return !stopped_;
 }
 
 bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) {
   auto& bell = layout_.header().doorbell;
   // While a caller waits here, it drains the outboxes and the engine thread
-  // leaves them alone (so the result comes here, not to collect()). It
-  // watches the doorbell's sequence, which every published result bumps,
-  // not the rings: outside the lock the engine thread may be reformatting a
-  // dead worker's rings. Leaving (under the lock, so no result slips between
-  // the last drain and the hand-back), it rings the engine thread if results
-  // for other jobs are waiting.
+  // leaves them alone; collect() leaves this job's result alone. The caller
+  // watches the doorbell's sequence, which every published result bumps, not
+  // the rings: outside the lock the engine thread may be reformatting a dead
+  // worker's rings.
   std::unique_lock lk(mu_);
-  result_waiters_.fetch_add(1);
-  struct Leave {  // on every way out, exceptions included
-    Engine& e;
-    std::unique_lock<SpinningMutex>& lk;
-    ~Leave() {
-      if (!lk.owns_lock()) lk.lock();
-      e.result_waiters_.fetch_sub(1);
-      const bool ring = e.any_outbox_readable();
-      lk.unlock();
-      if (ring) e.layout_.header().doorbell.notify_all();
-    }
-  } leave{*this, lk};
+  ResultWaiter waiting(*this, lk, job_id);
   for (;;) {
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
     if (!stopped_) {
@@ -200,18 +240,45 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
     if (it != completions_.end()) {
       out = std::move(*it);
       completions_.erase(it);
-      if (!completions_.empty()) completions_cv_.notify_all();
       return true;
     }
-    if (!completions_.empty()) completions_cv_.notify_all();
     if (stopped_ || !unfinished_locked(job_id)) return false;
     if (deadline.expired()) return true;
     lk.unlock();
-    // Short slices: deaths, retries and shutdown reach completions_ through
-    // the engine thread, which rings the doorbell only for process events.
+    // Short slices: deaths and retries reach completions_ through the engine
+    // thread, which rings the doorbell only for process events.
     bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick));
     lk.lock();
   }
+}
+
+Engine::ResultWaiter::ResultWaiter(Engine& engine, std::unique_lock<SpinningMutex>& lock, std::optional<uint64_t> job)
+    : engine_(engine), lock_(lock), job_(job) {
+  engine_.result_waiters_.fetch_add(1);
+  if (job_) engine_.awaited_.push_back(*job_);
+}
+
+Engine::ResultWaiter::~ResultWaiter() {
+  if (!lock_.owns_lock()) lock_.lock();
+  engine_.result_waiters_.fetch_sub(1);
+  if (job_) engine_.awaited_.erase(std::find(engine_.awaited_.begin(), engine_.awaited_.end(), *job_));
+  // Leaving, under the lock so that no result slips between the last drain
+  // and the hand-back: the engine thread drains what is left if nobody else
+  // waits, and a collector takes what it skipped while this job was awaited.
+  const bool results_left = engine_.any_outbox_readable();
+  const bool ring = results_left || !engine_.completions_.empty();
+  lock_.unlock();
+  if (results_left) engine_.wake_engine_thread();
+  else if (ring) engine_.announce_completions();
+}
+
+void Engine::announce_completions() { layout_.header().doorbell.notify_all(); }
+
+// The engine thread sleeps on one of two bells (see run()): ring both. The
+// doorbell also wakes collectors and waiters, which is what callers want.
+void Engine::wake_engine_thread() {
+  engine_bell_.notify_all();
+  layout_.header().doorbell.notify_all();
 }
 
 void Engine::shutdown(bool wait, bool cancel_pending) {
@@ -223,11 +290,10 @@ void Engine::shutdown(bool wait, bool cancel_pending) {
         if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
       pending_.clear();
       pending_ids_.clear();
-      completions_cv_.notify_all();
     }
     events_pending_ = true;
   }
-  layout_.header().doorbell.notify_all();
+  wake_engine_thread();
   if (wait && thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
@@ -249,10 +315,9 @@ void Engine::terminate() {
         if (s.pid > 0) kill(s.pid, SIGKILL);
       }
     }
-    completions_cv_.notify_all();
     events_pending_ = true;
   }
-  layout_.header().doorbell.notify_all();
+  wake_engine_thread();
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
@@ -287,7 +352,7 @@ void Engine::on_process_event(const ProcessEvent& e) {
     events_.push_back(e);
     events_pending_ = true;
   }
-  layout_.header().doorbell.notify_all();
+  wake_engine_thread();
 }
 
 bool Engine::any_outbox_readable() const {
@@ -300,19 +365,43 @@ void Engine::run() {
   auto& bell = layout_.header().doorbell;
   std::optional<Clock::time_point> stop_deadline;
   std::unique_lock lk(mu_, std::defer_lock);
+  // Results are drained here only when no other thread will: nobody waits in
+  // collect() or wait_for(), and no collector is away with a batch (or it
+  // has been away longer than the hand-off time).
+  auto results_are_mine = [&] {
+    if (result_waiters_.load() != 0) return false;
+    const uint64_t away_since = collector_away_since_ns_.load();
+    return away_since == 0 || monotonic_ns() - away_since > kCollectorHandOffNs;
+  };
+  bool busy = false;  // jobs queued or running, as of the last round
   for (;;) {
     const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
+    Clock::duration tick = limits ? kLimitTick : kEngineTick;
     // No polling here: this thread serves throughput (a caller waiting for
     // one result drains the outboxes itself, in wait_for), and on a machine
     // with few cores a poll takes CPU from the workers and the caller.
-    bell.wait_until([&] { return events_pending_.load() || (result_waiters_.load() == 0 && any_outbox_readable()); },
-                    Deadline::after(limits ? kLimitTick : kEngineTick), /*poll=*/false);
+    if (results_are_mine()) {
+      // The workers' doorbell wakes this thread for results.
+      bell.wait_until([&] { return events_pending_.load() || any_outbox_readable() || !results_are_mine(); },
+                      Deadline::after(tick), /*poll=*/false);
+    } else {
+      // Other threads take the results; sleeping on the doorbell would wake
+      // this thread for every one of them. Its own bell rings for process
+      // events and when the last result waiter leaves results behind; while
+      // work is under way it also looks every hand-off period, in case a
+      // collector stays away (a slow callback) and workers run dry.
+      if (busy) tick = std::min<Clock::duration>(tick, kCollectorHandOff);
+      engine_bell_.wait_until([&] { return events_pending_.load() || (results_are_mine() && any_outbox_readable()); },
+                              Deadline::after(tick), /*poll=*/false);
+    }
     lk.lock();
+    const uint64_t completed_before = stats_.completed;
     events_pending_ = false;
     handle_events_locked();
-    drain_outboxes_locked();
+    if (results_are_mine()) drain_outboxes_locked();
     if (limits) enforce_limits_locked();
     dispatch_locked();
+    busy = !idle_locked();
 
     if (closing_ && !stopping_ && idle_locked()) {
       stopping_ = true;
@@ -328,8 +417,9 @@ void Engine::run() {
       if (all_dead) break;
       if (Clock::now() > *stop_deadline) break;  // the launcher kills what is left
     }
-    if (!completions_.empty()) completions_cv_.notify_all();
+    const bool announce = stats_.completed != completed_before;
     lk.unlock();
+    if (announce) announce_completions();
   }
   // Leftover workers (stuck past the grace period) are killed by the launcher.
   for (auto& s : slots_)
@@ -345,7 +435,8 @@ void Engine::run() {
     s.pid = 0;
   }
   stopped_ = true;
-  completions_cv_.notify_all();
+  lk.unlock();
+  announce_completions();
 }
 
 bool Engine::unfinished_locked(uint64_t job_id) const {
@@ -546,11 +637,11 @@ void Engine::enforce_limits_locked() {
 
 std::size_t Engine::prefetch_depth() const {
   // Long jobs go one at a time (a queued job behind a long one could have run
-  // elsewhere); tiny jobs are queued deeper so a worker never waits for the parent.
+  // elsewhere); tiny jobs are queued deeper, up to about kPrefetchNs of work,
+  // so a worker never waits for the parent.
   if (run_ns_ewma_ == 0) return 2;  // nothing measured yet: assume jobs may be long
-  if (run_ns_ewma_ >= 1e6) return 1;
-  if (run_ns_ewma_ >= 1e5) return 2;
-  return 8;
+  if (run_ns_ewma_ >= kPrefetchNs) return 1;
+  return std::clamp<std::size_t>(static_cast<std::size_t>(kPrefetchNs / run_ns_ewma_), 2, kMaxPrefetch);
 }
 
 void Engine::dispatch_locked() {
@@ -642,7 +733,7 @@ void Engine::fail_everything_locked(const std::string& reason) {
     for (auto& job : s.in_flight) complete_locked(job.id, Status::broken, 0, reason);
     s.in_flight.clear();
   }
-  completions_cv_.notify_all();
+  announce_completions();  // waiters for any of these jobs
 }
 
 }  // namespace shoal

@@ -8,7 +8,6 @@
 #include <sys/types.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -21,6 +20,7 @@
 #include <vector>
 
 #include "shoal/ipc/deadline.hpp"
+#include "shoal/ipc/notifier.hpp"
 #include "shoal/proc/launcher.hpp"
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/sched/blob.hpp"
@@ -174,6 +174,23 @@ class Engine {
   void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
                      double timeout_s);
   bool any_outbox_readable() const;
+  void announce_completions();
+  void wake_engine_thread();
+
+  // A thread in collect() or wait_for() (for `job`, if given), from
+  // construction (lock held) to destruction.
+  class ResultWaiter {
+   public:
+    ResultWaiter(Engine& engine, std::unique_lock<SpinningMutex>& lock, std::optional<uint64_t> job = std::nullopt);
+    ~ResultWaiter();
+    ResultWaiter(const ResultWaiter&) = delete;
+    ResultWaiter& operator=(const ResultWaiter&) = delete;
+
+   private:
+    Engine& engine_;
+    std::unique_lock<SpinningMutex>& lock_;
+    std::optional<uint64_t> job_;
+  };
 
   EngineOptions options_;
   PoolLayout layout_;
@@ -199,9 +216,15 @@ class Engine {
   std::vector<ProcessEvent> events_;  // guarded by mu_
   std::atomic<bool> events_pending_{false};
 
+  // Finished jobs not yet taken. collect() and wait_for() callers sleep on
+  // the doorbell: results ring it as workers publish them, and every other
+  // completion (a cancel, a death, a broken pool) is announced on it.
   std::vector<Completion> completions_;  // guarded by mu_
-  std::atomic<int> result_waiters_{0};   // threads in wait_for()
-  std::condition_variable_any completions_cv_;
+  std::vector<uint64_t> awaited_;        // jobs a wait_for() caller waits for; guarded by mu_
+  std::atomic<int> result_waiters_{0};   // threads in collect() or wait_for(): they drain the outboxes
+  std::atomic<uint64_t> collector_away_since_ns_{0};  // a collector left with a batch then (0: none away)
+  uint64_t last_collected_ns_ = 0;                    // when collect() last returned results; guarded by mu_
+  Notifier engine_bell_;  // wakes the engine thread when the workers' doorbell is not for it
 
   std::thread thread_;
 };
