@@ -103,21 +103,19 @@ CAUSES: dict = {
         "budget before sleeping, so on an idle machine nobody pays a wake-up. Under load the "
         "polls shrink and wake-ups (5-60 µs on this VM) come back."),
     "target-b": (
-        "Cause: the caller's Python work per task, on one core that the two workers also need: "
-        "`Executor.submit` (a `concurrent.futures.Future`, pickling the arguments, the engine call) "
-        "costs ~8 µs of the caller's CPU per task here, the result thread's decoding and "
-        "`set_result` ~2 µs, `as_completed` ~2 µs, the engine thread a few µs (draining results, waking "
-        "workers; it no longer polls). ProcessPoolExecutor varied between 10 and 17 s over this "
-        "session's runs (so did the ratio, 7.3x-11x). The levers left: a Future implemented in C (every stdlib Future "
-        "holds a lock and three lists that the garbage collector walks), submits batched into the "
-        "engine, and fewer engine-thread wake-ups."),
+        "Cause: the GIL. Per task the caller holds it ~3.5 µs in `Executor.submit` (a "
+        "`concurrent.futures.Future`, pickling the arguments, the engine call) and ~2 µs in "
+        "`as_completed`, and the result thread ~2.3 µs (unpickling, `set_result`, as_completed's "
+        "waiter): ~8 µs of Python per task serialised by one lock, on the two cores the workers also "
+        "need. ProcessPoolExecutor's own time varies between 10 and 15 s from run to run on this VM, "
+        "and with it the ratio. What is left is mostly the stdlib's Future and as_completed, which "
+        "shoal must use (they are the API)."),
     "target-c": (
-        "Cause: both pools pickle the items in chunks and unpickle the results in the caller, so the "
-        "per-item cost is the same pickle work (shoal's transport only saves per-chunk costs, and with "
-        "multiprocessing's default chunksize of len/(4*workers) there are only 8 chunks). On 2 cores "
-        "the caller's own pickling competes with both workers. Beating it by 1.5x needs less work per "
-        "item in the caller (e.g. results decoded in C++, or ranges and arrays sent without "
-        "per-item pickling)."),
+        "Cause: object creation. Both pools must build every item and every result as a Python "
+        "object on each side of the pipe (~30 ns each on this VM, with page faults for fresh "
+        "memory); shoal sends numbers as columns, runs chunks at C speed and keeps the workers' heap "
+        "warm, which leaves that creation and the workers' `x * x` as the floor, on 2 cores shared "
+        "by the caller's result thread and both workers."),
     "target-d": (
         "Cause: none specific to shoal: on 2 cores the caller, the result thread and the machine's other "
         "load take CPU from the two workers, and multiprocessing.Pool and ProcessPoolExecutor land at "

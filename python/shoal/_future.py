@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from _thread import RLock, allocate_lock
 from concurrent import futures
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import Any, Optional
 
 from ._runtime import OK, Cancelled, decode
@@ -93,6 +93,11 @@ class _Future(futures.Future):
             pass  # cancelled by its owner in the meantime
 
     def result(self, timeout: Optional[float] = None) -> Any:
+        if self._state == FINISHED and self._exception is None:
+            # Done (a terminal state, set after the result under the lock):
+            # what the base class would return, without its lock and calls,
+            # for the many futures that as_completed() hands over done.
+            return self._result
         return super().result(self._wait_here(timeout))
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
