@@ -83,7 +83,7 @@ class _Future(futures.Future):
             ok, value = decode(status, payload)
         try:
             if ok:
-                self.set_result(value)
+                self._set_result_quickly(value)
             elif isinstance(value, Cancelled):  # shutdown(cancel_futures=True) dropped it
                 if futures.Future.cancel(self):
                     self.set_running_or_notify_cancel()
@@ -91,6 +91,22 @@ class _Future(futures.Future):
                 self.set_exception(value)
         except futures.InvalidStateError:
             pass  # cancelled by its owner in the meantime
+
+    def _set_result_quickly(self, value: Any) -> None:
+        """``set_result(value)`` as the base class does it, minus the calls
+        that would find nothing to do (no waiter, no sleeper, no callback):
+        the result thread runs this once per task, holding the GIL."""
+        with self._condition:
+            if self._state != PENDING and self._state != RUNNING:
+                raise futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = value
+            self._state = FINISHED
+            for waiter in self._waiters:  # as_completed(), wait()
+                waiter.add_result(self)
+            if self._condition._sleepers:
+                self._condition.notify_all()
+        if self._done_callbacks:
+            self._invoke_callbacks()
 
     def result(self, timeout: Optional[float] = None) -> Any:
         if self._state == FINISHED and self._exception is None:

@@ -251,7 +251,8 @@ class Runtime:
         job_id = next(self._job_ids)  # atomic under the GIL
         self._handlers[job_id] = handler  # filed before the job can finish
         try:
-            self._engine.submit_as(job_id, fn_id, tag, payload, retries, 0.0 if timeout is None else _check_timeout(timeout))
+            limit = 0.0 if timeout is None else _check_timeout(timeout)
+            self._engine.submit_as(job_id, fn_id, tag, payload, retries, limit)
         except BaseException:
             del self._handlers[job_id]
             raise
@@ -502,7 +503,8 @@ class MapFeed:
             self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
             try:
                 job_id = self._runtime.submit(
-                    self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)), self._retries, self.timeout
+                    self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)),
+                    self._retries, self.timeout,
                 )
             except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
                 del self._in_flight[index]

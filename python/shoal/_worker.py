@@ -15,7 +15,6 @@ from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 from . import _core
-
 from ._oob import PROTOCOL, SCALAR_TYPES, pack, pin_arenas, unpack
 from ._serialize import PICKLE_PROTOCOL_5, dumps_exception, loads
 

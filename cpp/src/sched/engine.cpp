@@ -183,6 +183,7 @@ bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
       drain_outboxes_locked();
       dispatch_locked();
     }
+    left_for_collector_.store(false);  // whatever is there now is taken below
     if (!completions_.empty()) {
       if (awaited_.empty()) {
         std::move(completions_.begin(), completions_.end(), std::back_inserter(out));
@@ -214,7 +215,15 @@ bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
     if (nap) {
       std::this_thread::sleep_for(std::min<Clock::duration>(kCollectorNap, deadline.remaining().value_or(kCollectorNap)));
     } else {
-      bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline, /*poll=*/false);
+      // While a caller waits in wait_for(), it drains the outboxes and
+      // announces what it leaves for this thread; waking for every result as
+      // well would only take CPU and the lock from that caller.
+      bell.wait_until(
+          [&] {
+            return bell.seq.load(std::memory_order_seq_cst) != seen &&
+                   (job_waiters_.load() == 0 || left_for_collector_.load());
+          },
+          deadline, /*poll=*/false);
     }
     lk.lock();
   }
@@ -240,11 +249,13 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
     if (it != completions_.end()) {
       out = std::move(*it);
       completions_.erase(it);
-      return true;
+      return true;  // leaving: ~ResultWaiter announces what is left
     }
     if (stopped_ || !unfinished_locked(job_id)) return false;
     if (deadline.expired()) return true;
+    const bool leftovers = !left_for_collector_.load() && collectable_locked();
     lk.unlock();
+    if (leftovers) announce_completions();
     // Short slices: deaths and retries reach completions_ through the engine
     // thread, which rings the doorbell only for process events.
     bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick));
@@ -255,13 +266,19 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
 Engine::ResultWaiter::ResultWaiter(Engine& engine, std::unique_lock<SpinningMutex>& lock, std::optional<uint64_t> job)
     : engine_(engine), lock_(lock), job_(job) {
   engine_.result_waiters_.fetch_add(1);
-  if (job_) engine_.awaited_.push_back(*job_);
+  if (job_) {
+    engine_.awaited_.push_back(*job_);
+    engine_.job_waiters_.fetch_add(1);
+  }
 }
 
 Engine::ResultWaiter::~ResultWaiter() {
   if (!lock_.owns_lock()) lock_.lock();
   engine_.result_waiters_.fetch_sub(1);
-  if (job_) engine_.awaited_.erase(std::find(engine_.awaited_.begin(), engine_.awaited_.end(), *job_));
+  if (job_) {
+    engine_.awaited_.erase(std::find(engine_.awaited_.begin(), engine_.awaited_.end(), *job_));
+    engine_.job_waiters_.fetch_sub(1);
+  }
   // Leaving, under the lock so that no result slips between the last drain
   // and the hand-back: the engine thread drains what is left if nobody else
   // waits, and a collector takes what it skipped while this job was awaited.
@@ -272,7 +289,16 @@ Engine::ResultWaiter::~ResultWaiter() {
   else if (ring) engine_.announce_completions();
 }
 
-void Engine::announce_completions() { layout_.header().doorbell.notify_all(); }
+void Engine::announce_completions() {
+  left_for_collector_.store(true);
+  layout_.header().doorbell.notify_all();
+}
+
+bool Engine::collectable_locked() const {
+  return std::any_of(completions_.begin(), completions_.end(), [&](const Completion& c) {
+    return std::find(awaited_.begin(), awaited_.end(), c.job_id) == awaited_.end();
+  });
+}
 
 // The engine thread sleeps on one of two bells (see run()): ring both. The
 // doorbell also wakes collectors and waiters, which is what callers want.

@@ -174,7 +174,10 @@ class Engine {
   void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
                      double timeout_s);
   bool any_outbox_readable() const;
+  // Rings the doorbell for completions that collect() should take (ones no
+  // ring from a worker announced: cancels, deaths, another thread's drain).
   void announce_completions();
+  bool collectable_locked() const;  // some completion is not awaited by a wait_for() caller
   void wake_engine_thread();
 
   // A thread in collect() or wait_for() (for `job`, if given), from
@@ -222,6 +225,8 @@ class Engine {
   std::vector<Completion> completions_;  // guarded by mu_
   std::vector<uint64_t> awaited_;        // jobs a wait_for() caller waits for; guarded by mu_
   std::atomic<int> result_waiters_{0};   // threads in collect() or wait_for(): they drain the outboxes
+  std::atomic<int> job_waiters_{0};      // threads in wait_for()
+  std::atomic<bool> left_for_collector_{false};  // announced completions collect() has not taken yet
   std::atomic<uint64_t> collector_away_since_ns_{0};  // a collector left with a batch then (0: none away)
   uint64_t last_collected_ns_ = 0;                    // when collect() last returned results; guarded by mu_
   Notifier engine_bell_;  // wakes the engine thread when the workers' doorbell is not for it
