@@ -67,8 +67,6 @@ class _Future(futures.Future):
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
         self._runtime = runtime
         self._job_id = 0
 
@@ -92,6 +90,26 @@ class _Future(futures.Future):
         except futures.InvalidStateError:
             pass  # cancelled by its owner in the meantime
 
+    # The base class's two lists, made on first use: most futures never get a
+    # waiter or a callback before they finish, and every list is one more
+    # object for the garbage collector to walk on each full collection.
+    _waiter_list: Optional[list] = None
+    _callback_list: Optional[list] = None
+
+    @property
+    def _waiters(self) -> list:  # type: ignore[override]
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> list:  # type: ignore[override]
+        callbacks = self._callback_list
+        if callbacks is None:
+            callbacks = self._callback_list = []
+        return callbacks
+
     def _set_result_quickly(self, value: Any) -> None:
         """``set_result(value)`` as the base class does it, minus the calls
         that would find nothing to do (no waiter, no sleeper, no callback):
@@ -101,11 +119,12 @@ class _Future(futures.Future):
                 raise futures.InvalidStateError(f"{self._state}: {self!r}")
             self._result = value
             self._state = FINISHED
-            for waiter in self._waiters:  # as_completed(), wait()
-                waiter.add_result(self)
+            if self._waiter_list:  # as_completed(), wait()
+                for waiter in self._waiter_list:
+                    waiter.add_result(self)
             if self._condition._sleepers:
                 self._condition.notify_all()
-        if self._done_callbacks:
+        if self._callback_list:
             self._invoke_callbacks()
 
     def result(self, timeout: Optional[float] = None) -> Any:
