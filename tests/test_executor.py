@@ -268,3 +268,25 @@ def test_100k_tasks_without_growth_in_memory_or_descriptors(ex):
     assert _open_fds() <= fds
     # A leak of even 256 bytes per task would add 25 MiB.
     assert rss_kib() - rss < 20 * 1024
+
+
+def test_a_slow_done_callback_does_not_stall_the_workers(ex, tmp_path):
+    # A callback added before the result arrives runs in the pool's result
+    # thread; while it takes its time, the engine keeps handing queued tasks to
+    # the workers (they would otherwise run dry once the few tasks queued in
+    # their inboxes are done).
+    started = threading.Event()
+    ran_during_callback = []
+
+    def slow(_):
+        started.set()
+        time.sleep(1.5)
+        ran_during_callback.append(len(os.listdir(tmp_path)))
+
+    gate = ex.submit(tasks.sleep_then, 0, 0.2)
+    gate.add_done_callback(slow)
+    assert started.wait(timeout=30)
+    futs = [ex.submit(tasks.touch, i, str(tmp_path)) for i in range(1000)]
+    done, not_done = cf.wait(futs, timeout=60)
+    assert not not_done
+    assert ran_during_callback and ran_during_callback[0] >= 900, ran_during_callback
