@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import time
 from typing import Callable
 
@@ -49,11 +50,15 @@ def _timed(run: Callable[[], object]) -> tuple[float, object]:
 
 
 def _round_trip_us(submit_and_wait: Callable[[int], object], n: int) -> float:
+    """The median of n round trips: a few slow ones (a wake-up after the
+    CPU-bound part, the machine's other work) would sway a mean."""
     submit_and_wait(0)  # warm
-    start = time.perf_counter()
+    trips = []
     for i in range(n):
+        start = time.perf_counter()
         submit_and_wait(i)
-    return (time.perf_counter() - start) / n * 1e6
+        trips.append(time.perf_counter() - start)
+    return statistics.median(trips) * 1e6
 
 
 def main(quick: bool = False) -> int:
@@ -84,7 +89,7 @@ def main(quick: bool = False) -> int:
         trip = _round_trip_us(lambda i: ex.submit(tiny, i).result(), trips)
     rows.append(("shoal.Executor", t, trip, got))
 
-    print(f"{'':22} {'wall time':>10} {'speed-up':>9} {'per-task round trip':>20}  result")
+    print(f"{'':22} {'wall time':>10} {'speed-up':>9} {'round trip (median)':>20}  result")
     for name, seconds, trip, result in rows:
         trip_text = f"{trip:8.0f} us" if trip is not None else "-"
         print(f"{name:22} {seconds:9.2f}s {serial_time / seconds:8.2f}x {trip_text:>20}  {result}")
