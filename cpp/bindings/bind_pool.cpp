@@ -53,7 +53,7 @@ nb::object worker_recv(WorkerEndpoint& ep) {
   try {
     // A frame already waiting (a busy worker's prefetched jobs) is taken
     // without letting go of the GIL.
-    if (!ep.wait(Deadline::after(std::chrono::nanoseconds(0)))) {
+    if (!ep.frame_ready()) {
       wait_interruptibly(std::nullopt, [&](const Deadline& d) {
         if (ep.wait(d)) return true;
         SharedArena::trim_idle_mappings();

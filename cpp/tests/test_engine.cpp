@@ -35,20 +35,27 @@ EngineOptions options(uint32_t workers, bool fork_server) {
   return o;
 }
 
-// Collects until `count` jobs finished (or 60 s passed); keyed by job id.
-std::map<uint64_t, Completion> collect(Engine& e, std::size_t count) {
-  std::map<uint64_t, Completion> done;
-  auto until = std::chrono::steady_clock::now() + 60s;
+// Collects into `done` while keep_going() holds and the engine runs; a job
+// delivered twice fails the test.
+template <class KeepGoing>
+void collect_into(Engine& e, std::map<uint64_t, Completion>& done, KeepGoing keep_going) {
   std::vector<Completion> batch;
-  while (done.size() < count && std::chrono::steady_clock::now() < until) {
+  while (keep_going()) {
     batch.clear();
-    if (!e.collect(batch, Deadline::after(1s))) break;
+    if (!e.collect(batch, Deadline::after(50ms))) return;
     for (auto& c : batch) {
       if (c.status == Status::log) continue;
       EXPECT_FALSE(done.count(c.job_id)) << "job " << c.job_id << " delivered twice";
       done[c.job_id] = std::move(c);
     }
   }
+}
+
+// Collects until `count` jobs finished (or 60 s passed); keyed by job id.
+std::map<uint64_t, Completion> collect(Engine& e, std::size_t count) {
+  std::map<uint64_t, Completion> done;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  collect_into(e, done, [&] { return done.size() < count && std::chrono::steady_clock::now() < until; });
   return done;
 }
 
@@ -265,18 +272,7 @@ TEST_P(EngineTest, WaitersGetTheirOwnResultsWhileACollectorTakesEveryOther) {
   uint64_t fn = e.define_function("f");
   std::map<uint64_t, Completion> collected;
   std::atomic<bool> stop{false};
-  std::thread collector([&] {
-    std::vector<Completion> batch;
-    while (!stop.load()) {
-      batch.clear();
-      if (!e.collect(batch, Deadline::after(50ms))) return;
-      for (auto& c : batch) {
-        if (c.status == Status::log) continue;
-        EXPECT_FALSE(collected.count(c.job_id)) << "job " << c.job_id << " collected twice";
-        collected[c.job_id] = std::move(c);
-      }
-    }
-  });
+  std::thread collector([&] { collect_into(e, collected, [&] { return !stop.load(); }); });
   std::vector<uint64_t> others;
   std::vector<std::thread> waiters;
   std::atomic<int> waited_ok{0};
@@ -292,14 +288,14 @@ TEST_P(EngineTest, WaitersGetTheirOwnResultsWhileACollectorTakesEveryOther) {
     });
   }
   for (auto& t : waiters) t.join();
-  const auto until = std::chrono::steady_clock::now() + 30s;
-  while (std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(10ms);
-    if (e.stats().completed >= others.size() + awaited.size() && e.stats().in_flight == 0 && e.stats().pending == 0) break;
-  }
-  std::this_thread::sleep_for(100ms);  // the collector's last batch
   stop = true;
   collector.join();
+  // What the collector thread had not taken yet is still there for collect().
+  const std::size_t total = others.size() + awaited.size();
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  collect_into(e, collected, [&] {
+    return collected.size() + waited_ok.load() < total && std::chrono::steady_clock::now() < until;
+  });
   // A waiter normally takes its own result; if the collector drained it
   // before the waiter began to wait, the collector has it. Exactly once.
   EXPECT_EQ(waited_ok.load() + static_cast<int>(std::count_if(awaited.begin(), awaited.end(),

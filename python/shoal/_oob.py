@@ -316,19 +316,21 @@ def _encode(names: Sequence[str], entries: Sequence[Entry], pickled: bytes) -> b
     return b"".join(parts)
 
 
-def is_packed(payload: Any) -> bool:
-    """Whether ``payload`` lists blocks (else it is a plain pickle)."""
+def _starts_with(payload: Any, magic: bytes) -> bool:
     if type(payload) is bytes:  # the common case, without a memoryview
-        return payload.startswith(MAGIC)
-    return bytes(memoryview(payload)[: len(MAGIC)]) == MAGIC
+        return payload.startswith(magic)
+    return bytes(memoryview(payload)[: len(magic)]) == magic
+
+
+def is_packed(payload: Any) -> bool:
+    """Whether ``payload`` lists blocks (else it is a plain pickle or a number column)."""
+    return _starts_with(payload, MAGIC)
 
 
 def is_number_column(payload: Any) -> bool:
     """Whether ``payload`` is a list of numbers packed as a column (see
     cpp/include/shoal/ser/number_column.hpp), not a pickle."""
-    if type(payload) is bytes:
-        return payload.startswith(NUMBER_COLUMN)
-    return bytes(memoryview(payload)[: len(NUMBER_COLUMN)]) == NUMBER_COLUMN
+    return _starts_with(payload, NUMBER_COLUMN)
 
 
 def _decode(payload: Any) -> Tuple[List[str], List[Entry], memoryview]:

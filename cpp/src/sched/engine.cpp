@@ -256,8 +256,8 @@ bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<C
     const bool leftovers = !left_for_collector_.load() && collectable_locked();
     lk.unlock();
     if (leftovers) announce_completions();
-    // Short slices: deaths and retries reach completions_ through the engine
-    // thread, which rings the doorbell only for process events.
+    // Every completion rings the doorbell (a worker's result, or an
+    // announcement); the short slices are only a safety net.
     bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick));
     lk.lock();
   }
@@ -285,8 +285,8 @@ Engine::ResultWaiter::~ResultWaiter() {
   const bool results_left = engine_.any_outbox_readable();
   const bool ring = results_left || !engine_.completions_.empty();
   lock_.unlock();
-  if (results_left) engine_.wake_engine_thread();
-  else if (ring) engine_.announce_completions();
+  if (results_left) engine_.engine_bell_.notify_all();
+  if (ring) engine_.announce_completions();
 }
 
 void Engine::announce_completions() {
@@ -300,11 +300,12 @@ bool Engine::collectable_locked() const {
   });
 }
 
-// The engine thread sleeps on one of two bells (see run()): ring both. The
-// doorbell also wakes collectors and waiters, which is what callers want.
+// The engine thread sleeps on one of two bells (see run()): ring both. Its
+// callers (process events, shutdown, terminate) may have completed jobs too,
+// so the doorbell's ring counts as an announcement for collectors.
 void Engine::wake_engine_thread() {
   engine_bell_.notify_all();
-  layout_.header().doorbell.notify_all();
+  announce_completions();
 }
 
 void Engine::shutdown(bool wait, bool cancel_pending) {

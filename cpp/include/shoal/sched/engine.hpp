@@ -2,9 +2,10 @@
 // The pool's engine, in the parent process. It keeps the pending jobs in a
 // central queue and hands them to workers on demand: each worker holds only a
 // few jobs in its inbox ring, so the engine always knows which jobs sit with
-// which worker, and a slow job never holds back the others. One engine thread
-// collects results, refills inboxes and reacts to worker deaths; the Python
-// front takes finished jobs in batches with collect().
+// which worker, and a slow job never holds back the others. The threads that
+// take results (collect(), wait_for()) drain the workers' outboxes and refill
+// their inboxes themselves; the engine thread reacts to worker deaths and
+// limits, and drains only when no such thread will.
 #include <sys/types.h>
 
 #include <atomic>

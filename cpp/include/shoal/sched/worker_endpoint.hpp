@@ -20,6 +20,8 @@ class WorkerEndpoint {
   // Waits until a frame is ready (true) or the deadline passes (false); throws
   // ClosedError once the pool has closed this worker's inbox and it is drained.
   bool wait(const Deadline& deadline) { return inbox_.wait_readable(deadline); }
+  // Whether a frame is waiting now (no wait, no system call).
+  bool frame_ready() const { return !inbox_.empty(); }
 
   // Takes the ready frame: header into `h`, payload into alloc(n) (a payload
   // that was spilled into its own segment is fetched from there). A job frame
