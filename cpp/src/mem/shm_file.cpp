@@ -3,7 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,16 +13,14 @@
 
 namespace shoal::arena_detail {
 
-std::string segment_name(pid_t owner) {
-  unsigned char raw[8];
-  if (getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw)) throw_errno("getrandom");
-  char hex[17];
-  for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-  return std::string(kSegmentPrefix) + std::to_string(owner) + "-" + hex;
-}
+std::string segment_name(pid_t owner) { return segment_detail::random_segment_name(owner); }
 
 SharedSegment create_named_segment(const std::string& name, std::size_t bytes) {
   const std::string path = "/" + name;
+  // The owner's token keeps the name alive (reclaim_stale_segments). Made by
+  // the owner, which holds its token since it made the control segment;
+  // made by another process, the owner's token covers it all the same.
+  if (name.starts_with(kSegmentPrefix + std::to_string(getpid()) + "-")) segment_detail::hold_owner_token();
   int fd = shm_open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) throw_errno("shm_open " + name);
   auto fail = [&](const std::string& what) {
@@ -31,6 +29,7 @@ SharedSegment create_named_segment(const std::string& name, std::size_t bytes) {
     shm_unlink(path.c_str());
     throw_errno(what, err);
   };
+  if (fchmod(fd, 0600) != 0) fail("fchmod shared memory " + name);  // exactly 0600, whatever the umask
   if (ftruncate(fd, static_cast<off_t>(bytes)) != 0)
     fail("ftruncate shared memory " + name + " to " + std::to_string(bytes) + " bytes");
   // Reserve the pages now. tmpfs supports this; elsewhere, go on without.

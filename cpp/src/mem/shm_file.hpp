@@ -2,7 +2,8 @@
 // Shared-memory segments the arena names itself: `shoal-<owner pid>-<hex>`, the
 // scheme SharedSegment uses, but with the arena owner's pid whichever process
 // creates them, so reclaim_stale_segments() keeps them exactly as long as the
-// owner lives. Private to cpp/src/mem.
+// owner's token is held (the owner, or a forked copy of it, lives; see
+// src/ipc/segment.cpp). Private to cpp/src/mem.
 #include <sys/types.h>
 
 #include <cstddef>

@@ -48,11 +48,35 @@ class SharedSegment {
   pid_t owner_pid_ = 0;
 };
 
-// The prefix every shoal segment name starts with.
+// The prefix every shoal segment name starts with: `shoal-<pid>-<16 hex digits>`.
 inline constexpr const char* kSegmentPrefix = "shoal-";
+// The prefix of owner tokens: `shoal-lock-<pid>-<16 hex digits>` (see segment.cpp).
+inline constexpr const char* kTokenPrefix = "shoal-lock-";
 
-// Unlinks `shoal-<pid>-*` segments of this user whose creating process is gone
-// (left behind by a process killed with SIGKILL). Returns how many were removed.
+// Unlinks the segments left behind by processes that are provably gone (killed
+// with SIGKILL, or ended with _exit): names of the exact form
+// `shoal-<pid>-<16 hex>`, regular files of this user with mode 0600, for which
+// no process anywhere (any PID namespace) holds the lock on a token
+// `shoal-lock-<pid>-*`, and whose pid does not exist here either. Never
+// follows or removes symlinks or anything else. Removes the tokens nobody holds
+// too. Returns how many segments were removed.
 std::size_t reclaim_stale_segments();
+
+namespace segment_detail {
+
+// A fresh random name `shoal-<owner>-<16 hex>`.
+std::string random_segment_name(pid_t owner);
+// Makes sure this process holds its owner token (made on first use, after a
+// fork anew); SharedSegment::create calls it before making a name of its pid.
+void hold_owner_token();
+// Unlinks and closes this process's own token; runs at exit. Afterwards the
+// segments named after this pid count as stale once the pid is gone.
+void release_owner_token();
+// Makes a token for `pid` and returns the descriptor holding its lock (close
+// it to let the token go; nothing unlinks it but reclaim_stale_segments()).
+// For tests, which make tokens for pids that look dead.
+int create_owner_token(pid_t pid, std::string* name = nullptr);
+
+}  // namespace segment_detail
 
 }  // namespace shoal
