@@ -1,24 +1,24 @@
 // Launcher for start_method="spawn": one fresh interpreter per worker, watched
 // through a pidfd each.
 #include <signal.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <map>
 
 #include "shoal/proc/fd.hpp"
 #include "shoal/proc/launcher.hpp"
+#include "shoal/proc/pidfd.hpp"
 #include "spawn.hpp"
 
 namespace shoal {
 namespace {
 
-int pidfd_open(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-
 class SpawnLauncher final : public Launcher {
  public:
   explicit SpawnLauncher(std::vector<std::string> argv) : argv_(std::move(argv)) {}
+  ~SpawnLauncher() override { stop(); }
 
   void spawn(uint32_t slot, std::vector<ProcessEvent>& events) override {
     auto argv = argv_;
@@ -30,10 +30,27 @@ class SpawnLauncher final : public Launcher {
       events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, e.code().value()});
       return;
     }
-    UniqueFd fd(pidfd_open(pid));
-    events.push_back({ProcessEvent::Type::spawned, slot, pid, 0});
-    const int key = fd.get();
-    children_[key] = Child{slot, pid, std::move(fd)};
+    // Nobody has waited for the child yet, so its pid still names it, unless
+    // this process ignores SIGCHLD and the child has already exited: a worker
+    // is an interpreter that runs for milliseconds before it can exit, far
+    // longer than this step. (posix_spawn gives no pidfd; glibc 2.39's
+    // pidfd_spawn would.)
+    auto pidfd = std::make_shared<const UniqueFd>(pidfd_open(pid));
+    if (!*pidfd) {
+      // Nothing to watch it by (a kernel without pidfds, or out of
+      // descriptors): a worker whose death would go unnoticed is worse than
+      // none, so it is stopped and reported as failed.
+      const int err = errno;
+      if (err != ESRCH) {  // ESRCH: it is gone already (and reaped: SIGCHLD ignored)
+        kill(pid, SIGKILL);
+        reap_child(-1, pid);
+      }
+      events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, err});
+      return;
+    }
+    events.push_back({ProcessEvent::Type::spawned, slot, pid, 0, pidfd});
+    const int key = pidfd->get();
+    children_[key] = Child{slot, pid, std::move(pidfd)};
   }
 
   std::vector<int> poll_fds() const override {
@@ -45,17 +62,18 @@ class SpawnLauncher final : public Launcher {
   void on_readable(int fd, std::vector<ProcessEvent>& events) override {
     auto it = children_.find(fd);
     if (it == children_.end()) return;
-    int status = 0;
-    if (waitpid(it->second.pid, &status, WNOHANG) != it->second.pid) return;
+    // A readable pidfd means the process has exited, whether or not its
+    // status can still be collected (SIGCHLD ignored: the kernel reaped it
+    // already). Either way the child leaves the poll set now: its pidfd stays
+    // readable for good, and polling it again would spin this thread.
+    const int status = reap_child(fd, it->second.pid);
     events.push_back({ProcessEvent::Type::exited, it->second.slot, it->second.pid, status});
     children_.erase(it);
   }
 
   void stop() override {
-    for (auto& [fd, child] : children_) {
-      kill(child.pid, SIGKILL);
-      waitpid(child.pid, nullptr, 0);
-    }
+    for (auto& [fd, child] : children_) signal_process(fd, child.pid, SIGKILL);
+    for (auto& [fd, child] : children_) reap_child(fd, child.pid);
     children_.clear();
   }
 
@@ -63,7 +81,7 @@ class SpawnLauncher final : public Launcher {
   struct Child {
     uint32_t slot;
     pid_t pid;
-    UniqueFd fd;
+    SharedPidfd pidfd;  // shared with the engine, which kills the worker through it
   };
   std::vector<std::string> argv_;
   std::map<int, Child> children_;

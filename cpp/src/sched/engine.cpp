@@ -66,6 +66,9 @@ std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 }  // namespace
 
 std::string describe_exit(int wait_status) {
+  if (wait_status == kExitStatusUnknown)
+    return "exited with an unknown status (reaped by the system or other code before it could be read, as when "
+           "SIGCHLD is ignored)";
   if (WIFSIGNALED(wait_status)) {
     int sig = WTERMSIG(wait_status);
     const char* abbrev = sigabbrev_np(sig);
@@ -522,7 +525,10 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   Slot& s = slots_[slot];
   drain_outbox_locked(slot);  // results published before the death still count
   const uint64_t running = layout_.status(slot).running_job.load();
-  const bool clean = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
+  // An exit nobody could see (SIGCHLD ignored) was clean if the worker had been told to exit.
+  const bool clean = wait_status == kExitStatusUnknown
+                         ? s.retired || s.state == SlotState::stopping
+                         : WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
   for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
     Job& job = *it;
     // Only the job that was running is to blame; the ones queued behind it go

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "shoal/proc/pidfd.hpp"
+
 namespace shoal {
 
 struct ProcessEvent {
@@ -16,7 +18,12 @@ struct ProcessEvent {
   Type type;
   uint32_t slot;
   pid_t pid;
-  int wait_status;  // for exited: as from waitpid(); for spawn_failed: errno
+  // For exited: as from waitpid(), or kExitStatusUnknown; for spawn_failed: errno.
+  int wait_status;
+  // For spawned: the worker's pidfd, the handle to signal it by (empty only on
+  // kernels without pidfds). Opened before anyone could have reaped the worker,
+  // so it is sure to name it.
+  SharedPidfd pidfd = {};
 };
 
 class Launcher {
