@@ -1,6 +1,11 @@
 // start_method="forkserver": one clean interpreter, started before the pool has
 // any work, forks every worker on request. A respawn after a crash then costs a
 // fork, not an interpreter start. Both ends of its control socket live here.
+//
+// The server is the workers' parent: it reaps them and reports how they ended.
+// The pool's process signals them through pidfds the server opens right after
+// each fork (when the child cannot have been reaped yet, so the pidfd is sure
+// to name it) and passes along with the "spawned" reply (SCM_RIGHTS).
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -9,9 +14,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <unordered_map>
@@ -19,6 +25,7 @@
 #include "shoal/ipc/errors.hpp"
 #include "shoal/proc/fd.hpp"
 #include "shoal/proc/launcher.hpp"
+#include "shoal/proc/pidfd.hpp"
 #include "spawn.hpp"
 
 namespace shoal {
@@ -38,9 +45,54 @@ struct Reply {
   int32_t status;
 };
 
-void send_reply(int sock, const Reply& r) {
-  while (send(sock, &r, sizeof r, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+// Sends a reply, with descriptor `fd` attached if it is >= 0 (and without it
+// if the descriptor cannot travel: the reply matters more).
+void send_reply(int sock, const Reply& r, int fd = -1) {
+  iovec iov{const_cast<Reply*>(&r), sizeof r};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
   }
+  while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || !msg.msg_control) return;  // the owner is gone, or it failed without a descriptor
+    msg.msg_control = nullptr;
+    msg.msg_controllen = 0;
+  }
+}
+
+// Receives a reply without blocking, and the descriptor that came with it
+// (if any: more are closed). Returns recvmsg's result.
+ssize_t receive_reply(int sock, Reply& r, UniqueFd& fd) {
+  iovec iov{&r, sizeof r};
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int received;
+      std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
+      UniqueFd owned(received);
+      if (!fd) fd = std::move(owned);  // the rest close here
+    }
+  }
+  return n;
 }
 
 class ForkServerLauncher final : public Launcher {
@@ -51,6 +103,7 @@ class ForkServerLauncher final : public Launcher {
     if (adopt.pid > 0 && adopt.socket >= 0) {
       server_pid_ = adopt.pid;
       sock_.reset(adopt.socket);
+      watch_server();
     } else {
       start();
     }
@@ -69,11 +122,17 @@ class ForkServerLauncher final : public Launcher {
   void on_readable(int, std::vector<ProcessEvent>& events) override {
     for (;;) {
       Reply r{};
-      ssize_t n = recv(sock_.get(), &r, sizeof r, MSG_DONTWAIT);
+      UniqueFd pidfd;
+      ssize_t n = receive_reply(sock_.get(), r, pidfd);
       if (n == sizeof r) {
-        if (r.type == ProcessEvent::Type::spawned) live_[r.pid] = r.slot;
+        ProcessEvent e{r.type, r.slot, r.pid, r.status};
+        if (r.type == ProcessEvent::Type::spawned) {
+          live_[r.pid] = r.slot;
+          // No pidfd only on kernels without them; the engine then signals by pid.
+          if (pidfd) e.pidfd = std::make_shared<const UniqueFd>(std::move(pidfd));
+        }
         if (r.type == ProcessEvent::Type::exited) live_.erase(r.pid);
-        events.push_back({r.type, r.slot, r.pid, r.status});
+        events.push_back(std::move(e));
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
@@ -97,21 +156,52 @@ class ForkServerLauncher final : public Launcher {
   void start() {
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw_errno("socketpair");
-    UniqueFd mine(fds[0]), theirs(fds[1]);
-    server_pid_ = detail::spawn_process(argv_, theirs.get());
+    UniqueFd mine(fds[0]);
+    {
+      UniqueFd theirs(fds[1]);
+      server_pid_ = detail::spawn_process(argv_, theirs.get());
+    }  // from here on only the server holds its end
     sock_ = std::move(mine);
+    watch_server();
+  }
+
+  // Opens a pidfd for the server, to stop it by after shutdown. The server is
+  // our child, but if this process ignores SIGCHLD the kernel reaps it the
+  // moment it exits and its pid is free for reuse, so the pidfd is kept only
+  // if the server was alive when it was opened: its end of the socket, which
+  // no other process holds, is still open afterwards.
+  void watch_server() {
+    server_fd_.reset(pidfd_open(server_pid_));
+    pollfd p{sock_.get(), 0, 0};  // reports only a hang-up or an error
+    if (server_fd_ && poll(&p, 1, 0) != 0) server_fd_.reset();
   }
 
   void reap_server() {
     if (server_pid_ <= 0) return;
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-    while (waitpid(server_pid_, nullptr, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > until) {
-        kill(server_pid_, SIGKILL);
-        waitpid(server_pid_, nullptr, 0);
-        break;
+    if (server_fd_) {
+      // It exits once it sees the socket close; past the grace period it is killed.
+      pollfd p{server_fd_.get(), POLLIN, 0};
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        const int rc = poll(&p, 1, static_cast<int>(left.count()) + 1);
+        if (rc > 0 || (rc < 0 && errno != EINTR)) break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!(p.revents & POLLIN)) signal_process(server_fd_.get(), server_pid_, SIGKILL);
+      reap_child(server_fd_.get(), server_pid_);
+      server_fd_.reset();
+    } else {  // no pidfd: a kernel without them, or the server died before one was opened
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (waitpid(server_pid_, nullptr, WNOHANG) == 0) {
+        if (std::chrono::steady_clock::now() > until) {
+          // Safe by pid: it has not been reaped (waitpid just said so).
+          kill(server_pid_, SIGKILL);
+          waitpid(server_pid_, nullptr, 0);
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
     }
     server_pid_ = -1;
   }
@@ -120,6 +210,7 @@ class ForkServerLauncher final : public Launcher {
   std::string context_;
   UniqueFd sock_;
   pid_t server_pid_ = -1;
+  UniqueFd server_fd_;  // the server's pidfd (empty without pidfd support)
   std::unordered_map<pid_t, uint32_t> live_;
 };
 
@@ -138,6 +229,17 @@ void die_with_parent(pid_t expected_parent) {
 ForkedWorker run_fork_server(int sock, const ForkHooks& hooks) {
   const pid_t me = getpid();
   signal(SIGINT, SIG_IGN);  // Ctrl-C belongs to the pool's owner, which shuts us down
+  // This process is ours, whatever SIGCHLD disposition it inherited from the
+  // pool's owner. Under SIG_IGN (or SA_NOCLDWAIT) the kernel would reap the
+  // workers itself, send no SIGCHLD, and no exit would ever be reported; it
+  // would also free a dead worker's pid for reuse while this server may still
+  // kill by it. With the default disposition a worker's pid stays its own
+  // until reap() below collects it. Workers get the inherited disposition
+  // back, as spawned ones keep it across exec.
+  struct sigaction dfl {}, inherited {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGCHLD, &dfl, &inherited);
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
@@ -174,6 +276,7 @@ ForkedWorker run_fork_server(int sock, const ForkHooks& hooks) {
     ssize_t n = recv(sock, &req, sizeof req, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n != sizeof req) {  // the owner closed the socket or died: take the workers along
+      // By pid is safe here: `children` holds only workers not yet reaped.
       for (auto [pid, slot] : children) kill(pid, SIGKILL);
       while (!children.empty()) {
         pid_t pid = waitpid(-1, nullptr, 0);
@@ -188,6 +291,7 @@ ForkedWorker run_fork_server(int sock, const ForkHooks& hooks) {
       if (hooks.after_child) hooks.after_child();
       sigfd.reset();
       ::close(sock);
+      sigaction(SIGCHLD, &inherited, nullptr);
       sigprocmask(SIG_UNBLOCK, &chld, nullptr);
       die_with_parent(me);
       return ForkedWorker{req.slot, std::string(req.context, std::min<std::size_t>(req.context_len, kContextMax))};
@@ -197,8 +301,12 @@ ForkedWorker run_fork_server(int sock, const ForkHooks& hooks) {
       send_reply(sock, {ProcessEvent::Type::spawn_failed, req.slot, -1, errno});
     } else {
       children[pid] = req.slot;
-      send_reply(sock, {ProcessEvent::Type::spawned, req.slot, pid, 0});
-    }
+      // Opened before reap() can have collected the child, so it names this
+      // worker for good; the pool's process signals the worker through it.
+      // Without pidfd support the reply goes without one.
+      UniqueFd pidfd(pidfd_open(pid));
+      send_reply(sock, {ProcessEvent::Type::spawned, req.slot, pid, 0}, pidfd.get());
+    }  // our copy closes here: the pool's process holds the one it received
   }
 }
 
