@@ -63,6 +63,10 @@ uint64_t resident_bytes(pid_t pid) {
 
 std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
+// Kills a worker through its pidfd, which cannot name another process even if
+// the worker is gone and reaped; by pid only without one (no pidfd support).
+void kill_worker(const SharedPidfd& pidfd, pid_t pid) { signal_process(pidfd ? pidfd->get() : -1, pid, SIGKILL); }
+
 }  // namespace
 
 std::string describe_exit(int wait_status) {
@@ -342,7 +346,7 @@ void Engine::terminate() {
       if (s.state != SlotState::dead) {
         s.inbox.close();
         s.state = SlotState::stopping;
-        if (s.pid > 0) kill(s.pid, SIGKILL);
+        kill_worker(s.pidfd, s.pid);
       }
     }
     events_pending_ = true;
@@ -453,7 +457,7 @@ void Engine::run() {
   }
   // Leftover workers (stuck past the grace period) are killed by the launcher.
   for (auto& s : slots_)
-    if (s.state != SlotState::dead && s.pid > 0) kill(s.pid, SIGKILL);
+    if (s.state != SlotState::dead) kill_worker(s.pidfd, s.pid);
   lk.unlock();
   supervisor_->stop();
   lk.lock();
@@ -463,6 +467,7 @@ void Engine::run() {
     s.in_flight.clear();
     s.state = SlotState::dead;
     s.pid = 0;
+    s.pidfd.reset();
   }
   stopped_ = true;
   lk.unlock();
@@ -489,6 +494,7 @@ void Engine::handle_events_locked() {
     switch (e.type) {
       case ProcessEvent::Type::spawned:
         s.pid = e.pid;
+        s.pidfd = e.pidfd;
         if (s.state == SlotState::starting) s.state = SlotState::alive;
         ++stats_.workers_started;
         log_locked(LogLevel::debug, worker_name(e.slot) + " started");
@@ -508,6 +514,7 @@ void Engine::start_slot_locked(uint32_t slot) {
   layout_.reset_slot(slot);
   s.state = SlotState::starting;
   s.pid = 0;
+  s.pidfd.reset();
   s.known_functions.clear();
   s.functions_to_drop.clear();
   s.dispatched = 0;
@@ -563,6 +570,7 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   s.kill_reason.reset();
   s.state = SlotState::dead;
   s.pid = 0;
+  s.pidfd.reset();
   if (stopping_ || broken_) return;
   if (failures_without_progress_ >= kStartupFailuresPerSlot * slots_.size()) {
     fail_everything_locked("worker processes keep dying before doing any work; the last one " +
@@ -592,7 +600,7 @@ void Engine::drain_outbox_locked(uint32_t slot) {
       return;
     } catch (const CorruptFrameError&) {
       // A worker that scribbles over its outbox cannot be trusted: replace it.
-      if (s.pid > 0) kill(s.pid, SIGKILL);
+      kill_worker(s.pidfd, s.pid);
       return;
     }
     if (h.tag & proto::kSpilled) {
@@ -652,7 +660,7 @@ void Engine::enforce_limits_locked() {
                         " was stopped and replaced";
       log_locked(LogLevel::warning, why);
       s.kill_reason = KillReason{running, Status::timed_out, why};
-      kill(s.pid, SIGKILL);
+      kill_worker(s.pidfd, s.pid);
       continue;
     }
     if (options_.memory_hard_limit) {
@@ -662,7 +670,7 @@ void Engine::enforce_limits_locked() {
                           mib(options_.memory_hard_limit) + " (max_memory_per_worker); the worker was killed and replaced";
         log_locked(LogLevel::warning, why);
         s.kill_reason = KillReason{running, Status::memory_exceeded, why};
-        kill(s.pid, SIGKILL);
+        kill_worker(s.pidfd, s.pid);
       }
     }
   }

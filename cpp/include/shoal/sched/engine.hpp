@@ -142,6 +142,10 @@ class Engine {
   struct Slot {
     SlotState state = SlotState::dead;
     pid_t pid = 0;
+    // Every signal to this worker goes through its pidfd: by the time the
+    // engine acts, the launcher may have reaped the worker and its pid may name
+    // another process. Held from the spawned event until the exit is handled.
+    SharedPidfd pidfd;
     SpscRing inbox, outbox;
     std::deque<Job> in_flight;
     std::unordered_set<uint64_t> known_functions;
