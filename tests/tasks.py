@@ -199,3 +199,52 @@ def touch(x, directory):
     """Leaves a file named x in directory: proof that task x ran."""
     open(os.path.join(directory, str(x)), "w").close()
     return x
+
+
+class Scaler:
+    """A model whose state changes between submissions (stale-callable tests)."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def predict(self, x):
+        return x * self.w
+
+
+def scale_by(factor, x):
+    return factor[0] * x
+
+
+def make_multiplier(k):
+    def multiply(x):
+        return x * k
+
+    return multiply
+
+
+class Unloadable:
+    """Pickles fine; unpickling it raises (in whichever process loads it)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def _refuse_to_load():
+    raise ValueError("this object refuses to be unpickled")
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        raise SystemExit(7)
+
+
+def exits_when_pickled(_=None):
+    return ExitsWhenPickled()
+
+
+def read_fd_is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return os.readlink(f"/proc/self/fd/{fd}") != "/dev/null"

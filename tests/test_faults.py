@@ -113,14 +113,20 @@ def test_crashes_are_logged_with_the_signal_name(caplog, no_leaks):
     assert any("started" in m for m in messages)
 
 
+def _record_init(log, value):
+    log.append(value)
+
+
 def test_serial_mode_runs_inline_with_the_same_api():
-    with shoal.Executor(max_workers=0) as ex:
+    ran = []
+    with shoal.Executor(start_method="inline", initializer=_record_init, initargs=(ran, "init")) as ex:
+        assert ran == ["init"]  # the initializer runs, once, as in a worker
         assert ex.submit(tasks.worker_id_and_pid).result() == (None, os.getpid())
         assert list(ex.map(tasks.square, range(300))) == [x * x for x in range(300)]
         with pytest.raises(ValueError, match="bad item 3") as info:
             ex.submit(tasks.fail_on, 3).result()
         assert info.value.__traceback__ is not None  # the real traceback, for pdb.post_mortem
-    with shoal.Pool(0) as pool:
+    with shoal.Pool(2, context=None, start_method="inline") as pool:
         assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
         assert sorted(pool.imap_unordered(tasks.square, range(10))) == sorted(x * x for x in range(10))
         assert pool.apply_async(tasks.add, (1, 2)).get() == 3

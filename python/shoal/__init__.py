@@ -7,7 +7,7 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 from ._core import SharedSegment
 from . import _oob  # noqa: F401 - first: its exit hook must run after the pools stop
 from ._worker import worker_id
-from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, WorkerLostError
+from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, TransferError, WorkerLostError
 from .executor import Executor
 from .pool import AsyncResult, Pool
 from .queues import Queue
@@ -43,6 +43,7 @@ __all__ = [
     "RemoteTraceback",
     "SharedArray",
     "SharedSegment",
+    "TransferError",
     "WorkerLostError",
     "share",
     "worker_id",

@@ -17,11 +17,52 @@ from typing import Any, Optional
 _CODE = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from shoal._bootstrap import main;main(sys.argv[2:])"
 
 
+def main_preparation() -> dict[str, Any]:
+    """What a fresh interpreter needs to become a worker of this process, as
+    multiprocessing's spawn gives its children: the main module (the user's
+    script, or ``-m`` module, imported as ``__mp_main__``), ``sys.argv``, the
+    working directory and the process's authkey."""
+    from multiprocessing import spawn
+
+    data = spawn.get_preparation_data("shoal-worker")
+    wanted = ("sys_argv", "orig_dir", "dir", "init_main_from_name", "init_main_from_path")
+    prepared = {key: data[key] for key in wanted if key in data}
+    prepared["authkey"] = bytes(data["authkey"]).hex()
+    return prepared
+
+
+def prepare_main(prepared: dict[str, Any]) -> None:
+    """Runs in a fresh interpreter: what multiprocessing.spawn.prepare does."""
+    import multiprocessing
+    from multiprocessing import process, spawn
+
+    data = dict(prepared)
+    data["authkey"] = process.AuthenticationString(bytes.fromhex(data["authkey"]))
+    current = multiprocessing.current_process()
+    current._inheriting = True  # type: ignore[attr-defined] # a pool started while importing main is an error
+    try:
+        spawn.prepare(data)
+    finally:
+        current._inheriting = False  # type: ignore[attr-defined]
+
+
+def importing_main() -> bool:
+    """Whether this interpreter is importing the user's main module to become a
+    worker: starting a pool then would start workers without end."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def child_argv(mode: str, config: dict[str, Any]) -> list[str]:
     """The argv the engine starts (it fills in the segment; spawn mode appends the slot)."""
+    import subprocess
+
     paths = [p if p else os.getcwd() for p in sys.path]
+    config = dict(config, main=main_preparation())
     return [
         sys.executable,
+        *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined] # -W, -X, -O as the parent
         "-c",
         _CODE,
         json.dumps(paths),
@@ -40,13 +81,33 @@ def _no_other_python_threads() -> bool:
     return threading.active_count() == 1
 
 
-def fork_fork_server(config: dict[str, Any]) -> Optional[tuple[int, int]]:
+def _release_inherited_fds(keep: int) -> None:
+    """Points every descriptor the caller had (pipes, sockets, locked files)
+    at /dev/null, except stdout, stderr and ``keep``: a worker must not hold a
+    subprocess's stdin open, accept on a closed listener, or keep an flock.
+    The numbers stay taken, so a Python object in the copied heap that still
+    names one (and may close it) never closes a descriptor of ours."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in (1, 2, keep, null):
+            continue
+        try:
+            os.dup2(null, fd, inheritable=fd == 0)
+        except OSError:  # the listing's own descriptor, already closed
+            pass
+    os.close(null)
+
+
+def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
     Forking is safe while no other Python thread runs (see
     _no_other_python_threads). Then the server starts in a millisecond and its
     workers inherit every module already imported. Otherwise (None) the engine
-    starts a clean interpreter instead.
+    starts a clean interpreter instead. ``inherit_fds`` (start_method="fork"):
+    workers keep the caller's file descriptors, as multiprocessing's fork
+    children do; else the server is a clean helper holding none of them.
     """
     if not _no_other_python_threads():
         return None
@@ -57,6 +118,10 @@ def fork_fork_server(config: dict[str, Any]) -> Optional[tuple[int, int]]:
     if pid == 0:  # the fork server
         try:
             ours.close()
+            if inherit_fds:
+                _stdin_from_devnull()
+            else:
+                _release_inherited_fds(theirs.fileno())
             slot, segment = _core.serve_forks(theirs.detach())  # the worker's copy is closed in C++
             _worker.main(segment, slot, config)  # never returns
         except BaseException:
@@ -67,6 +132,13 @@ def fork_fork_server(config: dict[str, Any]) -> Optional[tuple[int, int]]:
             os._exit(1)
     theirs.close()
     return pid, ours.detach()
+
+
+def _stdin_from_devnull() -> None:
+    # As multiprocessing's children: a worker reads no input of the caller's.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
 
 
 def _preload(config: dict[str, Any]) -> None:
@@ -82,6 +154,7 @@ def main(args: list[str]) -> None:
 
     mode, segment, owner_pid, config_json, *rest = args
     config = json.loads(config_json)
+    prepare_main(config["main"])
     if mode == "forkserver":
         _preload(config)
         slot, segment = _core.serve_forks(3)  # returns in each forked worker

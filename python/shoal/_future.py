@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from _thread import RLock, allocate_lock
 from concurrent import futures
-from concurrent.futures._base import FINISHED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Optional
 
 from ._runtime import OK, Cancelled, decode
@@ -56,7 +56,7 @@ class _Condition(RLock):
                 sleeper.release()
 
 
-class _Future(futures.Future):
+class Future(futures.Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also removes the
     queued job and whose ``result()`` takes the result from the workers in the
     waiting thread (no hop through the pool's result thread)."""
@@ -146,6 +146,8 @@ class _Future(futures.Future):
 
     def cancel(self) -> bool:
         with self._condition:
+            if self._state == CANCELLED or self._state == CANCELLED_AND_NOTIFIED:
+                return True  # as the base class: cancelling twice is no error
             if self._state == PENDING and not self._runtime.cancel(self._job_id):
                 # A worker already holds it: it counts as running now.
                 self._state = RUNNING

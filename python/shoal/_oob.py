@@ -63,9 +63,8 @@ import threading
 import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
-import cloudpickle
-
 from . import _core
+from ._serialize import cloudpickle_dumps
 
 __all__ = ["DEFAULT_THRESHOLD", "pack", "unpack", "release", "blocks", "is_packed", "attach_view"]
 
@@ -240,7 +239,8 @@ def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, wha
     owns one reference on each block it lists (see the module's docs).
 
     Raises:
-        TypeError: if ``obj`` cannot be pickled (naming ``what`` it is).
+        whatever the pickler raised (PicklingError, TypeError, ...) if ``obj``
+        cannot be pickled, with a note naming ``what`` it is;
         MemoryError: if the arena's limit does not leave room for the buffers.
     """
     if type(obj) is list and len(obj) >= _COLUMN_MIN:
@@ -279,14 +279,13 @@ def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, wha
         except Exception:  # noqa: BLE001 - cloudpickle may still manage
             state.discard()
             try:
-                pickled = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=state.buffer_callback)
+                pickled = cloudpickle_dumps(obj, state.buffer_callback)
             except _ArenaFailure:
                 raise
-            except Exception as error:  # noqa: BLE001
-                raise TypeError(
-                    f"cannot send {what} {_describe(obj)} to another process: it cannot be pickled "
-                    f"({type(error).__name__}: {error})"
-                ) from error
+            except Exception as error:  # noqa: BLE001 - the pickler's own error, explained
+                if hasattr(error, "add_note"):
+                    error.add_note(f"shoal could not pickle {what} {_describe(obj)} to send it to another process")
+                raise
         return state.finish(pickled)
     except _ArenaFailure as failure:
         state.discard()

@@ -21,12 +21,13 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _core
-from ._bootstrap import child_argv, fork_fork_server
+from ._bootstrap import child_argv, fork_fork_server, importing_main
 from ._oob import MAGIC as _PACKED
 from ._oob import pack, pack_call, release, unpack
-from ._serialize import dumps, dumps_callable, loads_exception
+from ._serialize import by_reference, dumps, dumps_callable, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
+from ._serialize import transfer_error
 
 # Job statuses, as in cpp/include/shoal/sched/protocol.hpp.
 OK, ERROR, WORKER_LOST, CANCELLED, BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = range(8)
@@ -46,12 +47,35 @@ _RING_BYTES = 1 << 20
 
 
 _live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+_exiting = False  # the interpreter is shutting down: no new tasks
+
+_IMPORTING_MAIN = """
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable."""
+
+
+def interpreter_exiting() -> bool:
+    """Whether interpreter shutdown has begun (submit then raises RuntimeError, as the stdlib's)."""
+    return _exiting
 
 
 @atexit.register
 def _stop_live_runtimes() -> None:
     # Before the interpreter tears down its threads: a result thread blocked in
     # the engine must return by itself, not be frozen mid-call.
+    global _exiting
+    _exiting = True
     for runtime in list(_live):
         runtime.at_exit()
 
@@ -87,10 +111,8 @@ def decode(status: int, payload: bytes) -> tuple[bool, Any]:
     """(True, value) for a result; (False, exception) for every other ending."""
     try:
         return _decode(status, payload)
-    except Exception as exc:  # noqa: BLE001 - e.g. a class the parent cannot import
-        error = RuntimeError(f"the task finished but its outcome could not be unpickled here: {exc!r}")
-        error.__cause__ = exc
-        return False, error
+    except BaseException as exc:  # noqa: BLE001 - e.g. a class the parent cannot import; SystemExit too
+        return False, transfer_error("the task's result", exc)
 
 
 def _decode(status: int, payload: bytes) -> tuple[bool, Any]:
@@ -134,9 +156,48 @@ def parse_bytes(amount: Union[int, str, None]) -> int:
 def _check_timeout(timeout: Optional[float]) -> float:
     if timeout is None:
         return 0.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"a task's timeout must be a number of seconds, not {timeout!r}")
     if timeout <= 0:
         raise ValueError(f"a task's timeout must be positive, not {timeout!r}")
     return float(timeout)
+
+
+START_METHODS = ("forkserver", "fork", "spawn", "inline")
+
+
+def check_start_method(start_method: str, context: Any) -> str:
+    """The start method from ``start_method`` or a multiprocessing context
+    (``mp_context=``/``context=`` as the stdlib pools take)."""
+    if context is not None:
+        get = getattr(context, "get_start_method", None)
+        if get is None:
+            raise TypeError(f"expected a multiprocessing context, not {context!r}")
+        start_method = get()
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {', '.join(map(repr, START_METHODS))}, not {start_method!r}")
+    return start_method
+
+
+def check_chunksize(chunksize: Any, message: str) -> None:
+    """``None`` (sized from the measured task time) or an int of at least 1."""
+    if chunksize is None:
+        return
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an integer, not {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(message)
+
+
+class Prepared:
+    """A callable pickled once, for the many jobs of one map: its state is the
+    one it had when the map was called (as the stdlib pickles it with every
+    task it submits at that moment)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
 
 
 class _ReleasingHandler:
@@ -172,16 +233,10 @@ class Runtime:
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
     ) -> None:
+        if importing_main():
+            raise RuntimeError(_IMPORTING_MAIN)
         if workers is None:
             workers = default_workers()
-        if workers < 1:
-            raise ValueError("the number of workers must be at least 1")
-        if max_tasks_per_child is not None and max_tasks_per_child < 1:
-            raise ValueError("max_tasks_per_child must be at least 1")
-        if start_method not in ("forkserver", "spawn"):
-            raise ValueError(f"start_method must be 'forkserver' or 'spawn', not {start_method!r}")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         init_payload = b""
         if initializer is not None:
             init_payload = dumps((initializer, tuple(initargs)), "initializer")
@@ -193,11 +248,12 @@ class Runtime:
         self._arena = _core.Arena.create(parse_bytes(shm_limit) or None)
         config = {"preload": preload, "arena": self._arena.name}
         self.workers = workers
-        server = fork_fork_server(config) if start_method == "forkserver" else None
+        forked = start_method in ("forkserver", "fork")
+        server = fork_fork_server(config, inherit_fds=start_method == "fork") if forked else None
         self._engine = _core.Engine(
             workers=workers,
-            fork_server=start_method == "forkserver",
-            argv=child_argv(start_method, config),
+            fork_server=forked,
+            argv=child_argv("forkserver" if forked else "spawn", config),
             ring_bytes=_RING_BYTES,
             init_payload=init_payload,
             max_tasks_per_child=max_tasks_per_child or 0,
@@ -207,6 +263,8 @@ class Runtime:
             memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
         )
         self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
+        self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
         self._handlers: dict[int, Handler] = {}
         self._job_ids = itertools.count(1)
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
@@ -218,23 +276,46 @@ class Runtime:
 
     # -- submitting -----------------------------------------------------------
 
-    def _function_id(self, fn: Callable[..., Any]) -> int:
-        if fn is self._last_function[0]:  # task after task of the same function
-            return self._last_function[1]
-        # Bound methods are new objects on every attribute access: key them by
-        # their parts so one method is pickled once, not once per task.
-        self_obj = getattr(fn, "__self__", None)
-        func = getattr(fn, "__func__", None)
-        key: Any = (id(self_obj), id(func)) if func is not None else id(fn)
-        entry = self._functions.get(key)  # no lock, no reordering
+    @staticmethod
+    def prepare(fn: Callable[..., Any]) -> Any:
+        """What a map hands to submit() for each of its chunks: ``fn`` itself
+        if it travels by reference, else its bytes, pickled once now."""
+        return fn if by_reference(fn) else Prepared(dumps_callable(fn))
+
+    def _function_id(self, fn: Any) -> int:
+        """The engine's id for ``fn``'s pickle, defined on first use.
+
+        Module-level functions and classes are keyed by identity (their pickle
+        is their name). Everything else (bound methods, partials, closures) is
+        keyed by its pickled bytes: a changed object is a new function for the
+        workers, never a stale cached one.
+        """
+        last = self._last_function
+        if fn is last[0]:  # task after task of the same function (or map)
+            return last[1]
+        if type(fn) is Prepared:
+            key: Any = fn.blob
+            blob = fn.blob
+            keep: Any = fn
+        elif by_reference(fn):
+            key, blob, keep = id(fn), None, fn  # holding fn keeps its id() unique
+        else:
+            key = blob = dumps_callable(fn)
+            keep = None
+        entry = self._functions.get(key)
         if entry is None:
-            entry = (fn, self._engine.define_function(dumps_callable(fn)))  # holding fn keeps its id() unique
+            entry = (keep, self._engine.define_function(blob if blob is not None else dumps_callable(fn)))
             with self._lock:
                 self._functions[key] = entry
-                while len(self._functions) > _FUNCTION_CACHE:  # the oldest goes first
+                while len(self._functions) > _FUNCTION_CACHE:  # the least recently used goes first
                     _, (_, old_id) = self._functions.popitem(last=False)
                     self._engine.drop_function(old_id)
-        self._last_function = entry
+        else:
+            with self._lock:
+                if key in self._functions:
+                    self._functions.move_to_end(key)
+        if keep is not None:
+            self._last_function = (keep, entry[1])
         return entry[1]
 
     def check_usable(self) -> None:
@@ -245,7 +326,11 @@ class Runtime:
     def submit(
         self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        fn_id = self._function_id(fn)
+        return self.submit_as(self._function_id(fn), tag, payload, handler, retries, timeout)
+
+    def submit_as(
+        self, fn_id: int, tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
         if payload[:8] == _PACKED:  # it holds arena blocks: free them when the job ends
             handler = _ReleasingHandler(self._arena, payload, handler)
         job_id = next(self._job_ids)  # atomic under the GIL
@@ -261,7 +346,20 @@ class Runtime:
     def submit_call(
         self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        return self.submit(fn, CALL, pack_call(args, kwargs, self._arena), handler, retries, timeout)
+        """Submits ``fn(*args, **kwargs)``. A callable or argument that cannot
+        be pickled fails the job (through ``handler``, as the stdlib fails the
+        future), not the call; a full arena raises MemoryError here."""
+        if timeout is not None:
+            _check_timeout(timeout)
+        try:
+            fn_id = self._function_id(fn)
+            payload = pack_call(args, kwargs, self._arena)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the pickler's error, for the caller's result
+            handler(INLINE_ERROR, 0, exc)
+            return 0
+        return self.submit_as(fn_id, CALL, payload, handler, retries, timeout)
 
     @property
     def inline_payload_limit(self) -> int:
@@ -319,8 +417,39 @@ class Runtime:
 
     # -- life cycle -----------------------------------------------------------
 
+    def _register_feed(self, feed: "MapFeed") -> None:
+        with self._lock:
+            self._feeds.add(feed)
+
+    def _feed_done(self, feed: "MapFeed") -> None:
+        with self._lock:
+            self._feeds.discard(feed)
+            last = not self._feeds and self._engine_closing
+        if last:  # shutdown(wait=False) left the engine open for this map
+            self._engine.shutdown(False, False)
+
+    _engine_closing = False
+
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
-        self._engine.shutdown(wait, cancel_pending)
+        """Stops taking tasks. Maps already running read the rest of their
+        input first (every item runs, as with the stdlib, whether or not its
+        results are read), unless ``cancel_pending``."""
+        with self._lock:
+            feeds = list(self._feeds)
+            self._engine_closing = True
+        for feed in feeds:
+            if cancel_pending:
+                feed.close(force=True)
+            else:
+                feed.drain()
+        if wait:
+            for feed in feeds:
+                feed.wait_read()
+        with self._lock:
+            open_feeds = bool(self._feeds)
+        if wait or cancel_pending or not open_feeds:
+            with self._shutdown_lock:
+                self._engine.shutdown(wait, cancel_pending)
         if wait and threading.current_thread() is not self._collector:
             self._collector.join()
 
@@ -331,7 +460,13 @@ class Runtime:
             self.shutdown(wait=True)
 
     def terminate(self) -> None:
-        self._engine.terminate()
+        with self._lock:
+            feeds = list(self._feeds)
+            self._engine_closing = True
+        for feed in feeds:
+            feed.close(force=True)
+        with self._shutdown_lock:
+            self._engine.terminate()
         if threading.current_thread() is not self._collector:
             self._collector.join()
 
@@ -426,25 +561,67 @@ class MapFeed:
         self._bounded = bounded
         self._refilling = False
         self._completion_reported = False
+        self._abandoned = False  # nobody will read the results: discard them as they come
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
-        runtime._function_id(fn)  # an unpicklable callable fails here, in the caller
+        try:
+            self._fn = runtime.prepare(fn)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable callable fails the map's results
+            self._input_error = exc
+            self._exhausted = True
 
     def start(self, on_chunk=None, on_complete=None, gather: bool = False) -> "MapFeed":
         self.on_chunk, self.on_complete = on_chunk, on_complete
         if gather:
             self._gathered = [None] * self._remaining if self._remaining is not None else []
+        register = getattr(self._runtime, "_register_feed", None)
+        if register is not None and not self._exhausted:
+            register(self)
         with self._cond:
             self._refill_locked()
         self._report_if_complete()
         return self
+
+    # -- when nobody reads, and at shutdown ---------------------------------------
+
+    def drain(self) -> None:
+        """The pool is shutting down: read the rest of the input now, whatever
+        the consumer's pace (the stdlib has submitted every item by now)."""
+        with self._cond:
+            self._bounded = False
+            self._refill_locked()
+        self._report_if_complete()
+
+    def abandon(self) -> None:
+        """The consumer is gone: every item still runs, its result is dropped,
+        and an input error is logged (no one is left to raise it to)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._abandoned = True
+            self._bounded = False
+            self._finished.clear()
+            self._refill_locked()
+            error = self._input_error
+        if error is not None:
+            log.error("the input of an unread map failed: %r", error, exc_info=error)
+        self._report_if_complete()
+
+    def wait_read(self) -> None:
+        """Waits until every input item is submitted (or the map was closed)."""
+        with self._cond:
+            while not (self._exhausted or self._closed):
+                self._cond.wait(0.1)
 
     def _report_if_complete(self) -> None:
         with self._cond:
             if self._completion_reported or not (self._exhausted and not self._in_flight):
                 return
             self._completion_reported = True
+        done = getattr(self._runtime, "_feed_done", None)
+        if done is not None:
+            done(self)
         if self.on_complete is not None:
             self.on_complete(self)
 
@@ -485,6 +662,8 @@ class MapFeed:
             except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
                 self._input_error = exc
                 self._exhausted = True
+                if self._abandoned:
+                    log.error("the input of an unread map failed: %r", exc, exc_info=exc)
             if len(chunk) < size:
                 self._exhausted = True
             if not chunk:
@@ -506,6 +685,12 @@ class MapFeed:
                     self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)),
                     self._retries, self.timeout,
                 )
+            except MemoryError as exc:  # the arena is full: the map fails at this item
+                del self._in_flight[index]
+                self._input_error = exc
+                self._exhausted = True
+                self._cond.notify_all()
+                return
             except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
                 del self._in_flight[index]
                 self._input_error = RuntimeError(f"the pool stopped before this map finished: {exc}")
@@ -520,12 +705,12 @@ class MapFeed:
             self._run_ns = self.DECAY * self._run_ns + run_ns
             self._run_items = self.DECAY * self._run_items + count
             self._note_size(len(payload), count)
-        values, failures = self._decode_chunk(status, payload, count)
-        if self._gathered is not None:
+        values, failures = self._decode_chunk(status, payload, count)  # frees its blocks if dropped
+        if self._gathered is not None and not self._abandoned:
             self._gather(start, values, failures)
         with self._cond:
             self._in_flight.pop(index, None)
-            if self._gathered is None:
+            if self._gathered is None and not self._abandoned:
                 self._finished[index] = (values, failures, count)
             self._refill_locked()
             self._cond.notify_all()
@@ -548,8 +733,11 @@ class MapFeed:
             try:
                 values, failed = unpack(payload, adopt=True)
                 return values, {i: loads_exception(p) for i, p in failed.items()}
-            except Exception:  # noqa: BLE001 - not a per-item report: the whole chunk failed
-                exc = loads_exception(payload)
+            except BaseException:  # noqa: BLE001 - not a per-item report: the whole chunk failed
+                try:
+                    exc = loads_exception(payload)
+                except BaseException as error:  # noqa: BLE001 - nor an exception this process can load
+                    exc = transfer_error("the map's results", error)
                 return [None] * count, {i: exc for i in range(count)}
         ok, value = decode(status, payload)
         if ok:
@@ -614,10 +802,17 @@ class MapFeed:
             if not self._exhausted or self._in_flight:
                 self.close()
 
-    def close(self) -> None:
-        """Stops reading input and cancels the chunks no worker took yet."""
+    def close(self, force: bool = False) -> None:
+        """Stops reading input and cancels the chunks no worker took yet
+        (``force``: even if the map was abandoned to run to its end)."""
         with self._cond:
+            if self._abandoned and not force:
+                return
             self._closed = True
             in_flight = list(self._in_flight.values())
+            self._cond.notify_all()
         for job_id in in_flight:
             self._runtime.cancel(job_id)
+        done = getattr(self._runtime, "_feed_done", None)
+        if done is not None:
+            done(self)

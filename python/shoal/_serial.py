@@ -1,6 +1,6 @@
 """The debug mode: every task runs inline in the caller, with the pools' API.
 
-``Executor(max_workers=0)``, ``Pool(0)`` or ``SHOAL_SERIAL=1`` select it.
+``start_method="inline"`` or ``SHOAL_SERIAL=1`` select it.
 Nothing is pickled and no process is started, so breakpoints, pdb and
 profilers see the task code directly; exceptions keep their real tracebacks.
 Per-task time and memory limits and retries do not apply here.
@@ -19,14 +19,20 @@ class SerialRuntime:
     workers = 1
     inline_payload_limit = sys.maxsize  # nothing travels: chunks are the lists themselves
 
-    def __init__(self) -> None:
+    def __init__(self, initializer: Optional[Callable[..., Any]] = None, initargs: Iterable[Any] = ()) -> None:
         self._job_ids = itertools.count(1)
         self._closed = False
+        if initializer is not None:
+            initializer(*initargs)  # once, as in each worker
 
     def _function_id(self, fn: Callable[..., Any]) -> int:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         return 0
+
+    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self._function_id(fn)
+        return fn
 
     def check_usable(self) -> None:
         pass
@@ -89,11 +95,11 @@ class SerialRuntime:
 
 
 def make_runtime(workers: Optional[int], **options: Any):
-    """The serial runtime for ``workers == 0`` or ``SHOAL_SERIAL=1``, else worker processes."""
+    """The serial runtime for ``start_method="inline"`` or ``SHOAL_SERIAL=1``, else worker processes."""
     import os
 
     from ._runtime import Runtime
 
-    if workers == 0 or os.environ.get("SHOAL_SERIAL", "") not in ("", "0"):
-        return SerialRuntime()
+    if options.get("start_method") == "inline" or os.environ.get("SHOAL_SERIAL", "") not in ("", "0"):
+        return SerialRuntime(options.get("initializer"), options.get("initargs", ()))
     return Runtime(workers, **options)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from . import _core
 from ._oob import PROTOCOL, SCALAR_TYPES, pack, pin_arenas, unpack
-from ._serialize import PICKLE_PROTOCOL_5, dumps_exception, loads
+from ._serialize import PICKLE_PROTOCOL_5, dumps_exception, loads, transfer_error
 
 # Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
 DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
@@ -82,13 +82,19 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
         try:
             # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
             args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
+            return ERROR, dumps_exception(transfer_error("the task's arguments", exc))
+        try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
             return ERROR, dumps_exception(exc)
         if type(result) in SCALAR_TYPES:
             return OK, dumps(result, PROTOCOL)
         return _pickled_result(result)
-    items = iter(unpack(payload, _arena))
+    try:
+        items = iter(unpack(payload, _arena))
+    except BaseException as exc:  # noqa: BLE001 - the whole chunk fails, the worker goes on
+        return ERROR, dumps_exception(transfer_error("the map's items", exc))
     results: list = []
     failures: dict[int, bytes] = {}
     calls = starmap(fn, items) if tag == MAP_STAR else map(fn, items)
@@ -109,8 +115,20 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
 def _pickled_result(result: Any) -> tuple[int, bytes]:
     try:
         return OK, pack(result, _arena, what="result")
-    except (TypeError, MemoryError) as exc:
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too: it fails this task only
+        try:
+            exc.shoal_unpicklable_result = _short_repr(result)  # type: ignore[attr-defined] # for Pool's MaybeEncodingError
+        except Exception:  # noqa: BLE001 - an exception that takes no attributes
+            pass
         return ERROR, dumps_exception(exc)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def serve(segment: str, slot: int, arena: str) -> None:

@@ -2,16 +2,33 @@
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Optional
 
-__all__ = ["WorkerLostError", "MemoryLimitError", "RemoteError", "RemoteTraceback", "BrokenPoolError"]
+__all__ = ["WorkerLostError", "MemoryLimitError", "RemoteError", "RemoteTraceback", "BrokenPoolError", "TransferError"]
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(BrokenProcessPool):
     """The worker process running a task died (signal, ``os._exit``, OOM killer).
 
-    The message names the worker, its pid and how it ended. Pass ``retries=N``
-    to re-run such tasks on a fresh worker instead.
+    The message names the worker, its pid and how it ended. Only that task
+    fails: the pool replaces the worker and goes on. A ``BrokenProcessPool``
+    (so ``except BrokenProcessPool`` catches it, as with ProcessPoolExecutor).
+    Pass ``retries=N`` to re-run such tasks on a fresh worker instead.
     """
+
+
+class TransferError(BrokenProcessPool):
+    """A task's arguments could not be unpickled in the worker, or its result
+    could not be unpickled in the caller. The original error is ``__cause__``;
+    only this task fails and the pool goes on (ProcessPoolExecutor would break)."""
+
+    def __init__(self, message: str, original: Optional[BaseException] = None) -> None:
+        super().__init__(message)
+        self.original = original
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.args[0], self.original)
 
 
 class MemoryLimitError(MemoryError):

@@ -6,8 +6,9 @@ import time
 from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from ._future import _Future
+from ._future import Future
 from ._progress import progress_bar
+from ._runtime import _check_timeout, check_chunksize, check_start_method, interpreter_exiting
 from ._serial import make_runtime
 
 __all__ = ["Executor"]
@@ -23,8 +24,7 @@ class Executor(futures.Executor):
 
     Args:
         max_workers: worker processes; default: the CPUs this process may use.
-            ``0`` runs every task inline in the caller (debug mode, as does
-            the environment variable ``SHOAL_SERIAL=1``).
+        mp_context: a multiprocessing context: its start method is used.
         initializer: called as ``initializer(*initargs)`` once in each worker.
         max_tasks_per_child: replace a worker after this many tasks.
         max_memory_per_worker: resident memory limit per worker (bytes or a
@@ -34,23 +34,37 @@ class Executor(futures.Executor):
         shm_limit: the most shared memory (bytes or ``"4GB"``) the pool's arena
             may hold for big arguments and results in flight; default: half
             of /dev/shm's free space. Past it, submit raises MemoryError.
-        start_method: ``"forkserver"`` (default: workers forked from a clean
-            helper process, so a replacement costs milliseconds) or ``"spawn"``.
+        start_method: ``"forkserver"`` (default: workers forked from a helper
+            that holds none of the caller's file descriptors, so a replacement
+            costs milliseconds), ``"fork"`` (the same, but workers inherit the
+            caller's file descriptors, as multiprocessing's fork children do),
+            ``"spawn"`` (a fresh interpreter per worker), or ``"inline"``
+            (debug mode: every task runs in the caller, as does the
+            environment variable ``SHOAL_SERIAL=1``).
     """
 
     def __init__(
         self,
         max_workers: Optional[int] = None,
-        *,
+        mp_context: Any = None,
         initializer: Optional[Callable[..., Any]] = None,
         initargs: tuple = (),
+        *,
         max_tasks_per_child: Optional[int] = None,
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if max_workers is not None and max_workers < 0:
-            raise ValueError("max_workers must be 0 (run inline) or more")
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        start_method = check_start_method(start_method, mp_context)
         self._runtime = make_runtime(
             max_workers,
             initializer=initializer,
@@ -80,10 +94,8 @@ class Executor(futures.Executor):
         so ``fn`` cannot receive keyword arguments called ``retries`` or ``timeout``.
         """
         with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._runtime.check_usable()
-            fut = _Future(self._runtime)
+            self._check_open()
+            fut = Future(self._runtime)
             fut._job_id = self._runtime.submit_call(fn, args, kwargs, fut, retries, timeout)
             return fut
 
@@ -106,18 +118,23 @@ class Executor(futures.Executor):
         ``task_timeout`` limits each task's run time (``timeout`` keeps its
         stdlib meaning); ``retries`` re-runs tasks whose worker died.
         """
-        if chunksize is not None and chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
+        check_chunksize(chunksize, "chunksize must be >= 1.")
+        _check_timeout(task_timeout)
         with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._runtime.check_usable()
+            self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         total = _common_length(iterables)
         feed = self._runtime.map(
             fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries, timeout=task_timeout
         )
-        return _ordered_results(feed, deadline, progress_bar(progress, total))
+        return _MapIterator(feed, deadline, progress_bar(progress, total))
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if interpreter_exiting():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        self._runtime.check_usable()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; with wait, return once running tasks are done and workers have exited."""
@@ -150,17 +167,47 @@ def _common_length(iterables: tuple) -> Optional[int]:
         return None
 
 
-def _ordered_results(feed, deadline: Optional[float], bar) -> Iterator[Any]:
-    try:
-        for values, failures, count in feed.chunks(deadline):
-            if failures:
-                first = min(failures)
-                yield from values[:first]
-                raise failures[first]
-            yield from values
+class _MapIterator:
+    """``Executor.map``'s results. As the stdlib's: an iterator that is never
+    started still has every item run (its results are dropped once it is
+    gone); one closed or dropped part way cancels the items not yet running."""
+
+    def __init__(self, feed, deadline: Optional[float], bar) -> None:
+        self._feed = feed
+        self._results: Optional[Iterator[Any]] = None
+        self._deadline, self._bar = deadline, bar
+
+    def __iter__(self) -> "_MapIterator":
+        return self
+
+    def __next__(self) -> Any:
+        if self._results is None:
+            self._results = self._generate()
+        return next(self._results)
+
+    def _generate(self) -> Iterator[Any]:
+        feed, bar = self._feed, self._bar
+        try:
+            for values, failures, count in feed.chunks(self._deadline):
+                if failures:
+                    first = min(failures)
+                    yield from values[:first]
+                    raise failures[first]
+                yield from values
+                if bar is not None:
+                    bar.update(count)
+        finally:
+            feed.close()
             if bar is not None:
-                bar.update(count)
-    finally:
-        feed.close()
-        if bar is not None:
-            bar.close()
+                bar.close()
+
+    def close(self) -> None:
+        if self._results is None:
+            self._results = iter(())
+            self._feed.close()
+        else:
+            self._results.close()
+
+    def __del__(self) -> None:
+        if self._results is None:
+            self._feed.abandon()

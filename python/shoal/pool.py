@@ -7,12 +7,37 @@ from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._progress import progress_bar
-from ._runtime import decode
+from multiprocessing.pool import MaybeEncodingError
+
+from ._runtime import _check_timeout, check_chunksize, check_start_method, decode
 from ._serial import make_runtime
 
 __all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+class _Repr:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def _pool_error(exc: BaseException) -> BaseException:
+    """A result the worker could not pickle is multiprocessing's MaybeEncodingError."""
+    text = getattr(exc, "shoal_unpicklable_result", None)
+    if text is None:
+        return exc
+    error = MaybeEncodingError(exc, _Repr(text))
+    error.__cause__ = exc
+    return error
+
+
+def _pool_decode(status: int, payload: bytes) -> tuple:
+    ok, value = decode(status, payload)
+    return (True, value) if ok else (False, _pool_error(value))
 
 
 class AsyncResult:
@@ -82,7 +107,7 @@ class MapResult(AsyncResult):
             self._set(False, exc)
             return
         if failures:
-            self._set(False, failures[min(failures)])  # the first failing item, as mp.Pool
+            self._set(False, _pool_error(failures[min(failures)]))  # the first failing item, as mp.Pool
         else:
             self._set(True, results)
 
@@ -113,10 +138,14 @@ class IMapIterator:
         pos = self._pos
         self._pos += 1
         if pos in self._failures:
-            raise self._failures[pos]
+            raise _pool_error(self._failures[pos])
         return self._buffer[pos]
 
     __next__ = next
+
+    def __del__(self) -> None:
+        # As multiprocessing: every item runs, whether or not its result is read.
+        self._feed.abandon()
 
     def _next_chunk(self, timeout: Optional[float]):
         if timeout is not None:
@@ -142,7 +171,9 @@ class Pool:
     Beyond multiprocessing: ``retries=N`` re-runs a task whose worker died;
     ``timeout=`` (seconds, on apply_async and the map methods) limits each
     task's run time; ``max_memory_per_worker`` limits resident memory (see
-    ``shoal.Executor``); ``Pool(0)`` or ``SHOAL_SERIAL=1`` runs tasks inline.
+    ``shoal.Executor``); ``start_method`` as for ``shoal.Executor`` (``context=``
+    takes a multiprocessing context's); ``start_method="inline"`` or
+    ``SHOAL_SERIAL=1`` runs tasks inline.
     """
 
     def __init__(
@@ -151,13 +182,20 @@ class Pool:
         initializer: Optional[Callable[..., Any]] = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: Optional[int] = None,
+        context: Any = None,
         *,
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if processes is not None and processes < 0:
-            raise ValueError("Number of processes must be at least 1 (or 0 to run tasks inline)")
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        start_method = check_start_method(start_method, context)
         self._runtime = make_runtime(
             processes,
             initializer=initializer,
@@ -203,7 +241,7 @@ class Pool:
         result = AsyncResult(callback, error_callback)
         result._runtime = self._runtime
         result._job_id = self._runtime.submit_call(
-            func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*decode(s, p)), retries, timeout
+            func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, timeout
         )
         return result
 
@@ -211,6 +249,8 @@ class Pool:
 
     def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, timeout) -> MapResult:
         self._check_running()
+        check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
+        _check_timeout(timeout)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         total = len(iterable)
@@ -254,8 +294,8 @@ class Pool:
 
     def _imap(self, func, iterable, chunksize, ordered, progress, retries, timeout) -> IMapIterator:
         self._check_running()
-        if chunksize is not None and chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
+        _check_timeout(timeout)
         total = len(iterable) if hasattr(iterable, "__len__") else None
         feed = self._runtime.map(
             func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=timeout

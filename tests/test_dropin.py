@@ -1,0 +1,310 @@
+"""shoal as a drop-in: what a ProcessPoolExecutor or multiprocessing.Pool user
+sees must not differ (results, exceptions, lifetimes), only be faster and
+survive crashes. Each test states the stdlib behaviour it checks."""
+import concurrent.futures as cf
+import functools
+import multiprocessing
+import multiprocessing.pool
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import pytest
+
+import shoal
+import tasks
+
+START_METHODS = ["forkserver", "spawn", "fork"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request):
+    return request.param
+
+
+def _executor(start_method):
+    return shoal.Executor(2, start_method=start_method)
+
+
+# --- stale callables ------------------------------------------------------------
+
+
+def test_changed_bound_method_partial_and_closure_run_with_their_new_state(start_method, no_leaks):
+    model = tasks.Scaler(1)
+    factor = [2]
+    partial = functools.partial(tasks.scale_by, factor)
+    with _executor(start_method) as ex:
+        assert ex.submit(model.predict, 2).result(timeout=60) == 2
+        assert ex.submit(partial, 2).result(timeout=60) == 4
+        model.w = 10
+        factor[0] = 7
+        assert ex.submit(model.predict, 2).result(timeout=60) == 20
+        assert list(ex.map(model.predict, [1, 2])) == [10, 20]
+        assert ex.submit(partial, 2).result(timeout=60) == 14
+        assert list(ex.map(partial, [1])) == [7]
+        for k in (3, 5):
+            assert ex.submit(tasks.make_multiplier(k), 2).result(timeout=60) == 2 * k
+    with shoal.Pool(2, start_method=start_method) as pool:
+        model.w = 1
+        assert pool.apply_async(model.predict, (3,)).get(timeout=60) == 3
+        model.w = 4
+        assert pool.apply_async(model.predict, (3,)).get(timeout=60) == 12
+        assert pool.map(model.predict, [1, 2]) == [4, 8]
+        factor[0] = 3
+        assert pool.apply_async(partial, (2,)).get(timeout=60) == 6
+        assert list(pool.imap(tasks.make_multiplier(9), [1])) == [9]
+
+
+# --- maps nobody reads ----------------------------------------------------------
+
+
+def test_unread_executor_map_runs_every_item_before_shutdown_returns(no_leaks):
+    directory = tempfile.mkdtemp()
+    with shoal.Executor(2) as ex:
+        ex.map(tasks.touch, range(1000), [directory] * 1000)  # results never read
+    assert len(os.listdir(directory)) == 1000
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_unread_pool_imap_runs_every_item_before_join_returns(method, no_leaks):
+    directory = tempfile.mkdtemp()
+    pool = shoal.Pool(2)
+    getattr(pool, method)(functools.partial(tasks.touch, directory=directory), range(1000))
+    pool.close()
+    pool.join()
+    assert len(os.listdir(directory)) == 1000
+
+
+def test_a_map_read_in_part_then_shut_down_still_runs_every_item(no_leaks):
+    directory = tempfile.mkdtemp()
+    ex = shoal.Executor(2)
+    results = ex.map(tasks.touch, range(3000), [directory] * 3000)
+    next(results)
+    ex.shutdown(wait=True)  # the stdlib has submitted all 3000 by now
+    assert len(os.listdir(directory)) == 3000
+    del results
+
+
+# --- exceptions stdlib code catches ---------------------------------------------
+
+
+def test_worker_lost_error_is_a_broken_process_pool(no_leaks):
+    assert issubclass(shoal.WorkerLostError, cf.process.BrokenProcessPool)
+    with shoal.Executor(1) as ex:
+        fut = ex.submit(tasks.kill_self_if, 1, [1])
+        with pytest.raises(cf.process.BrokenProcessPool):
+            fut.result(timeout=60)
+        assert ex.submit(tasks.square, 3).result(timeout=60) == 9  # the pool goes on
+
+
+def test_arguments_the_worker_cannot_unpickle_fail_that_task_only(start_method, no_leaks):
+    with _executor(start_method) as ex:
+        with pytest.raises(cf.process.BrokenProcessPool) as info:
+            ex.submit(tasks.identity, tasks.Unloadable()).result(timeout=60)
+        assert isinstance(info.value, shoal.TransferError)
+        assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(shoal.TransferError):
+            list(ex.map(tasks.identity, [tasks.Unloadable()] * 3))
+        assert ex.submit(tasks.square, 3).result(timeout=60) == 9
+
+
+def test_a_result_the_caller_cannot_unpickle_fails_that_task_only(no_leaks):
+    with shoal.Executor(1) as ex:
+        with pytest.raises(shoal.TransferError) as info:
+            ex.submit(tasks.Unloadable).result(timeout=60)
+        assert isinstance(info.value.__cause__, ValueError)
+        assert ex.submit(tasks.square, 3).result(timeout=60) == 9
+
+
+def test_pool_unpicklable_result_is_maybe_encoding_error(no_leaks):
+    with shoal.Pool(1) as pool:
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="Error sending result"):
+            pool.apply(tasks.unpicklable_result)
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError):
+            pool.map(tasks.unpicklable_result, [1, 2])
+        assert pool.apply(tasks.square, (3,)) == 9
+
+
+def test_system_exit_while_pickling_a_result_fails_that_task_only(no_leaks):
+    with shoal.Executor(1) as ex:
+        with pytest.raises(SystemExit):  # the exception the task's result raised, as a value
+            ex.submit(tasks.exits_when_pickled).result(timeout=60)
+        assert ex.submit(tasks.square, 3).result(timeout=60) == 9
+
+
+def test_unpicklable_callable_fails_through_the_result(no_leaks):
+    lock = threading.Lock()
+    with shoal.Executor(1) as ex:
+        fut = ex.submit(functools.partial(tasks.identity, lock))
+        with pytest.raises(TypeError):
+            fut.result(timeout=60)
+        with pytest.raises(TypeError):
+            list(ex.map(functools.partial(tasks.add, lock), [1]))
+    with shoal.Pool(1) as pool:
+        with pytest.raises(TypeError):
+            pool.apply_async(tasks.identity, (lock,)).get(timeout=60)
+
+
+# --- argument validation, as the stdlib's ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, error",
+    [
+        (lambda: shoal.Executor(0), ValueError),
+        (lambda: shoal.Executor(-1), ValueError),
+        (lambda: shoal.Executor(1, max_tasks_per_child="12"), TypeError),
+        (lambda: shoal.Executor(1, max_tasks_per_child=0), ValueError),
+        (lambda: shoal.Executor(1, initializer=3), TypeError),
+        (lambda: shoal.Executor(1, start_method="thread"), ValueError),
+        (lambda: shoal.Pool(0), ValueError),
+        (lambda: shoal.Pool(1, maxtasksperchild="12"), ValueError),
+        (lambda: shoal.Pool(1, maxtasksperchild=0), ValueError),
+        (lambda: shoal.Pool(1, initializer=3), TypeError),
+    ],
+)
+def test_bad_pool_arguments_raise_as_the_stdlib(make, error):
+    with pytest.raises(error):
+        make()
+
+
+def test_bad_map_arguments_raise_value_error(no_leaks):
+    with shoal.Executor(1) as ex:
+        with pytest.raises(ValueError):
+            ex.map(tasks.square, [1], chunksize=-1)
+        with pytest.raises(ValueError):
+            ex.map(tasks.square, [1], task_timeout=0)
+    with shoal.Pool(1) as pool:
+        for method in (pool.map, pool.imap, pool.imap_unordered, pool.map_async):
+            with pytest.raises(ValueError):
+                method(tasks.square, [1], chunksize=-1)
+            with pytest.raises(ValueError):
+                method(tasks.square, [1], timeout=0)
+
+
+def test_mp_context_and_context_pick_the_start_method(no_leaks):
+    with shoal.Executor(1, multiprocessing.get_context("spawn")) as ex:
+        assert ex.submit(tasks.square, 3).result(timeout=60) == 9
+    with shoal.Pool(1, None, (), None, multiprocessing.get_context("fork")) as pool:
+        assert pool.apply(tasks.square, (4,)) == 16
+
+
+def test_inline_mode_runs_the_initializer():
+    seen = []
+    with shoal.Pool(2, seen.append, ("ready",), start_method="inline") as pool:
+        assert pool.apply(os.getpid) == os.getpid()
+    assert seen == ["ready"]
+
+
+# --- futures ----------------------------------------------------------------------
+
+
+def test_future_cancel_twice_and_repr(no_leaks):
+    with shoal.Executor(1) as ex:
+        blocker = ex.submit(tasks.sleep_then, 0, 0.5)
+        queued = [ex.submit(tasks.square, i) for i in range(200)]
+        last = queued[-1]
+        if last.cancel():  # still queued: a second cancel is no error and says True
+            assert last.cancel() is True
+            assert last.cancelled()
+        assert repr(blocker).startswith("<Future at")
+        blocker.result(timeout=60)
+
+
+# --- workers do not hold the caller's file descriptors ----------------------------
+
+
+def test_forkserver_workers_hold_none_of_the_callers_fds_but_fork_ones_do(no_leaks):
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        fd = child.stdin.fileno()
+        with shoal.Executor(1) as ex:
+            assert ex.submit(tasks.read_fd_is_open, fd).result(timeout=60) is False
+        with shoal.Executor(1, start_method="fork") as ex:
+            assert ex.submit(tasks.read_fd_is_open, fd).result(timeout=60) is True
+        child.stdin.close()  # no worker keeps the pipe open: the child sees EOF
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+
+
+# --- __main__ of a real script ------------------------------------------------------
+
+_SCRIPT = """
+import dataclasses, enum, pickle, sys, threading
+import shoal
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+class Color(enum.Enum):
+    RED = 1
+
+def check(p, c):
+    return isinstance(p, Point) and p == Point(1, 2) and c is Color.RED
+
+def pickles_main_function(_):
+    return len(pickle.dumps(check)) > 0
+
+def first(items):
+    return items[0]
+
+if __name__ == "__main__":
+    method = sys.argv[1]
+    results = []
+    with shoal.Executor(2, start_method=method) as ex:
+        results.append(ex.submit(check, Point(1, 2), Color.RED).result(timeout=60))
+        results.append(all(ex.map(check, [Point(1, 2)] * 3, [Color.RED] * 3)))
+        results.append(ex.submit(pickles_main_function, 1).result(timeout=60))
+        results.append(ex.submit(first, [Point(1, 2)]).result(timeout=60) == Point(1, 2))
+        with shoal.Pool(2, start_method=method) as pool:  # a second pool while the first one runs
+            results.append(pool.apply(first, ([Point(1, 2)],)) == Point(1, 2))
+            results.append(all(pool.starmap(check, [(Point(1, 2), Color.RED)] * 3)))
+    print("RESULTS", results)
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_main_script_classes_are_the_same_classes_in_workers(method, tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script), method], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RESULTS [True, True, True, True, True, True]" in out.stdout, out.stdout + out.stderr
+
+
+def test_main_module_run_with_dash_m(tmp_path):
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "job.py").write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    out = subprocess.run([sys.executable, "-m", "userpkg.job", "spawn"], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "RESULTS [True, True, True, True, True, True]" in out.stdout, out.stdout + out.stderr
+
+
+def test_submit_after_interpreter_shutdown_began_raises_runtime_error(tmp_path):
+    code = textwrap.dedent("""
+        import atexit
+        def late():
+            try:
+                ex.submit(tasks.square, 2)
+            except RuntimeError as e:
+                print("RAISED", type(e).__name__, e)
+        atexit.register(late)  # registered before shoal's own exit hook, so it runs after it
+        import shoal, tasks
+        ex = shoal.Executor(1)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(__file__))
+    assert "RAISED RuntimeError" in out.stdout, out.stdout + out.stderr
