@@ -80,6 +80,40 @@ def _stop_live_runtimes() -> None:
         runtime.at_exit()
 
 
+class _ForkedCopy:
+    """What a pool's engine is in a child forked from the pool's process: the
+    rings, arena and workers are the parent's, so every use is refused."""
+
+    def __init__(self, owner: int) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"this pool belongs to process {self._owner}; a process forked from it cannot use it "
+            "(it would take the parent's results): create a new pool in the child"
+        )
+
+
+def _orphan_runtimes_in_child() -> None:
+    """After fork(), in the child: every pool of the parent goes inert."""
+    import ctypes
+
+    for runtime in list(_live):
+        engine = runtime._engine
+        # Never destroyed here: its destructor would stop the parent's workers
+        # and join threads this process does not have.
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
+        _orphans.append(engine)
+        runtime._engine = _ForkedCopy(os.getppid())
+        runtime._handlers = {}
+        runtime._feeds = set()
+    _live.clear()
+
+
+_orphans: list = []
+os.register_at_fork(after_in_child=_orphan_runtimes_in_child)
+
+
 class Cancelled(Exception):
     """Internal marker: the job was cancelled before it ran."""
 

@@ -142,6 +142,14 @@ class Executor(futures.Executor):
             self._shutdown = True
         self._runtime.shutdown(wait, cancel_futures)
 
+    def __del__(self) -> None:
+        # As ProcessPoolExecutor: a pool nobody holds stops once its tasks are done.
+        try:
+            if not self._shutdown:
+                self.shutdown(wait=False)
+        except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
+            pass
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C: drop what is queued and stop the workers now, not after their tasks.

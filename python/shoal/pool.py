@@ -321,6 +321,17 @@ class Pool:
             raise ValueError("Pool is still running")
         self._runtime.shutdown(wait=True)
 
+    def __del__(self) -> None:
+        # As multiprocessing.Pool: a warning for a pool left running, then it is stopped.
+        if getattr(self, "_state", None) == _RUN:
+            import warnings
+
+            warnings.warn(f"unclosed running shoal pool {self!r}", ResourceWarning, source=self)
+            try:
+                self.terminate()
+            except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
+                pass
+
     def __enter__(self) -> "Pool":
         self._check_running()
         return self

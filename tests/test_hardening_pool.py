@@ -1,0 +1,85 @@
+"""Hardening of the pool's life cycle: concurrent shutdowns, pools nobody
+holds, and a process forked from one that has a pool."""
+import gc
+import multiprocessing
+import os
+import threading
+import time
+import warnings
+
+import pytest
+
+import shoal
+import tasks
+from conftest import child_pids, shoal_segments_of
+
+
+def _wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize("surface", ["executor", "pool"])
+def test_many_threads_shutting_down_at_once_all_return(surface, no_leaks):
+    pool = shoal.Executor(2) if surface == "executor" else shoal.Pool(2)
+    submit = pool.submit if surface == "executor" else (lambda f, x: pool.apply_async(f, (x,)))
+    futures = [submit(tasks.square, i) for i in range(50)]
+    get = (lambda f: f.result(timeout=1)) if surface == "executor" else (lambda r: r.get(timeout=1))
+    calls = (lambda: pool.shutdown(wait=True)) if surface == "executor" else (lambda: (pool.close(), pool.join()))
+    threads = [threading.Thread(target=calls) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a concurrent shutdown never returned"
+    assert [get(f) for f in futures] == [i * i for i in range(50)]
+
+
+def test_an_executor_nobody_holds_shuts_down_after_its_tasks():
+    before = set(child_pids())
+    segments = shoal_segments_of(os.getpid())
+    ex = shoal.Executor(2)
+    fut = ex.submit(tasks.sleep_then, 5, 0.2)
+    del ex
+    gc.collect()
+    assert fut.result(timeout=60) == 5  # what was submitted still runs, as with the stdlib
+    assert _wait_until(lambda: set(child_pids()) <= before), "the workers outlived their pool"
+    assert _wait_until(lambda: shoal_segments_of(os.getpid()) <= segments), "the pool's segments outlived it"
+
+
+def test_a_pool_nobody_holds_warns_and_stops():
+    before = set(child_pids())
+    pool = shoal.Pool(2)
+    assert pool.apply(tasks.square, (3,)) == 9
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del pool
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    assert _wait_until(lambda: set(child_pids()) <= before), "the workers outlived their pool"
+
+
+def _use_inherited(ex, out):
+    try:
+        ex.submit(tasks.square, 2).result(timeout=10)
+        out.put("used")
+    except RuntimeError as exc:
+        out.put(f"refused: {exc}")
+
+
+def test_a_forked_child_cannot_use_its_parents_pool_and_takes_nothing(no_leaks):
+    ctx = multiprocessing.get_context("fork")
+    with shoal.Executor(2) as ex:
+        futures = [ex.submit(tasks.sleep_then, i, 0.001) for i in range(2000)]
+        out = ctx.Queue()
+        child = ctx.Process(target=_use_inherited, args=(ex, out))
+        child.start()
+        answer = out.get(timeout=60)
+        child.join(timeout=60)
+        assert answer.startswith("refused") and "forked" in answer, answer
+        assert child.exitcode == 0
+        assert [f.result(timeout=60) for f in futures] == list(range(2000))  # the parent lost nothing
