@@ -248,3 +248,32 @@ def read_fd_is_open(fd):
     except OSError:
         return False
     return os.readlink(f"/proc/self/fd/{fd}") != "/dev/null"
+
+
+def write_without_newline(total, piece=1024):
+    import sys
+
+    chunk = "x" * piece
+    for _ in range(total // piece):
+        sys.stdout.write(chunk)
+    sys.stdout.buffer.write(b"|end\n")
+    sys.stdout.flush()
+    return total
+
+
+class Box:
+    """A result or argument that weak references can watch."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def get(self, _=None):
+        return self.value
+
+
+def boxed(x):
+    return Box(x)
+
+
+def pid_of(_=None):
+    return os.getpid()

@@ -308,3 +308,107 @@ def test_submit_after_interpreter_shutdown_began_raises_runtime_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(__file__))
     assert "RAISED RuntimeError" in out.stdout, out.stdout + out.stderr
+
+
+# --- workers' standard streams ------------------------------------------------------
+
+
+def test_workers_start_when_the_callers_stdout_is_no_file(no_leaks):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for method in START_METHODS:
+            with shoal.Executor(1, start_method=method) as ex:
+                assert ex.submit(tasks.say, "hello").result(timeout=60) == "hello"
+
+
+def test_worker_output_is_linear_and_has_the_text_stream_api(tmp_path):
+    code = textwrap.dedent("""
+        import shoal, tasks
+        with shoal.Executor(1) as ex:
+            print("RETURNED", ex.submit(tasks.write_without_newline, 10_240_000).result(timeout=300))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300,
+                         cwd=os.path.dirname(__file__))
+    assert out.returncode == 0, out.stderr
+    assert b"RETURNED 10240000" in out.stdout
+    assert out.stdout.count(b"x") == 10_240_000 and b"|end\n" in out.stdout
+
+
+def test_workers_survive_a_closed_stdout(tmp_path):
+    code = textwrap.dedent("""
+        import os, sys, shoal, tasks
+        os.close(1)
+        with shoal.Executor(1) as ex:
+            sys.stderr.write("RESULT %s\\n" % ex.submit(tasks.say, "into the void").result(timeout=60))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(__file__))
+    assert "RESULT into the void" in out.stderr, out.stderr
+
+
+# --- object lifetimes, as the stdlib's own tests check them -------------------------
+
+
+def _collected(ref, timeout=30.0):
+    import gc
+    import time
+
+    deadline = time.monotonic() + timeout
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    return ref() is None
+
+
+def test_nothing_is_held_after_a_task_ends(no_leaks):
+    import weakref
+
+    with shoal.Executor(2) as ex:
+        box = tasks.Box(3)
+        watch_callable = weakref.ref(box)
+        fut = ex.submit(box.get)
+        assert fut.result(timeout=60) == 3
+        del box
+        assert _collected(watch_callable), "the pool still holds the task's callable"
+        arg = tasks.Box(4)
+        watch_arg = weakref.ref(arg)
+        assert ex.submit(tasks.identity, arg).result(timeout=60).value == 4
+        del arg
+        assert _collected(watch_arg), "the pool still holds the task's argument"
+        fut = ex.submit(tasks.boxed, 5)
+        watch_result = weakref.ref(fut.result(timeout=60))
+        del fut
+        assert _collected(watch_result), "the pool still holds the task's result"
+
+
+def test_map_iterators_drop_each_result_once_yielded(no_leaks):
+    import weakref
+
+    with shoal.Executor(2) as ex:
+        results = ex.map(tasks.boxed, range(50), chunksize=50)
+        first = next(results)
+        watch = weakref.ref(first)
+        del first
+        assert _collected(watch), "Executor.map still holds a result it yielded"
+        list(results)
+    with shoal.Pool(2) as pool:
+        results = pool.imap(tasks.boxed, range(50), chunksize=50)
+        first = next(results)
+        watch = weakref.ref(first)
+        del first
+        assert _collected(watch), "Pool.imap still holds a result it yielded"
+        list(results)
+        out = pool.map(tasks.boxed, range(10))
+        watch = weakref.ref(out[0])
+        del out
+        assert _collected(watch), "Pool.map holds its results after returning"
+
+
+def test_max_tasks_per_child_counts_tasks_in_maps(no_leaks):
+    with shoal.Executor(2, max_tasks_per_child=1) as ex:
+        pids = list(ex.map(tasks.pid_of, range(30)))
+    assert len(set(pids)) == 30

@@ -118,11 +118,12 @@ def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optio
     if pid == 0:  # the fork server
         try:
             ours.close()
+            sock = _above_stdio(theirs.detach())
             if inherit_fds:
                 _stdin_from_devnull()
             else:
-                _release_inherited_fds(theirs.fileno())
-            slot, segment = _core.serve_forks(theirs.detach())  # the worker's copy is closed in C++
+                _release_inherited_fds(sock)
+            slot, segment = _core.serve_forks(sock)  # the worker's copy is closed in C++
             _worker.main(segment, slot, config)  # never returns
         except BaseException:
             import traceback
@@ -132,6 +133,26 @@ def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optio
             os._exit(1)
     theirs.close()
     return pid, ours.detach()
+
+
+def _above_stdio(fd: int) -> int:
+    """Moves ``fd`` above 2 and points closed standard descriptors at /dev/null:
+    a caller that closed its stdout must not have workers print into our socket."""
+    import fcntl
+
+    if fd < 3:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fd)
+        fd = moved
+    for std in (0, 1, 2):
+        try:
+            os.fstat(std)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != std:
+                os.dup2(null, std)
+                os.close(null)
+    return fd
 
 
 def _stdin_from_devnull() -> None:

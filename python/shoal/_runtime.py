@@ -448,6 +448,9 @@ class Runtime:
                         _report_handler_failure()
                 elif status == LOG:
                     log.log(run_ns, "%s", payload.decode(errors="replace"))
+            # This thread sleeps in collect() next: it must not keep the last
+            # batch's handlers (futures, maps and their results) alive meanwhile.
+            batch = handlers = handler = payload = None  # type: ignore[assignment]
 
     # -- life cycle -----------------------------------------------------------
 

@@ -35,18 +35,22 @@ def worker_id() -> Optional[int]:
     return _worker_id
 
 
-class _LineWriter(io.TextIOBase):
-    """A text stream that writes complete lines to the underlying file descriptor at once."""
+class _WholeLines(io.RawIOBase):
+    """Bytes to a file descriptor shared with other processes, a whole line per
+    write(2), so lines from different workers never tear into each other.
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._fd = stream.fileno()
-        self._encoding = getattr(stream, "encoding", None) or "utf-8"
-        self._pending = ""
+    Pending bytes are searched for a newline only where they are new, and a
+    line longer than ``LIMIT`` is written in pieces: output costs time linear
+    in its size. A descriptor that is closed or whose reader is gone drops the
+    output rather than failing the task (the caller's stdout may be closed).
+    """
 
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return self._encoding
+    LIMIT = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._pending = bytearray()
 
     def fileno(self) -> int:
         return self._fd
@@ -55,26 +59,45 @@ class _LineWriter(io.TextIOBase):
         return True
 
     def isatty(self) -> bool:
-        return self._stream.isatty()
+        try:
+            return os.isatty(self._fd)
+        except OSError:
+            return False
 
-    def write(self, text: str) -> int:
-        self._pending += text
-        cut = self._pending.rfind("\n") + 1
-        if cut:
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        before = len(self._pending)
+        self._pending += data
+        newline = data.rfind(b"\n")
+        if newline >= 0:
+            cut = before + newline + 1
             self._emit(self._pending[:cut])
-            self._pending = self._pending[cut:]
-        return len(text)
+            del self._pending[:cut]
+        if len(self._pending) >= self.LIMIT:
+            self.flush()
+        return len(data)
 
     def flush(self) -> None:
         if self._pending:
             self._emit(self._pending)
-            self._pending = ""
+            self._pending.clear()
 
-    def _emit(self, text: str) -> None:
-        self._stream.flush()
-        data = text.encode(self._encoding, errors="backslashreplace")
-        while data:
-            data = data[os.write(self._fd, data):]
+    def _emit(self, data: Any) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:  # closed, or nobody reads any more: the output is dropped
+            pass
+
+
+def _text_stream(fd: int) -> io.TextIOWrapper:
+    """A full text stream (``.buffer``, ``fileno()``, ``encoding``) on ``fd``."""
+    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
+    stream = io.TextIOWrapper(
+        _WholeLines(fd), encoding=encoding, errors="backslashreplace", write_through=True  # type: ignore[arg-type]
+    )
+    return stream
 
 
 def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
@@ -147,8 +170,10 @@ def serve(segment: str, slot: int, arena: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Workers share the parent's stdout/stderr: write whole lines, each in one
     # write(2), so lines from different workers never tear into each other.
-    sys.stdout = _LineWriter(sys.stdout)
-    sys.stderr = _LineWriter(sys.stderr)
+    # The caller's own sys.stdout may be no file at all (redirect_stdout to a
+    # StringIO, pytest's capture): write to the descriptors, not to that object.
+    sys.stdout = _text_stream(1)
+    sys.stderr = _text_stream(2)
     endpoint = _core.WorkerEndpoint(segment, slot)
     functions: dict[int, Callable[..., Any]] = {}
     while True:

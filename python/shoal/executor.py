@@ -74,6 +74,7 @@ class Executor(futures.Executor):
             max_memory_per_worker=max_memory_per_worker,
             shm_limit=shm_limit,
         )
+        self._max_tasks_per_child = max_tasks_per_child
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
 
@@ -122,6 +123,8 @@ class Executor(futures.Executor):
         _check_timeout(task_timeout)
         with self._shutdown_lock:
             self._check_open()
+        if chunksize is None and self._max_tasks_per_child:
+            chunksize = 1  # a worker is replaced after so many tasks: items, as the stdlib counts them
         deadline = None if timeout is None else time.monotonic() + timeout
         total = _common_length(iterables)
         feed = self._runtime.map(
@@ -175,6 +178,12 @@ def _common_length(iterables: tuple) -> Optional[int]:
         return None
 
 
+def _take(values: list, i: int) -> Any:
+    value = values[i]
+    values[i] = None
+    return value
+
+
 class _MapIterator:
     """``Executor.map``'s results. As the stdlib's: an iterator that is never
     started still has every item run (its results are dropped once it is
@@ -197,11 +206,11 @@ class _MapIterator:
         feed, bar = self._feed, self._bar
         try:
             for values, failures, count in feed.chunks(self._deadline):
+                end = min(failures) if failures else len(values)
+                for i in range(end):
+                    yield _take(values, i)  # held by nobody here once yielded
                 if failures:
-                    first = min(failures)
-                    yield from values[:first]
-                    raise failures[first]
-                yield from values
+                    raise failures[end]
                 if bar is not None:
                     bar.update(count)
         finally:

@@ -139,7 +139,9 @@ class IMapIterator:
         self._pos += 1
         if pos in self._failures:
             raise _pool_error(self._failures[pos])
-        return self._buffer[pos]
+        value = self._buffer[pos]
+        self._buffer[pos] = None  # held by nobody here once handed out
+        return value
 
     __next__ = next
 
