@@ -412,3 +412,74 @@ def test_max_tasks_per_child_counts_tasks_in_maps(no_leaks):
     with shoal.Executor(2, max_tasks_per_child=1) as ex:
         pids = list(ex.map(tasks.pid_of, range(30)))
     assert len(set(pids)) == 30
+
+
+# --- multiprocessing objects in initargs and task arguments -------------------------
+
+_MP_OBJECTS_SCRIPT = """
+import logging, logging.handlers, multiprocessing as mp, sys
+import shoal
+
+def init(q, lock, ev):
+    global L, E
+    L, E = lock, ev
+    root = logging.getLogger()
+    root.addHandler(logging.handlers.QueueHandler(q))  # the logging cookbook's pattern
+    root.setLevel(logging.INFO)
+
+def work(x):
+    with L:
+        logging.info("item %d", x)
+    E.set()
+    return x
+
+def use_proxy(d, x):
+    d[x] = x * x
+    return len(d)
+
+if __name__ == "__main__":
+    method = sys.argv[1]
+    q, lock, ev = mp.Queue(), mp.Lock(), mp.Event()
+    with shoal.Executor(2, initializer=init, initargs=(q, lock, ev), start_method=method) as ex:
+        assert list(ex.map(work, range(3))) == [0, 1, 2]
+    print("LOGGED", sorted(q.get(timeout=30).getMessage() for _ in range(3)), ev.is_set())
+    with mp.Manager() as manager:
+        d = manager.dict()
+        with shoal.Pool(2, start_method=method) as pool:
+            print("PROXY", pool.apply(use_proxy, (d, 3)), dict(d))
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_mp_queue_lock_event_in_initargs_and_manager_proxies_work(method, tmp_path):
+    script = tmp_path / "mp_objects.py"
+    script.write_text(_MP_OBJECTS_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script), method], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "LOGGED ['item 0', 'item 1', 'item 2'] True" in out.stdout, out.stdout + out.stderr
+    assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr
+
+
+_PROXY_SCRIPT = """
+import multiprocessing as mp
+import shoal
+
+def use_proxy(d, x):
+    d[x] = x * x
+    return len(d)
+
+if __name__ == "__main__":
+    with mp.Manager() as manager:
+        d = manager.dict()
+        with shoal.Executor(1, start_method="spawn") as ex:  # the worker needs the parent's authkey
+            print("PROXY", ex.submit(use_proxy, d, 3).result(timeout=60), dict(d))
+"""
+
+
+def test_manager_proxies_reach_spawned_workers(tmp_path):
+    script = tmp_path / "proxy.py"
+    script.write_text(_PROXY_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr

@@ -81,7 +81,63 @@ def _no_other_python_threads() -> bool:
     return threading.active_count() == 1
 
 
-def _release_inherited_fds(keep: int) -> None:
+# --- the initializer, inherited as multiprocessing's fork children inherit it ------
+
+# (initializer, initargs) by token, in a fork server's memory: what its workers
+# run. The parent drops its entry once the server is forked.
+_inherited_init: dict[int, tuple] = {}
+
+
+def run_inherited_initializer(token: int) -> None:
+    """The initializer a forked worker finds in the memory it inherited."""
+    try:
+        initializer, initargs = _inherited_init[token]
+    except KeyError:
+        raise RuntimeError(
+            "the pool's initializer and its arguments were inherited from the caller's memory, "
+            "and this worker's fork server was restarted as a fresh interpreter that has none"
+        ) from None
+    initializer(*initargs)
+
+
+class _FdRecorder:
+    """A stand-in for multiprocessing's spawning Popen while the initializer's
+    arguments are walked: notes the descriptors they carry (an mp.Queue's
+    pipe), which the fork server then keeps for its workers."""
+
+    def __init__(self) -> None:
+        self.fds: set[int] = set()
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self.fds.add(fd)
+        return fd
+
+    def DupFd(self, fd: int) -> int:  # noqa: N802 - multiprocessing's name
+        return fd
+
+
+def descriptors_of(obj: Any) -> set[int]:
+    """The file descriptors multiprocessing objects in ``obj`` would pass to a child."""
+    import io
+    from multiprocessing import context, synchronize
+    from multiprocessing.reduction import ForkingPickler
+
+    class Walker(ForkingPickler):  # multiprocessing's own reducers (a Connection's DupFd)
+        def persistent_id(self, item: Any) -> Any:  # semaphores travel by memory, not by fd
+            return 0 if isinstance(item, synchronize.SemLock) else None
+
+    recorder = _FdRecorder()
+    context.set_spawning_popen(recorder)
+    try:
+        Walker(io.BytesIO(), 5).dump(obj)
+    except Exception:  # noqa: BLE001 - only the descriptors are wanted; unpicklable is fine here
+        pass
+    finally:
+        context.set_spawning_popen(None)
+    return recorder.fds
+
+
+def _release_inherited_fds(keep: set[int]) -> None:
     """Points every descriptor the caller had (pipes, sockets, locked files)
     at /dev/null, except stdout, stderr and ``keep``: a worker must not hold a
     subprocess's stdin open, accept on a closed listener, or keep an flock.
@@ -90,7 +146,7 @@ def _release_inherited_fds(keep: int) -> None:
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd in (1, 2, keep, null):
+        if fd in (1, 2, null) or fd in keep:
             continue
         try:
             os.dup2(null, fd, inheritable=fd == 0)
@@ -99,7 +155,9 @@ def _release_inherited_fds(keep: int) -> None:
     os.close(null)
 
 
-def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optional[tuple[int, int]]:
+def fork_fork_server(
+    config: dict[str, Any], inherit_fds: bool = False, init: Optional[tuple] = None, init_token: int = 0
+) -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
     Forking is safe while no other Python thread runs (see
@@ -107,14 +165,24 @@ def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optio
     workers inherit every module already imported. Otherwise (None) the engine
     starts a clean interpreter instead. ``inherit_fds`` (start_method="fork"):
     workers keep the caller's file descriptors, as multiprocessing's fork
-    children do; else the server is a clean helper holding none of them.
+    children do; else the server is a clean helper holding none of them but
+    those the initializer's arguments carry. ``init``: (initializer, initargs),
+    which the workers then inherit unpickled, under ``init_token``.
     """
     if not _no_other_python_threads():
         return None
     from . import _core, _worker
 
+    keep = descriptors_of(init) if init is not None and not inherit_fds else set()
+    if init is not None:
+        _inherited_init[init_token] = init
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    finally:
+        if init is not None and pid != 0:
+            del _inherited_init[init_token]  # the server has its copy; the caller keeps no reference
     if pid == 0:  # the fork server
         try:
             ours.close()
@@ -122,7 +190,7 @@ def fork_fork_server(config: dict[str, Any], inherit_fds: bool = False) -> Optio
             if inherit_fds:
                 _stdin_from_devnull()
             else:
-                _release_inherited_fds(sock)
+                _release_inherited_fds(keep | {sock})
             slot, segment = _core.serve_forks(sock)  # the worker's copy is closed in C++
             _worker.main(segment, slot, config)  # never returns
         except BaseException:

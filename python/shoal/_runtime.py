@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _core
-from ._bootstrap import child_argv, fork_fork_server, importing_main
+from ._bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
 from ._oob import MAGIC as _PACKED
 from ._oob import pack, pack_call, release, unpack
 from ._serialize import by_reference, dumps, dumps_callable, loads_exception
@@ -47,6 +47,7 @@ _RING_BYTES = 1 << 20
 
 
 _live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+_init_tokens = itertools.count(1)
 _exiting = False  # the interpreter is shutting down: no new tasks
 
 _IMPORTING_MAIN = """
@@ -271,9 +272,7 @@ class Runtime:
             raise RuntimeError(_IMPORTING_MAIN)
         if workers is None:
             workers = default_workers()
-        init_payload = b""
-        if initializer is not None:
-            init_payload = dumps((initializer, tuple(initargs)), "initializer")
+        initargs = tuple(initargs)
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
         hard_limit = parse_bytes(max_memory_per_worker)
@@ -283,7 +282,25 @@ class Runtime:
         config = {"preload": preload, "arena": self._arena.name}
         self.workers = workers
         forked = start_method in ("forkserver", "fork")
-        server = fork_fork_server(config, inherit_fds=start_method == "fork") if forked else None
+        init = (initializer, initargs) if initializer is not None else None
+        token = next(_init_tokens)
+        server = fork_fork_server(config, start_method == "fork", init, token) if forked else None
+        init_payload = b""
+        if server is not None and init is not None:
+            # Inherited as multiprocessing's fork children inherit it: an
+            # mp.Queue, Lock or Event works, and nothing is pickled.
+            init_payload = dumps((run_inherited_initializer, (token,)))
+        elif init is not None:
+            try:
+                init_payload = dumps(init, "the initializer and initargs")
+            except RuntimeError as error:  # e.g. "Queue objects should only be shared ... through inheritance"
+                if hasattr(error, "add_note"):
+                    error.add_note(
+                        "a fresh worker interpreter cannot inherit it: pass shoal.Queue / shoal.Lock / shoal.Event "
+                        "(they travel by name under every start method), or use start_method='forkserver' or 'fork' "
+                        "and create the pool before other threads start"
+                    )
+                raise
         self._engine = _core.Engine(
             workers=workers,
             fork_server=forked,

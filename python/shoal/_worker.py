@@ -206,6 +206,12 @@ def main(segment: str, slot: int, config: dict) -> None:
     try:
         serve(segment, slot, config["arena"])
     finally:
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:  # as multiprocessing's children: mp.Queue feeders flush, finalizers run
+            try:
+                util._exit_function()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
         sys.stdout.flush()
         sys.stderr.flush()
     # Skip interpreter teardown: nothing is left to clean and it can be slow.
