@@ -167,7 +167,7 @@ def test_import_in_another_pid_namespace_leaves_a_live_pool_alone(no_leaks):
             assert missing == set(), "the cleanup in another PID namespace removed a live pool's segments"
             # The pool still works, with its payloads in the arena.
             assert ex.submit(np.sum, a).result(timeout=30) == 1 << 20
-            assert sum(ex.map(abs, range(-100, 0))) == 5050
+            assert sum(ex.map(abs, range(-100, 0), timeout=30)) == 5050
         del a
     finally:
         arena.close()
