@@ -2,6 +2,7 @@
 // limit, and processes that die holding references or the arena's lock.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -579,4 +580,212 @@ TEST(Arena, CloseUnlinksEverythingButKeepsLiveBlocksUsable) {
   arena->release(a);
   arena->release(h);
   EXPECT_EQ(arena->used_bytes(), 0u);
+}
+
+// --- private (copy-on-write) mappings ------------------------------------------
+
+namespace {
+
+// Anonymous (private, copied-on-write) memory in the mapping that holds `address`, in KiB; -1 if none.
+long anonymous_kib(const void* address) {
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return -1;
+  char line[512];
+  bool inside = false;
+  long found = -1;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, ':') != nullptr &&
+        std::strchr(line, '-') < std::strchr(line, ' ')) {
+      inside = at >= lo && at < hi;
+      continue;
+    }
+    long kib = 0;
+    if (inside && std::sscanf(line, "Anonymous: %ld kB", &kib) == 1) {
+      found = kib;
+      break;
+    }
+  }
+  std::fclose(f);
+  return found;
+}
+
+bool mapped_here(const void* address) {
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  unsigned char vec = 0;
+  void* start = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(address) / page * page);
+  return mincore(start, page, &vec) == 0;
+}
+
+void fill_pattern(std::byte* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = 0; i < n; ++i) p[i] = std::byte(static_cast<unsigned char>((i * 131 + seed) >> 3));
+}
+
+bool has_pattern(const std::byte* p, std::size_t n, unsigned seed, std::size_t from = 0) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (p[i] != std::byte(static_cast<unsigned char>(((i + from) * 131 + seed) >> 3))) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST(ArenaPrivate, AWindowReadsTheBlockWithoutACopyAndWritesStayInTheMapping) {
+  auto arena = SharedArena::create(256 * kMiB);
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  Block pooled = arena->alloc(300'000);
+  Block huge = arena->alloc(20 * kMiB + 5);
+  ASSERT_FALSE(pooled.dedicated());
+  ASSERT_TRUE(huge.dedicated());
+  for (const Block& b : {pooled, huge}) {
+    fill_pattern(arena->data(b), b.size, 7);
+    // A window that starts inside a page (block offsets are 64-aligned, the window's own offset is odd).
+    const std::size_t off = 4097, len = b.size - off - 3;
+    shoal::PrivateMapping m = arena->map_private(b, off, len);
+    ASSERT_TRUE(m.valid());
+    EXPECT_FALSE(m.copied());
+    EXPECT_EQ(m.size(), len);
+    EXPECT_NE(m.data(), arena->data(b) + off);  // a mapping of its own
+    EXPECT_TRUE(arena->contains(m.data(), m.size()));
+    EXPECT_TRUE(has_pattern(m.data(), len, 7, off));
+    EXPECT_EQ(anonymous_kib(m.data()), 0) << "reading copied pages";
+    // One write: one page copied, into this mapping only.
+    m.data()[10] = std::byte{0xEE};
+    EXPECT_EQ(anonymous_kib(m.data()), static_cast<long>(page / 1024));
+    EXPECT_TRUE(has_pattern(arena->data(b), b.size, 7)) << "the write reached the block";
+    shoal::PrivateMapping other = arena->map_private(b, off, len);
+    EXPECT_TRUE(has_pattern(other.data(), len, 7, off)) << "another mapping saw the write";
+    std::memset(m.data(), 0x55, len);
+    EXPECT_TRUE(has_pattern(arena->data(b), b.size, 7));
+    EXPECT_TRUE(has_pattern(other.data(), len, 7, off));
+    // A whole-block window, to the block's end by default.
+    shoal::PrivateMapping whole = arena->map_private(b);
+    EXPECT_EQ(whole.size(), b.size);
+    EXPECT_TRUE(has_pattern(whole.data(), b.size, 7));
+  }
+  arena->release(pooled);
+  arena->release(huge);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(ArenaPrivate, TheMappingLivesExactlyAsLongAsItsOwner) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block b = arena->alloc(1 * kMiB);
+  fill_pattern(arena->data(b), b.size, 3);
+  std::byte* p = nullptr;
+  {
+    shoal::PrivateMapping m = arena->map_private(b, 100, 1000);
+    p = m.data();
+    shoal::PrivateMapping moved = std::move(m);
+    EXPECT_FALSE(m.valid());
+    EXPECT_EQ(m.data(), nullptr);
+    EXPECT_EQ(moved.data(), p);
+    EXPECT_TRUE(has_pattern(moved.data(), 1000, 3, 100));
+    shoal::PrivateMapping assigned;
+    assigned = std::move(moved);
+    EXPECT_EQ(assigned.data(), p);
+    EXPECT_TRUE(mapped_here(p));
+    EXPECT_TRUE(arena->contains(p, 1000));
+    EXPECT_FALSE(arena->contains(p, 1001));  // past the window
+  }
+  EXPECT_FALSE(mapped_here(p));
+  EXPECT_FALSE(arena->contains(p));
+  shoal::PrivateMapping m = arena->map_private(b, 0, 10);
+  p = m.data();
+  m.reset();
+  m.reset();  // idempotent
+  EXPECT_FALSE(m.valid());
+  EXPECT_FALSE(mapped_here(p));
+  // A mapping keeps its arena handle alive.
+  std::weak_ptr<SharedArena> weak = arena;
+  m = arena->map_private(b, 0, 10);
+  arena->release(b);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  arena.reset();
+  EXPECT_FALSE(weak.expired());
+  m.reset();
+  EXPECT_TRUE(weak.expired());
+}
+
+TEST(ArenaPrivate, RefusesWindowsOutsideTheBlockAndBlocksNotHeldHere) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block b = arena->alloc(100'000);
+  Block huge = arena->alloc(20 * kMiB);
+  EXPECT_THROW(arena->map_private(b, 100'001, 0), std::invalid_argument);
+  EXPECT_THROW(arena->map_private(b, 50'000, 50'001), std::invalid_argument);
+  EXPECT_FALSE(arena->map_private(b, 100'000).valid());  // empty: nothing mapped
+  arena->disown(huge);  // the reference is elsewhere now
+  EXPECT_THROW(arena->map_private(huge), std::logic_error);
+  arena->adopt(huge);
+  EXPECT_TRUE(arena->map_private(huge).valid());
+  Block forged = b;
+  forged.segment = SharedArena::kMaxSegments;
+  EXPECT_THROW(arena->map_private(forged), std::invalid_argument);
+  arena->release(b);
+  arena->release(huge);
+}
+
+TEST(ArenaPrivate, ProcessesWritingTheirPrivateCopiesLeaveTheBlockAndEachOtherAlone) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block pooled = arena->alloc(2 * kMiB);
+  Block huge = arena->alloc(24 * kMiB);
+  for (const Block& b : {pooled, huge}) {
+    fill_pattern(arena->data(b), b.size, 11);
+    shoal::PrivateMapping mine = arena->map_private(b);
+    for (int round = 0; round < 2; ++round) {
+      ChildProcess child([&] {
+        // As a pool worker: attach by name, take a reference, map privately, write everything.
+        auto theirs = SharedArena::attach(arena->name());
+        if (theirs.get() == arena.get()) return 2;
+        theirs->retain(b);
+        int rc = 0;
+        {
+          shoal::PrivateMapping m = theirs->map_private(b);
+          if (!has_pattern(m.data(), b.size, 11)) rc = 3;  // a previous child's write showed
+          if (m.copied()) rc = 4;
+          std::memset(m.data(), 0xA5 + round, b.size);
+          if (!has_pattern(theirs->data(b), b.size, 11)) rc = 5;
+        }
+        theirs->release(b);
+        return rc;
+      });
+      ASSERT_EQ(child.wait(30s), 0) << "round " << round;
+    }
+    EXPECT_TRUE(has_pattern(arena->data(b), b.size, 11));
+    EXPECT_TRUE(has_pattern(mine.data(), b.size, 11));
+    EXPECT_EQ(arena->refcount(b), 1u);
+  }
+  arena->release(pooled);
+  arena->release(huge);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+}
+
+TEST(ArenaPrivate, AfterTheOwnerClosedTheArenaWindowsAreStillPrivate) {
+  auto arena = SharedArena::create(256 * kMiB);
+  Block early = arena->alloc(100'000);
+  Block late = arena->alloc(200'000);  // the same pooled segment
+  Block huge = arena->alloc(20 * kMiB);
+  for (const Block& b : {early, late, huge}) fill_pattern(arena->data(b), b.size, 5);
+  { shoal::PrivateMapping opened = arena->map_private(early); }  // opens the pooled segment
+  arena->close();  // unlinks every name
+  // The pooled segment's descriptor was kept: still a mapping, no copy.
+  shoal::PrivateMapping a = arena->map_private(late);
+  EXPECT_FALSE(a.copied());
+  // The huge block's name is gone: its window is copied instead, just as private.
+  shoal::PrivateMapping h = arena->map_private(huge, 10, 1 * kMiB);
+  EXPECT_TRUE(h.copied());
+  EXPECT_GE(anonymous_kib(h.data()), 1024) << "a copy shows as anonymous memory";
+  EXPECT_EQ(anonymous_kib(a.data()), 0);
+  EXPECT_TRUE(arena->contains(h.data(), h.size()));
+  for (auto* m : {&a, &h}) {
+    const bool is_huge = m == &h;
+    EXPECT_TRUE(has_pattern(m->data(), m->size(), 5, is_huge ? 10 : 0));
+    std::memset(m->data(), 0, m->size());
+  }
+  EXPECT_TRUE(has_pattern(arena->data(late), late.size, 5));
+  EXPECT_TRUE(has_pattern(arena->data(huge), huge.size, 5));
+  arena->release(early);
+  arena->release(late);
+  arena->release(huge);
 }

@@ -2,6 +2,9 @@
 // and huge (dedicated) blocks. The pooled-segment allocator is in arena_pool.cpp.
 #include "shoal/mem/arena.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -11,6 +14,7 @@
 #include <cstring>
 #include <new>
 #include <system_error>
+#include <utility>
 
 #include "arena_layout.hpp"
 #include "arena_lock.hpp"
@@ -72,7 +76,8 @@ SharedArena::SharedArena(SharedSegment control, bool owner)
       owner_pid_(owner ? getpid() : 0),
       pooled_(kMaxSegments),
       pooled_base_(new std::atomic<std::byte*>[kMaxSegments]),
-      pooled_size_(new std::atomic<std::size_t>[kMaxSegments]) {
+      pooled_size_(new std::atomic<std::size_t>[kMaxSegments]),
+      pooled_fd_(kMaxSegments) {
   for (uint32_t i = 0; i < kMaxSegments; ++i) {
     pooled_base_[i].store(nullptr, std::memory_order_relaxed);
     pooled_size_[i].store(0, std::memory_order_relaxed);
@@ -425,7 +430,126 @@ bool SharedArena::contains(const void* address, std::size_t length) const {
     const std::byte* base = local.segment.bytes();
     if (p >= base && p + length <= base + local.segment.size()) return true;
   }
+  // The window starting at or before p, if any (windows never overlap).
+  auto it = private_windows_.upper_bound(p);
+  if (it != private_windows_.begin()) {
+    --it;
+    if (p + length <= it->first + it->second) return true;
+  }
   return false;
+}
+
+// --- private (copy-on-write) mappings ------------------------------------------
+
+int SharedArena::segment_fd(const Block& b, std::size_t need_bytes, UniqueFd& owned) {
+  auto open_checked = [&](const char* name) -> UniqueFd {
+    UniqueFd fd(shm_open((std::string("/") + name).c_str(), O_RDONLY | O_CLOEXEC, 0));
+    if (!fd) {
+      const int err = errno;
+      if (err == ENOENT) return fd;  // unlinked: the caller copies instead
+      throw_errno(std::string("shm_open ") + name + " read-only", err);
+    }
+    struct stat st {};
+    if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) < need_bytes)
+      throw std::invalid_argument(std::string("shared-memory segment ") + name +
+                                  " is not the one the arena made (too short, or not a file)");
+    return fd;
+  };
+  const SlotRecord& s = ctl().slots[b.segment];
+  if (b.dedicated()) {
+    // The caller's reference keeps the block, so its slot's name, in place.
+    owned = open_checked(s.name);
+    return owned.get();
+  }
+  std::lock_guard<std::mutex> lock(local_mu_);
+  UniqueFd& fd = pooled_fd_[b.segment];
+  // A pooled segment lives as long as the arena: its whole size is checked once.
+  if (!fd) fd = open_checked(s.name);
+  return fd.get();
+}
+
+PrivateMapping SharedArena::map_private(const Block& b, std::size_t offset, std::size_t length) {
+  if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
+  std::byte* shared = data(b);  // checks the descriptor and that this process holds a reference
+  if (offset > b.size) throw std::invalid_argument("the private mapping's window does not lie inside the block");
+  if (length == ~std::size_t{0}) length = b.size - offset;
+  if (length > b.size - offset)
+    throw std::invalid_argument("the private mapping's window does not lie inside the block");
+  PrivateMapping m;
+  if (length == 0) return m;
+  const std::size_t page = page_size();
+  const uint64_t at = b.offset + offset;  // the window's first byte in the segment
+  const uint64_t start = at / page * page;
+  const std::size_t mapped = round_up(at + length - start, page);
+  const std::size_t segment_bytes = b.dedicated() ? ctl().slots[b.segment].bytes : pooled_size(b.segment);
+  if (start + mapped > segment_bytes) throw std::invalid_argument("block descriptor lies outside its segment");
+  UniqueFd owned;  // a dedicated segment's descriptor, closed once mapped
+  const int fd = segment_fd(b, segment_bytes, owned);
+  void* base;
+  if (fd >= 0) {
+    // MAP_PRIVATE: writes never reach the file, so a read-only descriptor will do.
+    base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, static_cast<off_t>(start));
+    const int err = errno;
+    if (base == MAP_FAILED)
+      throw_errno("mmap copy-on-write " + std::to_string(mapped) + " bytes of arena '" + name() + "'", err);
+  } else {
+    base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const int err = errno;
+    if (base == MAP_FAILED) throw_errno("mmap " + std::to_string(mapped) + " bytes for a private copy", err);
+    std::memcpy(static_cast<std::byte*>(base) + (at - start), shared + offset, length);
+    m.copied_ = true;
+  }
+  m.base_ = base;
+  m.mapped_ = mapped;
+  m.data_ = static_cast<std::byte*>(base) + (at - start);
+  m.size_ = length;
+  try {
+    m.arena_ = shared_from_this();
+    std::lock_guard<std::mutex> lock(local_mu_);
+    private_windows_.emplace(m.data_, m.size_);
+  } catch (...) {
+    m.arena_.reset();  // not registered: reset() only unmaps
+    throw;             // m's destructor unmaps
+  }
+  return m;
+}
+
+void SharedArena::forget_private(const std::byte* window) noexcept {
+  std::lock_guard<std::mutex> lock(local_mu_);
+  private_windows_.erase(window);
+}
+
+PrivateMapping::PrivateMapping(PrivateMapping&& o) noexcept
+    : arena_(std::move(o.arena_)),
+      base_(std::exchange(o.base_, nullptr)),
+      mapped_(std::exchange(o.mapped_, 0)),
+      data_(std::exchange(o.data_, nullptr)),
+      size_(std::exchange(o.size_, 0)),
+      copied_(std::exchange(o.copied_, false)) {}
+
+PrivateMapping& PrivateMapping::operator=(PrivateMapping&& o) noexcept {
+  if (this != &o) {
+    reset();
+    arena_ = std::move(o.arena_);
+    base_ = std::exchange(o.base_, nullptr);
+    mapped_ = std::exchange(o.mapped_, 0);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    copied_ = std::exchange(o.copied_, false);
+  }
+  return *this;
+}
+
+void PrivateMapping::reset() noexcept {
+  if (base_ != nullptr) {
+    if (arena_) arena_->forget_private(data_);
+    munmap(base_, mapped_);
+  }
+  arena_.reset();
+  base_ = nullptr;
+  data_ = nullptr;
+  mapped_ = size_ = 0;
+  copied_ = false;
 }
 
 // --- references --------------------------------------------------------------

@@ -37,11 +37,20 @@
 // reused, not returned to the system, until the arena goes); huge blocks give
 // their memory back when freed. Segments are fully backed when created
 // (fallocate), so a full /dev/shm shows up as ArenaLimitError, never SIGBUS.
+//
+// Private mappings. data() is the block as every process shares it: a write
+// there is seen by all. map_private() maps a window of a block copy-on-write
+// instead (MAP_PRIVATE of the segment's pages): reading it costs no copy (the
+// same physical pages), and a write lands in a private copy of the page it
+// touches, in this process only. Pools hand their tasks' arguments and results
+// over that way, so a receiver may write to what it got, as with a pickled
+// copy, without anyone paying for a copy it does not write.
 #include <sys/types.h>
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -51,6 +60,7 @@
 
 #include "shoal/ipc/segment.hpp"
 #include "shoal/mem/block.hpp"
+#include "shoal/proc/fd.hpp"
 
 namespace shoal {
 
@@ -73,7 +83,46 @@ struct Control;
 struct BlockHeader;
 }  // namespace arena_detail
 
-class SharedArena {
+class SharedArena;
+
+// A window of a block mapped copy-on-write in this process (see
+// SharedArena::map_private). Reads see the block's bytes through the block's
+// own pages; the first write to a page gives this mapping a private copy of
+// it, so nothing written here ever reaches the block, its shared mappings, or
+// any other process. Unmapped on destruction (or reset()). It holds no
+// reference on the block: keep one while the mapping is read, or its unwritten
+// pages show whatever later reuses the block's memory. It keeps the arena
+// handle alive (the handle's contains() counts it).
+class PrivateMapping {
+ public:
+  PrivateMapping() = default;
+  PrivateMapping(PrivateMapping&& other) noexcept;
+  PrivateMapping& operator=(PrivateMapping&& other) noexcept;
+  PrivateMapping(const PrivateMapping&) = delete;
+  PrivateMapping& operator=(const PrivateMapping&) = delete;
+  ~PrivateMapping() { reset(); }
+
+  // The window's first byte (inside the mapping, which is page-aligned).
+  std::byte* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  bool valid() const { return base_ != nullptr; }
+  // True when the window had to be copied instead of mapped: the segment's
+  // name was gone (the owner closed the arena) before this process opened it.
+  bool copied() const { return copied_; }
+  // Unmaps now. Idempotent.
+  void reset() noexcept;
+
+ private:
+  friend class SharedArena;
+  std::shared_ptr<SharedArena> arena_;
+  void* base_ = nullptr;  // the mapping: whole pages
+  std::size_t mapped_ = 0;
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  bool copied_ = false;
+};
+
+class SharedArena : public std::enable_shared_from_this<SharedArena> {
  public:
   static constexpr std::size_t kDefaultSegmentBytes = std::size_t{64} << 20;
   static constexpr std::size_t kFirstSegmentBytes = std::size_t{4} << 20;
@@ -135,10 +184,23 @@ class SharedArena {
   // The block's bytes in this process; valid while this process holds a
   // reference (a dedicated segment is unmapped once it holds none).
   std::byte* data(const Block& block);
+  // A copy-on-write mapping of the block's bytes [offset, offset + length)
+  // (length: to the block's end if omitted), private to this process: see
+  // PrivateMapping. The caller holds a reference on the block here (as for
+  // data()), and keeps one while it uses the mapping. The pages enclosing the
+  // window are mapped from the block's segment, opened again by name
+  // read-only (a pooled segment's descriptor is kept for later windows);
+  // should the name be gone already (the owner closed the arena), the window
+  // is copied into private memory instead. Throws std::invalid_argument for a
+  // window outside the block, std::logic_error without a reference here,
+  // std::system_error if the mapping fails. An empty window maps nothing
+  // (an invalid PrivateMapping).
+  PrivateMapping map_private(const Block& block, std::size_t offset = 0, std::size_t length = ~std::size_t{0});
   // The block's reference count (a snapshot, for tests and diagnostics).
   uint32_t refcount(const Block& block);
   // Whether [address, address + length) lies inside one of the arena's segments
-  // as mapped in this process (and in use: idle cached mappings do not count).
+  // as mapped in this process (and in use: idle cached mappings do not count),
+  // or inside the window of one of this handle's live private mappings.
   bool contains(const void* address, std::size_t length = 1) const;
 
   // Mapping cache. A process that adopts the same huge block again and again
@@ -169,6 +231,7 @@ class SharedArena {
 
  private:
   friend struct ArenaTestAccess;  // tests simulate a process dying mid-operation
+  friend class PrivateMapping;
   class Locked;
   struct LocalDedicated {
     SharedSegment segment;
@@ -195,6 +258,11 @@ class SharedArena {
   // Moves the idle mappings to drop (freed blocks; the oldest past the cap) into `out`.
   void collect_idle_locked(std::vector<LocalDedicated>& out);
   [[noreturn]] void throw_limit(std::size_t requested, const char* why) const;
+  // Private mappings: a read-only descriptor of `block`'s segment, at least
+  // `need_bytes` long, or -1 when its name is gone. A pooled segment's is kept
+  // in pooled_fd_; a dedicated segment's is opened into `owned`, for the caller.
+  int segment_fd(const Block& block, std::size_t need_bytes, UniqueFd& owned);
+  void forget_private(const std::byte* window) noexcept;
   void unlink_all_names();
 
   // Huge blocks: a segment each.
@@ -228,6 +296,11 @@ class SharedArena {
   std::unique_ptr<std::atomic<std::byte*>[]> pooled_base_;
   std::unique_ptr<std::atomic<std::size_t>[]> pooled_size_;
   std::unordered_map<uint64_t, LocalDedicated> dedicated_;
+  // Read-only descriptors of pooled segments, opened by the first private
+  // mapping of each (-1 until then), closed with the handle.
+  std::vector<UniqueFd> pooled_fd_;
+  // This handle's live private mappings: window start -> length (for contains()).
+  std::map<const std::byte*, std::size_t> private_windows_;
   std::size_t idle_count_ = 0;  // entries of dedicated_ with pins == 0
   uint64_t use_clock_ = 0;
 };
