@@ -15,6 +15,16 @@
 namespace shoal {
 namespace {
 
+// Whether the process behind `pidfd` is a child of this process not reaped
+// yet: a pidfd opened on a pid that was reused after our child died names
+// another process, which waitid() refuses (ECHILD). Kernels that cannot wait
+// on a pidfd (Linux 5.3) are taken at their word.
+bool is_our_child(int pidfd) {
+  siginfo_t info{};
+  const int rc = waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG | WNOWAIT);
+  return rc == 0 || errno != ECHILD;
+}
+
 class SpawnLauncher final : public Launcher {
  public:
   explicit SpawnLauncher(std::vector<std::string> argv) : argv_(std::move(argv)) {}
@@ -31,21 +41,25 @@ class SpawnLauncher final : public Launcher {
       return;
     }
     // Nobody has waited for the child yet, so its pid still names it, unless
-    // this process ignores SIGCHLD and the child has already exited: a worker
-    // is an interpreter that runs for milliseconds before it can exit, far
-    // longer than this step. (posix_spawn gives no pidfd; glibc 2.39's
-    // pidfd_spawn would.)
+    // this process ignores SIGCHLD: then the kernel reaps a child the moment
+    // it exits, and one that exits at once may be gone (or its pid even taken
+    // by another process) before pidfd_open. (posix_spawn gives no pidfd;
+    // glibc 2.39's pidfd_spawn would.)
     auto pidfd = std::make_shared<const UniqueFd>(pidfd_open(pid));
-    if (!*pidfd) {
+    if (!*pidfd && errno != ESRCH) {
       // Nothing to watch it by (a kernel without pidfds, or out of
       // descriptors): a worker whose death would go unnoticed is worse than
       // none, so it is stopped and reported as failed.
       const int err = errno;
-      if (err != ESRCH) {  // ESRCH: it is gone already (and reaped: SIGCHLD ignored)
-        kill(pid, SIGKILL);
-        reap_child(-1, pid);
-      }
+      kill(pid, SIGKILL);
+      reap_child(-1, pid);
       events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, err});
+      return;
+    }
+    if (!*pidfd || !is_our_child(pidfd->get())) {
+      // Gone and reaped already: it started and ended, how is unknown.
+      events.push_back({ProcessEvent::Type::spawned, slot, pid, 0});
+      events.push_back({ProcessEvent::Type::exited, slot, pid, kExitStatusUnknown});
       return;
     }
     events.push_back({ProcessEvent::Type::spawned, slot, pid, 0, pidfd});
