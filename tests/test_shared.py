@@ -73,8 +73,9 @@ def work_on_payload(payload, arena_name, results):
     arena = Arena.attach(arena_name)
     args = _oob.unpack(payload, arena)
     x = args["x"]
-    assert in_shared_memory(x, arena) and not x.flags.writeable
+    assert in_shared_memory(x, arena) and x.flags.writeable  # copy-on-write: a write stays here
     result = _oob.pack({"doubled": x * 2, "first": x[:10].copy()}, arena)
+    x[:] = -1.0
     assert _oob.is_packed(result)
     results.put(result)
 
@@ -241,36 +242,42 @@ def test_every_dtype_and_shape_round_trips_exactly(arena, dtype):
         big = x.nbytes >= _oob.DEFAULT_THRESHOLD and x.dtype.kind not in "mM"
         assert in_shared_memory(y, arena) == big, (dtype, x.shape)
         if big:
-            assert not y.flags.writeable
+            assert y.flags.writeable  # a private copy-on-write view, as a pickle's copy would be
     del back, x, y
     _oob.release(payload, arena)
     gc.collect()
     assert arena.used_bytes() == 0
 
 
-def test_unpacked_arrays_are_read_only_zero_copy_views(arena):
+def test_unpacked_arrays_are_writable_copy_on_write_views(arena):
     x = np.arange(100_000, dtype=np.float64)
     payload = _oob.pack({"x": x}, arena)
     assert len(payload) < 1000  # the 800 kB went to the arena
     y = _oob.unpack(payload, arena)["x"]
     assert np.array_equal(x, y) and in_shared_memory(y, arena)
     assert shared.arena_of(y).name == arena.name
-    with pytest.raises(ValueError):
-        y[0] = 1.0
-    with pytest.raises(ValueError):
-        y.setflags(write=True)
-    with pytest.raises(ValueError):
-        np.add(y, 1, out=y)
     view = shared._view_of(y)
-    assert view.readonly
-    mv = memoryview(view)
-    assert mv.readonly
-    with pytest.raises(TypeError):
-        mv[0] = 1
-    mv.release()
-    # Two unpacks of one payload share the one block.
+    assert view.copy_on_write and not view.readonly
+    assert y.flags.writeable
+    # A second unpack of the payload: the same block, a mapping of its own.
     z = _oob.unpack(payload, arena)["x"]
-    assert z.__array_interface__["data"][0] == y.__array_interface__["data"][0]
+    assert shared._view_of(z).block == view.block
+    assert z.__array_interface__["data"][0] != y.__array_interface__["data"][0]
+    y[0] = -1.0
+    np.add(y, 1, out=y)
+    y.sort()
+    mv = memoryview(view)
+    assert not mv.readonly
+    mv[8:16] = b"\0" * 8
+    mv.release()
+    assert y[1] == 0.0 and y[0] == 0.0
+    # Nothing written reached the block: the other view and a new one see the original.
+    assert np.array_equal(z, x)
+    assert np.array_equal(_oob.unpack(payload, arena)["x"], x)
+    assert np.array_equal(x, np.arange(100_000, dtype=np.float64))
+    with pytest.raises(ValueError, match="copy-on-write"):
+        view.descriptor()  # its bytes are this process's own: no sending by reference
+    assert pickle.loads(pickle.dumps(view)) == bytearray(memoryview(view))  # by value instead
     del y, z, view
     gc.collect()
     assert arena.used_bytes() > 0  # the payload still holds it

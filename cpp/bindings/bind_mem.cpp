@@ -28,24 +28,34 @@ constexpr std::size_t kGilHeldCopyLimit = 64 * 1024;
 // A window on a block, exported through the buffer protocol. It holds one
 // reference on the block from construction until close(), detach() or
 // destruction, and keeps this process's mapping of it until destruction, so
-// memory it exposed can never be unmapped under a reader.
+// memory it exposed can never be unmapped under a reader. A copy-on-write view
+// exposes a private mapping of the window instead (SharedArena::map_private):
+// writable, and what is written stays in this process; the mapping lives
+// exactly as long as the view (it is unmapped before the reference is dropped).
 struct BlockView {
   std::shared_ptr<SharedArena> arena;
   Block block{};
+  PrivateMapping cow;         // a copy-on-write view's mapping (invalid otherwise)
   std::byte* data = nullptr;  // the first byte of the window; null once detached
   std::size_t length = 0;
   std::size_t offset = 0;     // of the window, within the block
   bool readonly = true;
+  bool copy_on_write = false;
   bool holds_ref = false;     // one shared reference on the block
   bool pinned = false;        // this process's mapping bookkeeping
   pid_t pid = getpid();       // a forked copy must not drop the parent's reference
   Py_ssize_t exports = 0;
 
   // The caller has given this view one reference and one pin on `block`.
-  BlockView(std::shared_ptr<SharedArena> a, const Block& b, std::size_t off, std::size_t len, bool ro)
-      : arena(std::move(a)), block(b), length(len), offset(off), readonly(ro), holds_ref(true), pinned(true) {
+  BlockView(std::shared_ptr<SharedArena> a, const Block& b, std::size_t off, std::size_t len, bool ro, bool private_copy)
+      : arena(std::move(a)), block(b), length(len), offset(off), readonly(ro && !private_copy),
+        copy_on_write(private_copy), holds_ref(true), pinned(true) {
     try {
       data = arena->data(block) + offset;
+      if (copy_on_write && length > 0) {  // an empty window has nothing to write
+        cow = arena->map_private(block, offset, length);
+        data = cow.data();
+      }
     } catch (...) {
       drop();
       throw;
@@ -53,7 +63,10 @@ struct BlockView {
   }
   BlockView(const BlockView&) = delete;
   BlockView& operator=(const BlockView&) = delete;
-  ~BlockView() { drop(); }
+  ~BlockView() {
+    cow.reset();
+    drop();
+  }
 
   void drop() noexcept {
     if (pid == getpid()) {
@@ -88,6 +101,7 @@ struct BlockView {
     if (!holds_ref) throw ClosedError("the shared-memory block view is closed");
     if (exports > 0)
       throw nb::buffer_error("cannot detach a shared-memory block view while other objects use its buffer");
+    cow.reset();
     if (pid == getpid()) arena->disown(block);
     holds_ref = pinned = false;
     data = nullptr;
@@ -119,18 +133,23 @@ PyType_Slot view_slots[] = {
 };
 
 nb::object make_view(std::shared_ptr<SharedArena> arena, const Block& block, std::size_t offset,
-                     std::optional<std::size_t> length, bool readonly) {
+                     std::optional<std::size_t> length, bool readonly, bool copy_on_write = false) {
   std::size_t len = length ? *length : (offset <= block.size ? block.size - offset : 0);
   if (offset > block.size || len > block.size - offset) {
     arena->release(block);
     throw nb::value_error("the view's window does not lie inside the block");
   }
-  auto* view = new BlockView(std::move(arena), block, offset, len, readonly);
+  auto* view = new BlockView(std::move(arena), block, offset, len, readonly, copy_on_write);
   return nb::cast(view, nb::rv_policy::take_ownership);
 }
 
 // The picklable form of a view: it names the block, it carries no reference.
+// A copy-on-write view has none: what it shows may differ from the block.
 nb::tuple descriptor(const BlockView& v) {
+  if (v.copy_on_write)
+    throw nb::value_error(
+        "a copy-on-write shared-memory block view is this process's own copy: it cannot be sent by reference "
+        "(send its data by value, or use a SharedArray to share memory)");
   return nb::make_tuple(v.arena->name(), v.block.segment, v.block.flags, v.block.offset, v.block.size,
                         v.block.generation, v.offset, v.length, v.readonly);
 }
@@ -202,6 +221,9 @@ void bind_mem(nb::module_& m) {
                         "process, attaches the arena and takes its own reference, so the sender must keep "
                         "its view alive until then.")
       .def_prop_ro("readonly", [](const BlockView& v) { return v.readonly; })
+      .def_prop_ro("copy_on_write", [](const BlockView& v) { return v.copy_on_write; },
+                   "Whether the view is a private copy-on-write mapping of the block: writable, and what is "
+                   "written stays in this view (the block and every other view of it keep the original).")
       .def_prop_ro("closed", [](const BlockView& v) { return !v.holds_ref; })
       .def_prop_ro("nbytes", [](const BlockView& v) { return v.length; })
       .def_prop_ro("offset", [](const BlockView& v) { return v.offset; }, "Where the window starts in the block.")
@@ -220,14 +242,18 @@ void bind_mem(nb::module_& m) {
            "becomes unusable.")
       .def("descriptor", &descriptor, "The picklable form: (arena name, block fields..., offset, length, readonly).")
       .def("__reduce__",
-           [](const BlockView& v) {
+           [](const BlockView& v) -> nb::object {
              if (!v.holds_ref) throw ClosedError("cannot pickle a closed shared-memory block view");
+             if (v.copy_on_write)  // by value: its bytes may be this process's own by now
+               return nb::make_tuple(nb::module_::import_("builtins").attr("bytearray"),
+                                     nb::make_tuple(nb::bytes(reinterpret_cast<const char*>(v.data), v.length)));
              // A Python function, so that pickle can name it.
              return nb::make_tuple(nb::module_::import_("shoal._oob").attr("attach_view"),
                                    nb::make_tuple(descriptor(v)));
            })
       .def("__repr__", [](const BlockView& v) {
-        return std::string("<shoal._core.BlockView ") + (v.readonly ? "read-only " : "writable ") +
+        return std::string("<shoal._core.BlockView ") +
+               (v.readonly ? "read-only " : v.copy_on_write ? "copy-on-write " : "writable ") +
                std::to_string(v.length) + " bytes of " + block_repr(v.block) + " in '" + v.arena->name() + "'" +
                (v.holds_ref ? "" : " (closed)") + ">";
       });
@@ -300,17 +326,19 @@ void bind_mem(nb::module_& m) {
       .def(
           "view",
           [](const std::shared_ptr<SharedArena>& a, const Block& b, bool adopt, bool readonly, std::size_t offset,
-             std::optional<std::size_t> length) {
+             std::optional<std::size_t> length, bool copy_on_write) {
             if (adopt)
               a->adopt(b);
             else
               a->retain(b);
-            return make_view(a, b, offset, length, readonly);
+            return make_view(a, b, offset, length, readonly, copy_on_write);
           },
           nb::arg("block"), nb::kw_only(), nb::arg("adopt") = false, nb::arg("readonly") = true,
-          nb::arg("offset") = 0, nb::arg("length") = nb::none(),
+          nb::arg("offset") = 0, nb::arg("length") = nb::none(), nb::arg("copy_on_write") = false,
           "A BlockView over `block`. adopt=True: the view takes over a reference the caller was handed; "
-          "else it takes a new one (the caller must hold one already).")
+          "else it takes a new one (the caller must hold one already). copy_on_write=True: the view is a "
+          "private copy-on-write mapping of the window, writable whatever `readonly` says, whose writes "
+          "stay in this view (no copy is made until a page is written).")
       .def("retain", &SharedArena::retain, nb::arg("block"))
       .def("try_retain", &SharedArena::try_retain, nb::arg("block"))
       .def("release", &SharedArena::release, nb::arg("block"))

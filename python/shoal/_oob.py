@@ -3,12 +3,17 @@
 ``pack(obj, arena)`` pickles ``obj``; every out-of-band buffer (numpy arrays,
 bytearrays, anything that pickles through ``PickleBuffer``) of at least
 ``threshold`` bytes is copied once into a block of ``arena`` and left out of
-the pickle. ``unpack(payload, arena)`` rebuilds the object over read-only,
-zero-copy views of those blocks: a numpy array comes back read-only (and
-cannot be made writable), its memory inside the arena. Smaller buffers stay
-in the pickle. Non-contiguous arrays are pickled in-band by numpy itself, and
-object arrays pickle their elements normally. A ``shoal.SharedArray`` is not
-copied at all: it pickles by reference, and the payload keeps it alive.
+the pickle. ``unpack(payload, arena)`` rebuilds the object over zero-copy,
+copy-on-write views of those blocks (a private ``MAP_PRIVATE`` mapping of the
+block's pages in the receiving process): a numpy array comes back writable,
+as from a plain pickle, its unwritten pages those of the arena; a write
+copies the page it touches into the receiver's own memory and never reaches
+the block, so the sender and every other receiver of the payload keep the
+original. A buffer the sender had read-only comes back read-only (pickle's
+own rule). Smaller buffers stay in the pickle. Non-contiguous arrays are
+pickled in-band by numpy itself, and object arrays pickle their elements
+normally. A ``shoal.SharedArray`` is not copied at all: it pickles by
+reference, and the payload keeps it alive.
 
 Payload layout (little-endian). A list of 16 or more numbers, all ints
 within 64 bits or all floats, is a number column (magic ``b"shoalNC1"``, see
@@ -398,8 +403,10 @@ def track(view: Any) -> Any:
 
 
 def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
-    """Rebuilds the object ``pack()`` pickled into ``payload``, over read-only
-    zero-copy views of its blocks (kept alive by the objects built on them).
+    """Rebuilds the object ``pack()`` pickled into ``payload``, over zero-copy,
+    copy-on-write views of its blocks (kept alive by the objects built on
+    them): writable where the sender's buffer was, and writes stay in this
+    process, in the view written to (each unpack() gets views of its own).
 
     ``arena``: the arena the payload was packed with (it is attached by name
     if None or another one). ``adopt``: take over the payload's references
@@ -416,7 +423,10 @@ def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
     try:
         for arena_index, kind, block, offset, length in entries:
             if kind == BUFFER:
-                view = arenas[arena_index].view(block, adopt=adopt, readonly=True, offset=offset, length=length)
+                # Copy-on-write: writable as a pickle's copy, copied only where written.
+                view = arenas[arena_index].view(
+                    block, adopt=adopt, copy_on_write=True, offset=offset, length=length
+                )
                 buffers.append(track(view))
             made += 1
         return pickle.loads(pickled, buffers=buffers)
