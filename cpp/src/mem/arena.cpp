@@ -485,14 +485,17 @@ PrivateMapping SharedArena::map_private(const Block& b, std::size_t offset, std:
   if (start + mapped > segment_bytes) throw std::invalid_argument("block descriptor lies outside its segment");
   UniqueFd owned;  // a dedicated segment's descriptor, closed once mapped
   const int fd = segment_fd(b, segment_bytes, owned);
-  void* base;
+  void* base = MAP_FAILED;
   if (fd >= 0) {
     // MAP_PRIVATE: writes never reach the file, so a read-only descriptor will do.
     base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, static_cast<off_t>(start));
     const int err = errno;
-    if (base == MAP_FAILED)
+    // ENOMEM: most likely out of mappings (vm.max_map_count; each window is one):
+    // copy instead, into anonymous memory the kernel merges with its neighbours.
+    if (base == MAP_FAILED && err != ENOMEM)
       throw_errno("mmap copy-on-write " + std::to_string(mapped) + " bytes of arena '" + name() + "'", err);
-  } else {
+  }
+  if (base == MAP_FAILED) {
     base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     const int err = errno;
     if (base == MAP_FAILED) throw_errno("mmap " + std::to_string(mapped) + " bytes for a private copy", err);

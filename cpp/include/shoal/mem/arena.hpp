@@ -107,7 +107,8 @@ class PrivateMapping {
   std::size_t size() const { return size_; }
   bool valid() const { return base_ != nullptr; }
   // True when the window had to be copied instead of mapped: the segment's
-  // name was gone (the owner closed the arena) before this process opened it.
+  // name was gone (the owner closed the arena) before this process opened it,
+  // or the mapping failed with ENOMEM.
   bool copied() const { return copied_; }
   // Unmaps now. Idempotent.
   void reset() noexcept;
@@ -190,8 +191,9 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // data()), and keeps one while it uses the mapping. The pages enclosing the
   // window are mapped from the block's segment, opened again by name
   // read-only (a pooled segment's descriptor is kept for later windows);
-  // should the name be gone already (the owner closed the arena), the window
-  // is copied into private memory instead. Throws std::invalid_argument for a
+  // should the name be gone already (the owner closed the arena), or the
+  // mapping fail for want of memory or mappings (vm.max_map_count: each live
+  // window is a mapping), the window is copied into private memory instead. Throws std::invalid_argument for a
   // window outside the block, std::logic_error without a reference here,
   // std::system_error if the mapping fails. An empty window maps nothing
   // (an invalid PrivateMapping).
