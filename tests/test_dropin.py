@@ -483,3 +483,20 @@ def test_manager_proxies_reach_spawned_workers(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_script_without_main_guard_breaks_the_pool_with_a_clear_error(tmp_path):
+    # As the stdlib's spawn: a fresh worker interpreter imports the script, which
+    # would start a pool again. The pool breaks saying so; nothing hangs.
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import os, shoal
+        try:
+            with shoal.Executor(1, start_method="spawn") as ex:
+                ex.submit(os.getpid).result(timeout=60)
+        except shoal.BrokenPoolError as exc:
+            print("BROKEN", "could not import the main module" in str(exc), "proper idiom" in str(exc))
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert "BROKEN True True" in out.stdout, out.stdout + out.stderr

@@ -83,3 +83,22 @@ def test_a_forked_child_cannot_use_its_parents_pool_and_takes_nothing(no_leaks):
         assert answer.startswith("refused") and "forked" in answer, answer
         assert child.exitcode == 0
         assert [f.result(timeout=60) for f in futures] == list(range(2000))  # the parent lost nothing
+
+
+def _exit_in_callback(_fut):
+    raise SystemExit(3)
+
+
+def test_a_done_callback_raising_system_exit_does_not_stop_later_results(no_leaks):
+    with shoal.Executor(2) as ex:
+        first = ex.submit(tasks.sleep_then, 1, 0.2)
+        first.add_done_callback(_exit_in_callback)
+        import concurrent.futures as cf
+
+        cf.wait([first], timeout=60)  # not result(): the result thread delivers it, and runs the callback
+        assert first.result(timeout=60) == 1
+        later = [ex.submit(tasks.square, i) for i in range(100)]
+        assert [f.result(timeout=60) for f in later] == [i * i for i in range(100)]
+    with shoal.Pool(2) as pool:
+        pool.apply_async(tasks.sleep_then, (1, 0.1), callback=lambda _: (_ for _ in ()).throw(SystemExit(4)))
+        assert pool.map(tasks.square, range(50)) == [i * i for i in range(50)]

@@ -243,7 +243,13 @@ def main(args: list[str]) -> None:
 
     mode, segment, owner_pid, config_json, *rest = args
     config = json.loads(config_json)
-    prepare_main(config["main"])
+    try:
+        prepare_main(config["main"])
+    except BaseException as exc:  # noqa: BLE001 - each worker reports it: the pool breaks with this text
+        import traceback
+
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        config["startup_error"] = f"a worker could not import the main module ({sys.argv[0]!r}):\n{text}"
     if mode == "forkserver":
         _preload(config)
         slot, segment = _core.serve_forks(3)  # returns in each forked worker

@@ -124,7 +124,7 @@ def _run_handler(handler: Handler, status: int, run_ns: int, payload: bytes) -> 
     into whichever thread happens to deliver (the result thread, or a waiter)."""
     try:
         handler(status, run_ns, payload)
-    except Exception:  # noqa: BLE001
+    except (Exception, SystemExit):  # noqa: BLE001 - Ctrl-C in the caller's own thread still goes up
         _report_handler_failure()
 
 
@@ -132,6 +132,7 @@ def _report_handler_failure() -> None:
     import traceback
 
     traceback.print_exc()
+    log.error("a result callback raised; the pool goes on", exc_info=True)
 
 
 def default_workers() -> int:
@@ -448,8 +449,16 @@ class Runtime:
 
     def _collect(self) -> None:
         engine = self._engine
+        backoff = 0.0
         while True:
-            batch = engine.collect(None)
+            try:
+                batch = engine.collect(None)
+                backoff = 0.0
+            except Exception:  # noqa: BLE001 - this thread must outlive any fault, or waiters hang
+                log.exception("shoal's result thread could not collect results; retrying")
+                backoff = min(1.0, backoff * 2 or 0.01)
+                time.sleep(backoff)
+                continue
             if batch is None:
                 # Every worker is gone: the arena's names go too (blocks that
                 # results still use stay mapped until those objects die).
@@ -461,7 +470,7 @@ class Runtime:
                 if handler is not None:
                     try:  # as _run_handler, without a call per result
                         handler(status, run_ns, payload)
-                    except Exception:  # noqa: BLE001
+                    except BaseException:  # noqa: BLE001 - SystemExit from a callback must not end this thread
                         _report_handler_failure()
                 elif status == LOG:
                     log.log(run_ns, "%s", payload.decode(errors="replace"))

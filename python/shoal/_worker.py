@@ -154,7 +154,7 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def serve(segment: str, slot: int, arena: str) -> None:
+def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
     """Run tasks from the pool's ring until the pool closes it (at shutdown, or
     when this worker has used up max_tasks_per_child)."""
     global _worker_id, _arena
@@ -175,6 +175,10 @@ def serve(segment: str, slot: int, arena: str) -> None:
     sys.stdout = _text_stream(1)
     sys.stderr = _text_stream(2)
     endpoint = _core.WorkerEndpoint(segment, slot)
+    if startup_error:  # the interpreter could not become a worker: the pool breaks, saying why
+        endpoint.send_init_failed(startup_error)
+        sys.stdout.flush()
+        os._exit(3)
     functions: dict[int, Callable[..., Any]] = {}
     while True:
         frame = endpoint.recv()
@@ -204,7 +208,7 @@ def serve(segment: str, slot: int, arena: str) -> None:
 
 def main(segment: str, slot: int, config: dict) -> None:
     try:
-        serve(segment, slot, config["arena"])
+        serve(segment, slot, config["arena"], config.get("startup_error", ""))
     finally:
         util = sys.modules.get("multiprocessing.util")
         if util is not None:  # as multiprocessing's children: mp.Queue feeders flush, finalizers run
