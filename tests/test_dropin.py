@@ -500,3 +500,16 @@ def test_a_script_without_main_guard_breaks_the_pool_with_a_clear_error(tmp_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert "BROKEN True True" in out.stdout, out.stdout + out.stderr
+
+
+def test_future_is_running_while_its_task_runs(no_leaks):
+    import time
+
+    with shoal.Executor(1) as ex:
+        fut = ex.submit(tasks.sleep_then, 1, 2.0)
+        deadline = time.monotonic() + 60
+        while not fut.running() and not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fut.running() or fut.done()
+        assert fut.result(timeout=60) == 1
+        assert not fut.running()

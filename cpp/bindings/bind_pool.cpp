@@ -131,6 +131,7 @@ void bind_pool(nb::module_& m) {
           nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0,
           nb::arg("timeout") = 0.0)
       .def("cancel", &Engine::cancel)
+      .def("queued", &Engine::queued, "Whether the job waits in the queue (no worker holds it yet).")
       .def("collect", &collect, nb::arg("timeout") = nb::none(),
            "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")
       .def("wait_for", &wait_for, nb::arg("job_id"), nb::arg("timeout") = nb::none(),

@@ -144,6 +144,15 @@ class Future(futures.Future):
             return timeout
         return self._runtime.wait_for_job(self._job_id, timeout)
 
+    def running(self) -> bool:
+        """True while a worker holds the task (it left the queue, as the
+        stdlib's future turns running when it is handed to a worker)."""
+        if self._state == PENDING and self._job_id and not self._runtime.queued(self._job_id):
+            with self._condition:
+                if self._state == PENDING:
+                    self._state = RUNNING
+        return self._state == RUNNING
+
     def cancel(self) -> bool:
         with self._condition:
             if self._state == CANCELLED or self._state == CANCELLED_AND_NOTIFIED:

@@ -437,6 +437,10 @@ class Runtime:
                 _run_handler(handler, *got)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
+    def queued(self, job_id: int) -> bool:
+        """Whether the job still waits for a worker."""
+        return self._engine.queued(job_id)
+
     def cancel(self, job_id: int) -> bool:
         if self._engine.cancel(job_id):
             handler = self._handlers.pop(job_id, None)

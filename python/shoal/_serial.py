@@ -71,6 +71,9 @@ class SerialRuntime:
     def cancel(self, job_id: int) -> bool:
         return False  # every job has already run
 
+    def queued(self, job_id: int) -> bool:
+        return False
+
     def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
         return timeout  # every job has already run
 

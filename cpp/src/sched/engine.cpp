@@ -173,6 +173,11 @@ bool Engine::cancel(uint64_t job_id) {
   return pending_ids_.erase(job_id) > 0;
 }
 
+bool Engine::queued(uint64_t job_id) const {
+  std::lock_guard lk(mu_);
+  return pending_ids_.count(job_id) > 0;
+}
+
 bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) {
   // The collecting thread drains the outboxes and hands out work itself, as
   // wait_for() does, so a stream of results reaches it without a hop through

@@ -94,6 +94,9 @@ class Engine {
                      double timeout_s = 0);
   // Removes a job that no worker holds yet; false if it already left the queue.
   bool cancel(uint64_t job_id);
+  // Whether the job still waits in the queue (no worker holds it yet): the
+  // stdlib's "pending" as against "running".
+  bool queued(uint64_t job_id) const;
 
   // Waits for finished jobs and moves them all into `out`. Returns false once
   // the engine has stopped and nothing is left to collect.
