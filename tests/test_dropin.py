@@ -6,6 +6,7 @@ import functools
 import multiprocessing
 import multiprocessing.pool
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -130,8 +131,9 @@ def test_pool_unpicklable_result_is_maybe_encoding_error(no_leaks):
 
 def test_system_exit_while_pickling_a_result_fails_that_task_only(no_leaks):
     with shoal.Executor(1) as ex:
-        with pytest.raises(SystemExit):  # the exception the task's result raised, as a value
+        with pytest.raises(pickle.PicklingError) as info:  # never a SystemExit in the caller
             ex.submit(tasks.exits_when_pickled).result(timeout=60)
+        assert "SystemExit(7)" in str(info.value)
         assert ex.submit(tasks.square, 3).result(timeout=60) == 9
 
 

@@ -75,7 +75,7 @@ class Future(futures.Future):
         if status == OK and payload.startswith(PICKLE_PROTOCOL_5):
             try:  # a plain pickled value, the common case: without decode()'s calls
                 ok, value = True, loads(payload)
-            except Exception:  # noqa: BLE001 - decode() says what went wrong
+            except BaseException:  # noqa: BLE001 - decode() says what went wrong (SystemExit included)
                 ok, value = decode(status, payload)
         else:
             ok, value = decode(status, payload)

@@ -27,7 +27,7 @@ from ._oob import pack, pack_call, release, unpack
 from ._serialize import by_reference, dumps, dumps_callable, loads_exception
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
-from ._serialize import transfer_error
+from ._serialize import as_pickling_error, transfer_error
 
 # Job statuses, as in cpp/include/shoal/sched/protocol.hpp.
 OK, ERROR, WORKER_LOST, CANCELLED, BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = range(8)
@@ -408,8 +408,8 @@ class Runtime:
             payload = pack_call(args, kwargs, self._arena)
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the pickler's error, for the caller's result
-            handler(INLINE_ERROR, 0, exc)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the pickler's error, for the caller's result
+            handler(INLINE_ERROR, 0, as_pickling_error(exc))
             return 0
         return self.submit_as(fn_id, CALL, payload, handler, retries, timeout)
 
@@ -629,6 +629,7 @@ class MapFeed:
         self._refilling = False
         self._completion_reported = False
         self._abandoned = False  # nobody will read the results: discard them as they come
+        self._stalled: Optional[list] = None  # a chunk read but waiting for room in the arena
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
@@ -678,12 +679,12 @@ class MapFeed:
     def wait_read(self) -> None:
         """Waits until every input item is submitted (or the map was closed)."""
         with self._cond:
-            while not (self._exhausted or self._closed):
+            while not ((self._exhausted and self._stalled is None) or self._closed):
                 self._cond.wait(0.1)
 
     def _report_if_complete(self) -> None:
         with self._cond:
-            if self._completion_reported or not (self._exhausted and not self._in_flight):
+            if self._completion_reported or not (self._exhausted and self._stalled is None and not self._in_flight):
                 return
             self._completion_reported = True
         done = getattr(self._runtime, "_feed_done", None)
@@ -719,31 +720,26 @@ class MapFeed:
             self._refilling = False
 
     def _refill_loop(self) -> None:
-        while not self._exhausted and not self._closed and len(self._in_flight) < self._max_in_flight:
+        while (self._stalled is not None or not self._exhausted) and not self._closed and len(self._in_flight) < self._max_in_flight:
             if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
                 return  # the consumer is behind: stop reading ahead
-            size = self._chunk_size()
-            chunk: list = []
+            chunk, self._stalled = self._stalled, None
+            if chunk is None:
+                chunk = self._read_chunk()
+                if not chunk:
+                    self._cond.notify_all()
+                    return
             try:
-                chunk.extend(islice(self._items, size))  # keeps the items read before a failure
-            except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
-                self._input_error = exc
-                self._exhausted = True
-                if self._abandoned:
-                    log.error("the input of an unread map failed: %r", exc, exc_info=exc)
-            if len(chunk) < size:
-                self._exhausted = True
-            if not chunk:
-                self._cond.notify_all()
-                return
-            index = self._next_chunk
-            self._next_chunk += 1
-            if self._remaining is not None:
-                self._remaining -= len(chunk)
-            self._held_items += len(chunk)
-            start = self._items_read
-            self._items_read += len(chunk)
-            payload = self._runtime.pack_chunk(chunk)
+                payload = self._runtime.pack_chunk(chunk)
+            except MemoryError:
+                if self._in_flight:  # the arena is full of this map's own chunks: wait for one to finish
+                    self._stalled = chunk
+                    return
+                raise  # not even one chunk fits: the caller hears of it (as with submit)
+            except BaseException as exc:  # noqa: BLE001 - an item that cannot be pickled fails its chunk
+                self._fail_chunk(chunk, as_pickling_error(exc))
+                continue
+            index, start = self._file_chunk(chunk)
             if type(payload) is bytes:  # the serial runtime hands over the list itself
                 self._note_size(len(payload), len(chunk))
             self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
@@ -766,6 +762,45 @@ class MapFeed:
                 return
             if index in self._in_flight:
                 self._in_flight[index] = job_id
+
+    def _read_chunk(self) -> list:
+        size = self._chunk_size()
+        chunk: list = []
+        try:
+            chunk.extend(islice(self._items, size))  # keeps the items read before a failure
+        except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
+            self._input_error = exc
+            self._exhausted = True
+            if self._abandoned:
+                log.error("the input of an unread map failed: %r", exc, exc_info=exc)
+        if len(chunk) < size:
+            self._exhausted = True
+        return chunk
+
+    def _file_chunk(self, chunk: list) -> tuple[int, int]:
+        """Numbers a chunk about to be submitted: (chunk index, index of its first item)."""
+        index = self._next_chunk
+        self._next_chunk += 1
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        self._held_items += len(chunk)
+        start = self._items_read
+        self._items_read += len(chunk)
+        return index, start
+
+    def _fail_chunk(self, chunk: list, error: BaseException) -> None:
+        """Every item of ``chunk`` fails with ``error`` (as the stdlib fails each
+        future whose arguments it could not pickle); the map goes on."""
+        index, start = self._file_chunk(chunk)
+        count = len(chunk)
+        failures = {i: error for i in range(count)}
+        if self._abandoned:
+            log.error("items of an unread map could not be pickled: %r", error)
+        elif self._gathered is not None:
+            self._gather(start, [None] * count, failures)
+        else:
+            self._finished[index] = ([None] * count, failures, count)
+        self._cond.notify_all()
 
     def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
         if status == OK and count:

@@ -196,6 +196,17 @@ def loads_exception(payload: bytes) -> BaseException:
     return exc
 
 
+def as_pickling_error(error: BaseException) -> BaseException:
+    """``error`` if it is an Exception; a SystemExit or KeyboardInterrupt that
+    a ``__reduce__`` raised becomes a PicklingError (its ``__cause__``), so it
+    never stops the thread that receives it as such."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = pickle.PicklingError(f"pickling raised {error!r}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 def transfer_error(what: str, error: BaseException) -> BaseException:
     """The TransferError for ``what`` (e.g. "the task's arguments") failing to unpickle with ``error``."""
     wrapped = TransferError(f"{what} could not be unpickled: {type(error).__name__}: {error}", error)

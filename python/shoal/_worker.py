@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from . import _core
 from ._oob import PROTOCOL, SCALAR_TYPES, pack, pin_arenas, unpack
-from ._serialize import PICKLE_PROTOCOL_5, dumps_exception, loads, transfer_error
+from ._serialize import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
 
 # Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
 DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
@@ -139,6 +139,7 @@ def _pickled_result(result: Any) -> tuple[int, bytes]:
     try:
         return OK, pack(result, _arena, what="result")
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too: it fails this task only
+        exc = as_pickling_error(exc)
         try:
             exc.shoal_unpicklable_result = _short_repr(result)  # type: ignore[attr-defined] # for Pool's MaybeEncodingError
         except Exception:  # noqa: BLE001 - an exception that takes no attributes
