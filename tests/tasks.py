@@ -277,3 +277,11 @@ def boxed(x):
 
 def pid_of(_=None):
     return os.getpid()
+
+
+def leave_a_pool_open(_=None):
+    """A task that starts a pool of its own and never shuts it down."""
+    inner = shoal.Executor(1)
+    inner.submit(square, 2).result(timeout=60)
+    _state["inner"] = inner  # kept alive until the worker exits
+    return os.getpid()

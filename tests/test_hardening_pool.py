@@ -102,3 +102,14 @@ def test_a_done_callback_raising_system_exit_does_not_stop_later_results(no_leak
     with shoal.Pool(2) as pool:
         pool.apply_async(tasks.sleep_then, (1, 0.1), callback=lambda _: (_ for _ in ()).throw(SystemExit(4)))
         assert pool.map(tasks.square, range(50)) == [i * i for i in range(50)]
+
+
+def test_a_pool_left_open_inside_a_worker_is_cleaned_up_when_the_worker_exits(no_leaks):
+    import re
+
+    with shoal.Executor(1, max_tasks_per_child=1) as ex:
+        worker = ex.submit(tasks.leave_a_pool_open).result(timeout=60)
+        ex.submit(tasks.square, 1).result(timeout=60)  # the first worker has exited by now
+    def left():
+        return [n for n in os.listdir("/dev/shm") if re.match(rf"shoal-(lock-)?{worker}-", n)]
+    assert _wait_until(lambda: not left()), f"the worker's inner pool left {left()}"

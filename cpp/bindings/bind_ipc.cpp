@@ -40,6 +40,9 @@ nb::bytes pop_into_bytes(SpscRing& ring) {
 }  // namespace
 
 void bind_ipc(nb::module_& m) {
+  m.def("release_owner_token", &segment_detail::release_owner_token,
+        "Unlink and close this process's shared-memory owner token (what a normal exit does; pool "
+        "workers, which end with os._exit, call it themselves).");
   nb::class_<SharedSegment>(m, "SharedSegment",
                             "A POSIX shared-memory segment. Create one with a size, or attach by name.")
       .def_static("create", &SharedSegment::create, nb::arg("size"),

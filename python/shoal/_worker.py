@@ -211,13 +211,26 @@ def main(segment: str, slot: int, config: dict) -> None:
     try:
         serve(segment, slot, config["arena"], config.get("startup_error", ""))
     finally:
-        util = sys.modules.get("multiprocessing.util")
-        if util is not None:  # as multiprocessing's children: mp.Queue feeders flush, finalizers run
-            try:
-                util._exit_function()
-            except Exception:  # noqa: BLE001 - exiting anyway
-                pass
+        _exit_hooks()
         sys.stdout.flush()
         sys.stderr.flush()
-    # Skip interpreter teardown: nothing is left to clean and it can be slow.
+    # Skip interpreter teardown: the hooks above did what it would have to.
     os._exit(0)
+
+
+def _exit_hooks() -> None:
+    """What interpreter exit would run that matters to others: pools a task
+    left open are shut down and their shared-memory names removed (shoal's
+    own exit hooks), and multiprocessing's finalizers run (mp.Queue feeders
+    flush), as in multiprocessing's children."""
+    from . import _oob, _runtime
+
+    hooks = [_runtime._stop_live_runtimes, _oob._at_exit, _core.release_owner_token]
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        hooks.append(util._exit_function)
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
