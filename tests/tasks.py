@@ -285,3 +285,13 @@ def leave_a_pool_open(_=None):
     inner.submit(square, 2).result(timeout=60)
     _state["inner"] = inner  # kept alive until the worker exits
     return os.getpid()
+
+
+def four_mib(i):
+    import numpy as np
+
+    return np.full(512 * 1024, i, dtype=np.float64)
+
+
+def first_value(a):
+    return float(a[0])

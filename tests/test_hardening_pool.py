@@ -113,3 +113,15 @@ def test_a_pool_left_open_inside_a_worker_is_cleaned_up_when_the_worker_exits(no
     def left():
         return [n for n in os.listdir("/dev/shm") if re.match(rf"shoal-(lock-)?{worker}-", n)]
     assert _wait_until(lambda: not left()), f"the worker's inner pool left {left()}"
+
+
+def test_maps_never_fail_for_the_arena_limit_while_one_item_fits(no_leaks):
+    import numpy as np
+
+    with shoal.Executor(2, shm_limit="16MB") as ex:  # room for three 4 MiB buffers
+        results = ex.map(tasks.four_mib, range(40))  # 160 MiB of results, read lazily
+        assert [float(a[0]) for a in results] == [float(i) for i in range(40)]
+        arrays = [np.full(512 * 1024, i, dtype=np.float64) for i in range(40)]
+        assert list(ex.map(tasks.first_value, arrays)) == [float(i) for i in range(40)]
+    with shoal.Pool(2, shm_limit="16MB") as pool:
+        assert [float(a[0]) for a in pool.map(tasks.four_mib, range(40))] == [float(i) for i in range(40)]

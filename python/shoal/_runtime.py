@@ -418,7 +418,10 @@ class Runtime:
         """The largest payload that travels inside a ring frame (larger ones are spilled)."""
         return self._engine.inline_payload_limit
 
-    def pack_chunk(self, chunk: list) -> bytes:
+    def pack_chunk(self, chunk: list, inband: bool = False) -> bytes:
+        """A map chunk's payload; ``inband``: its buffers inside the pickle (the arena is full)."""
+        if inband:
+            return pack(chunk, self._arena, threshold=sys.maxsize, what="map item")
         return pack(chunk, self._arena, what="map item")
 
     def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
@@ -730,13 +733,14 @@ class MapFeed:
                     self._cond.notify_all()
                     return
             try:
-                payload = self._runtime.pack_chunk(chunk)
-            except MemoryError:
-                if self._in_flight:  # the arena is full of this map's own chunks: wait for one to finish
-                    self._stalled = chunk
-                    return
-                raise  # not even one chunk fits: the caller hears of it (as with submit)
-            except BaseException as exc:  # noqa: BLE001 - an item that cannot be pickled fails its chunk
+                try:
+                    payload = self._runtime.pack_chunk(chunk)
+                except MemoryError:
+                    if self._in_flight:  # the arena is full of this map's own chunks: wait for one to finish
+                        self._stalled = chunk
+                        return
+                    payload = self._runtime.pack_chunk(chunk, inband=True)  # slower, but it goes
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - an item that cannot be pickled fails its chunk
                 self._fail_chunk(chunk, as_pickling_error(exc))
                 continue
             index, start = self._file_chunk(chunk)

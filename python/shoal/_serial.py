@@ -38,7 +38,7 @@ class SerialRuntime:
         pass
 
     @staticmethod
-    def pack_chunk(chunk: list) -> list:
+    def pack_chunk(chunk: list, inband: bool = False) -> list:
         return chunk
 
     def submit(self, fn, tag: int, payload: Any, handler, retries: int = 0, timeout: Optional[float] = None) -> int:

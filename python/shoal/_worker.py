@@ -137,7 +137,10 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
 
 def _pickled_result(result: Any) -> tuple[int, bytes]:
     try:
-        return OK, pack(result, _arena, what="result")
+        try:
+            return OK, pack(result, _arena, what="result")
+        except MemoryError:  # the arena is full (unread results, other maps): in the pickle instead
+            return OK, pack(result, _arena, threshold=sys.maxsize, what="result")
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too: it fails this task only
         exc = as_pickling_error(exc)
         try:
