@@ -141,6 +141,17 @@ void bind_pool(nb::module_& m) {
            nb::call_guard<nb::gil_scoped_release>())
       .def("terminate", &Engine::terminate, nb::call_guard<nb::gil_scoped_release>())
       .def("broken", &Engine::broken)
+      .def(
+          "_inject_fault",
+          [](Engine& e, const std::string& fault) {
+            if (fault == "lose_next_spilled_result") return e.inject_fault_for_testing(TestFault::lose_next_spilled_result);
+            if (fault == "engine_thread_throws") return e.inject_fault_for_testing(TestFault::engine_thread_throws);
+            if (fault == "supervisor_thread_throws")
+              return e.inject_fault_for_testing(TestFault::supervisor_thread_throws);
+            throw std::invalid_argument("unknown fault " + fault);
+          },
+          nb::arg("fault"),
+          "Test only: provoke 'lose_next_spilled_result', 'engine_thread_throws' or 'supervisor_thread_throws'.")
       .def("worker_pids", &Engine::worker_pids)
       .def("stats", [](const Engine& e) {
         auto s = e.stats();

@@ -4,6 +4,8 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
+#include <stdexcept>
+#include <string>
 
 #include "shoal/ipc/errors.hpp"
 
@@ -40,7 +42,49 @@ void Supervisor::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Supervisor::inject_fault_for_testing() {
+  fail_next_round_.store(true);
+  wake();
+}
+
 void Supervisor::run() {
+  // Nothing may escape this thread (it would end the process): an error here
+  // is reported as a failed event, so the engine breaks the pool with the
+  // reason instead of waiting for events that will never come.
+  std::string reason;
+  try {
+    serve();
+    return;
+  } catch (const std::exception& e) {
+    reason = e.what();
+  } catch (...) {
+    reason = "unknown exception";
+  }
+  try {
+    sink_({ProcessEvent::Type::failed, 0, -1, 0, {},
+           "internal error on the pool's supervisor thread (" + reason +
+               "); workers can no longer be started or watched"});
+  } catch (...) {  // the owner cannot even take the event (out of memory): nothing more to do
+  }
+  // Until stopped: the launcher's workers go with it then.
+  for (;;) {
+    {
+      std::lock_guard lk(mu_);
+      if (stopping_) break;
+    }
+    pollfd p{wake_fd_.get(), POLLIN, 0};
+    if (poll(&p, 1, 1000) > 0) {
+      uint64_t n;
+      (void)!read(wake_fd_.get(), &n, sizeof n);
+    }
+  }
+  try {
+    launcher_->stop();
+  } catch (...) {  // the launcher's destructor tries again
+  }
+}
+
+void Supervisor::serve() {
   std::vector<ProcessEvent> events;
   for (;;) {
     std::vector<uint32_t> requests;
@@ -54,6 +98,7 @@ void Supervisor::run() {
       launcher_->stop();
       return;
     }
+    if (fail_next_round_.exchange(false)) throw std::runtime_error("fault injected by a test");
     for (uint32_t slot : requests) launcher_->spawn(slot, events);
     for (const auto& e : events) sink_(e);
     events.clear();

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <stdexcept>
 
 #include "shoal/ipc/errors.hpp"
 
@@ -413,67 +415,95 @@ void Engine::run() {
     return away_since == 0 || monotonic_ns() - away_since > kCollectorHandOffNs;
   };
   bool busy = false;  // jobs queued or running, as of the last round
+  // Nothing may escape this thread (it would end the process). An error in
+  // a round breaks the pool with its reason (every job fails, every waiter
+  // wakes) and the pool stops; a second one ends the loop at once.
+  bool faulted = false;
   for (;;) {
-    const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
-    Clock::duration tick = limits ? kLimitTick : kEngineTick;
-    // No polling here: this thread serves throughput (a caller waiting for
-    // one result drains the outboxes itself, in wait_for), and on a machine
-    // with few cores a poll takes CPU from the workers and the caller.
-    if (results_are_mine()) {
-      // The workers' doorbell wakes this thread for results.
-      bell.wait_until([&] { return events_pending_.load() || any_outbox_readable() || !results_are_mine(); },
-                      Deadline::after(tick), /*poll=*/false);
-    } else {
-      // Other threads take the results; sleeping on the doorbell would wake
-      // this thread for every one of them. Its own bell rings for process
-      // events and when the last result waiter leaves results behind; while
-      // work is under way it also looks every hand-off period, in case a
-      // collector stays away (a slow callback) and workers run dry.
-      if (busy) tick = std::min<Clock::duration>(tick, kCollectorHandOff);
-      engine_bell_.wait_until([&] { return events_pending_.load() || (results_are_mine() && any_outbox_readable()); },
-                              Deadline::after(tick), /*poll=*/false);
-    }
-    lk.lock();
-    const uint64_t completed_before = stats_.completed;
-    events_pending_ = false;
-    handle_events_locked();
-    if (results_are_mine()) drain_outboxes_locked();
-    if (limits) enforce_limits_locked();
-    dispatch_locked();
-    busy = !idle_locked();
-
-    if (closing_ && !stopping_ && idle_locked()) {
-      stopping_ = true;
-      for (auto& s : slots_) {
-        if (s.state == SlotState::dead) continue;
-        s.inbox.close();  // the worker drains its inbox, then exits
-        s.state = SlotState::stopping;
+    try {
+      const bool limits = timeouts_used_ || options_.memory_hard_limit || options_.memory_soft_limit;
+      Clock::duration tick = limits ? kLimitTick : kEngineTick;
+      // No polling here: this thread serves throughput (a caller waiting for
+      // one result drains the outboxes itself, in wait_for), and on a machine
+      // with few cores a poll takes CPU from the workers and the caller.
+      if (results_are_mine()) {
+        // The workers' doorbell wakes this thread for results.
+        bell.wait_until([&] { return events_pending_.load() || any_outbox_readable() || !results_are_mine(); },
+                        Deadline::after(tick), /*poll=*/false);
+      } else {
+        // Other threads take the results; sleeping on the doorbell would wake
+        // this thread for every one of them. Its own bell rings for process
+        // events and when the last result waiter leaves results behind; while
+        // work is under way it also looks every hand-off period, in case a
+        // collector stays away (a slow callback) and workers run dry.
+        if (busy) tick = std::min<Clock::duration>(tick, kCollectorHandOff);
+        engine_bell_.wait_until([&] { return events_pending_.load() || (results_are_mine() && any_outbox_readable()); },
+                                Deadline::after(tick), /*poll=*/false);
       }
+      lk.lock();
+      if (throw_next_round_.exchange(false)) throw std::runtime_error("fault injected by a test");
+      const uint64_t completed_before = stats_.completed;
+      events_pending_ = false;
+      handle_events_locked();
+      if (results_are_mine()) drain_outboxes_locked();
+      if (limits) enforce_limits_locked();
+      dispatch_locked();
+      busy = !idle_locked();
+
+      if (closing_ && !stopping_ && idle_locked()) {
+        stopping_ = true;
+        for (auto& s : slots_) {
+          if (s.state == SlotState::dead) continue;
+          s.inbox.close();  // the worker drains its inbox, then exits
+          s.state = SlotState::stopping;
+        }
+      }
+      if (stopping_) {
+        if (!stop_deadline) stop_deadline = Clock::now() + kStopGrace;
+        bool all_dead = std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.state == SlotState::dead; });
+        if (all_dead) break;
+        // Nobody reports exits any more (the launcher gave up, or the
+        // supervisor failed): what is left is killed now.
+        if (launcher_failed_) break;
+        if (Clock::now() > *stop_deadline) break;  // the launcher kills what is left
+      }
+      const bool announce = stats_.completed != completed_before;
+      lk.unlock();
+      if (announce) announce_completions();
+    } catch (const std::exception& e) {
+      if (!lk.owns_lock()) lk.lock();
+      thread_fault_locked("engine", e.what());
+      if (faulted) break;
+      faulted = true;
+      lk.unlock();
+    } catch (...) {
+      if (!lk.owns_lock()) lk.lock();
+      thread_fault_locked("engine", "unknown exception");
+      if (faulted) break;
+      faulted = true;
+      lk.unlock();
     }
-    if (stopping_) {
-      if (!stop_deadline) stop_deadline = Clock::now() + kStopGrace;
-      bool all_dead = std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.state == SlotState::dead; });
-      if (all_dead) break;
-      if (Clock::now() > *stop_deadline) break;  // the launcher kills what is left
-    }
-    const bool announce = stats_.completed != completed_before;
-    lk.unlock();
-    if (announce) announce_completions();
   }
   // Leftover workers (stuck past the grace period) are killed by the launcher.
-  for (auto& s : slots_)
-    if (s.state != SlotState::dead) kill_worker(s.pidfd, s.pid);
-  lk.unlock();
-  supervisor_->stop();
-  lk.lock();
-  layout_.unlink();
-  for (auto& s : slots_) {
-    for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
-    s.in_flight.clear();
-    s.state = SlotState::dead;
-    s.pid = 0;
-    s.pidfd.reset();
+  try {
+    for (auto& s : slots_)
+      if (s.state != SlotState::dead) kill_worker(s.pidfd, s.pid);
+    lk.unlock();
+    supervisor_->stop();
+    lk.lock();
+    layout_.unlink();
+    for (auto& s : slots_) {
+      for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
+      s.in_flight.clear();
+      s.state = SlotState::dead;
+      s.pid = 0;
+      s.pidfd.reset();
+    }
+  } catch (const std::exception& e) {
+    if (!lk.owns_lock()) lk.lock();
+    thread_fault_locked("engine", e.what());
   }
+  // Whatever happened, collectors and waiters learn that the engine stopped.
   stopped_ = true;
   lk.unlock();
   announce_completions();
@@ -495,6 +525,19 @@ void Engine::handle_events_locked() {
   std::vector<ProcessEvent> events;
   events.swap(events_);
   for (const auto& e : events) {
+    if (e.type == ProcessEvent::Type::failed) {
+      // The launcher gave up (a fork server that keeps dying) or the
+      // supervisor thread failed: no worker can be started or watched.
+      launcher_failed_ = true;
+      log_locked(LogLevel::error, e.reason);
+      if (!broken_) fail_everything_locked(e.reason);
+      continue;
+    }
+    if (e.slot >= slots_.size()) {
+      log_locked(LogLevel::warning, "ignored a process event for slot " + std::to_string(e.slot) +
+                                        ", which this pool does not have");
+      continue;
+    }
     Slot& s = slots_[e.slot];
     switch (e.type) {
       case ProcessEvent::Type::spawned:
@@ -509,6 +552,8 @@ void Engine::handle_events_locked() {
         break;
       case ProcessEvent::Type::exited:
         if (s.pid == e.pid) handle_exit_locked(e.slot, e.pid, e.wait_status);
+        break;
+      case ProcessEvent::Type::failed:
         break;
     }
   }
@@ -526,9 +571,20 @@ void Engine::start_slot_locked(uint32_t slot) {
   s.completed = 0;
   s.retired = false;
   if (!options_.init_payload.empty()) {
-    Blob init(options_.init_payload);
-    push_frame_locked(s, FrameHeader{Kind::initialize, 0, 0, 0}, &init);
-    init.hand_over_spill();  // the worker reads it once at start-up, then unlinks it
+    try {
+      Blob init(options_.init_payload);
+      push_frame_locked(s, FrameHeader{Kind::initialize, 0, 0, 0}, &init);
+      init.hand_over_spill();  // the worker reads it once at start-up, then unlinks it
+    } catch (const std::exception& e) {
+      // Every worker needs it (a spill segment that cannot be made: out of
+      // descriptors or memory): no worker can start.
+      s.state = SlotState::dead;
+      const std::string reason =
+          std::string("the pool's initializer could not be handed to a new worker: ") + e.what();
+      log_locked(LogLevel::error, reason);
+      if (!broken_) fail_everything_locked(reason);
+      return;
+    }
   }
   supervisor_->request_spawn(slot);
 }
@@ -609,8 +665,20 @@ void Engine::drain_outbox_locked(uint32_t slot) {
       return;
     }
     if (h.tag & proto::kSpilled) {
-      payload = take_spilled(payload, true);
       h.tag &= ~proto::kSpilled;
+      if (lose_next_spill_) {  // TestFault::lose_next_spilled_result: as another process's cleanup would
+        lose_next_spill_ = false;
+        shm_unlink(("/" + payload).c_str());
+      }
+      try {
+        payload = take_spilled(payload, true);
+      } catch (const std::exception& e) {
+        // Gone (removed by another process), truncated, or too big for
+        // this process's memory: the frame is consumed, its job is not lost.
+        spilled_payload_lost_locked(slot, h, payload, e.what());
+        if (h.kind == Kind::init_failed) return;
+        continue;
+      }
     }
     if (h.kind == Kind::init_failed) {
       fail_everything_locked(payload);
@@ -632,6 +700,62 @@ void Engine::drain_outbox_locked(uint32_t slot) {
         retire_locked(s);
       }
     }
+  }
+}
+
+void Engine::spilled_payload_lost_locked(uint32_t slot, const FrameHeader& h, const std::string& name,
+                                         const std::string& what) {
+  const std::string why = worker_name(slot) + " passed it in shared-memory segment '" + name +
+                          "', which could not be read: " + what;
+  if (h.kind == Kind::init_failed) {
+    fail_everything_locked("the pool's initializer failed in a worker, but its report was lost: " + why);
+    return;
+  }
+  Slot& s = slots_[slot];
+  auto it = h.kind == Kind::result
+                ? std::find_if(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == h.id; })
+                : s.in_flight.end();
+  if (it == s.in_flight.end()) {  // not a job's result, or not ours (already failed over)
+    log_locked(LogLevel::warning, "a frame from " + why + "; it was dropped");
+    return;
+  }
+  s.in_flight.erase(it);
+  ++s.completed;  // the worker did finish the task
+  failures_without_progress_ = 0;
+  const std::string message = "the task ran, but its result was lost: " + why + ". The pool goes on.";
+  log_locked(LogLevel::warning, message);
+  complete_locked(h.id, Status::worker_lost, h.arg, message);
+}
+
+void Engine::thread_fault_locked(const char* thread, const std::string& what) noexcept {
+  try {
+    const std::string reason = std::string("internal error on the pool's ") + thread + " thread (" + what +
+                               "); the pool is broken and cannot run tasks";
+    log_locked(LogLevel::error, reason);
+    if (!broken_) fail_everything_locked(reason);
+  } catch (...) {  // out of memory even for the reason: at least take no new work
+    closing_ = true;
+  }
+}
+
+void Engine::inject_fault_for_testing(TestFault fault) {
+  switch (fault) {
+    case TestFault::lose_next_spilled_result: {
+      std::lock_guard lk(mu_);
+      lose_next_spill_ = true;
+      return;
+    }
+    case TestFault::engine_thread_throws:
+      throw_next_round_.store(true);
+      {
+        std::lock_guard lk(mu_);
+        events_pending_ = true;  // so the engine thread wakes now, whatever it sleeps on
+      }
+      wake_engine_thread();
+      return;
+    case TestFault::supervisor_thread_throws:
+      supervisor_->inject_fault_for_testing();
+      return;
   }
 }
 
@@ -719,7 +843,18 @@ void Engine::dispatch_locked() {
       }
     }
     if (best < 0) return;
-    if (!send_job_locked(static_cast<uint32_t>(best), pending_.front())) {
+    bool sent;
+    try {
+      sent = send_job_locked(static_cast<uint32_t>(best), pending_.front());
+    } catch (const std::exception& e) {
+      // A payload that cannot be spilled (no descriptor or memory left for
+      // its segment): this job fails, the pool goes on.
+      const std::string message = std::string("the task could not be handed to a worker: ") + e.what();
+      log_locked(LogLevel::warning, message);
+      complete_locked(pending_.front().id, Status::broken, 0, message);
+      sent = true;
+    }
+    if (!sent) {
       full[best] = true;
       continue;
     }

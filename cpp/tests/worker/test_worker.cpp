@@ -3,7 +3,10 @@
 //   test_worker forkserver           a fork server (control socket on fd 3)
 // Job payloads: "echo:<text>" returns <text>; "pid" returns the worker's pid;
 // "die" kills the worker with SIGKILL; "die-once:<path>" dies unless <path>
-// exists (creating it first); "sleep:<ms>" sleeps, then returns "slept".
+// exists (creating it first); "sleep:<ms>" sleeps, then returns "slept";
+// "ppid" returns the parent's pid (a forked worker's: the fork server's);
+// "spill-gone" publishes a result spilled into a segment of its own whose name
+// is removed before the parent can read it (as another process's cleanup may).
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -14,6 +17,7 @@
 
 #include "shoal/ipc/errors.hpp"
 #include "shoal/proc/launcher.hpp"
+#include "shoal/sched/blob.hpp"
 #include "shoal/sched/worker_endpoint.hpp"
 
 using namespace shoal;
@@ -23,6 +27,7 @@ namespace {
 std::string run(const std::string& job) {
   if (job.starts_with("echo:")) return job.substr(5);
   if (job == "pid") return std::to_string(getpid());
+  if (job == "ppid") return std::to_string(getppid());
   if (job == "die") raise(SIGKILL);
   if (job.starts_with("die-once:")) {
     std::string path = job.substr(9);
@@ -59,6 +64,16 @@ int serve(const std::string& segment, uint32_t slot) {
       return 3;
     }
     if (h.kind != proto::Kind::job) continue;
+    if (payload == "spill-gone") {
+      std::string name;
+      {
+        Blob result(std::string(1 << 20, 'r'));
+        name = std::string(result.wire(0));
+      }  // the segment's owner unlinks it here
+      ep.send_result(h.id, static_cast<proto::Status>(static_cast<uint32_t>(proto::Status::ok) | proto::kSpilled),
+                     1000, name);
+      continue;
+    }
     ep.send_result(h.id, proto::Status::ok, 1000, run(payload));
   }
 }

@@ -14,7 +14,10 @@
 namespace shoal {
 
 struct ProcessEvent {
-  enum class Type { spawned, exited, spawn_failed };
+  // failed: the launcher or the supervisor thread cannot go on (a fork server
+  // that keeps dying, an error on the supervisor thread); no worker can be
+  // started or watched any more, and `reason` says why. Not tied to a slot.
+  enum class Type { spawned, exited, spawn_failed, failed };
   Type type;
   uint32_t slot;
   pid_t pid;
@@ -24,13 +27,17 @@ struct ProcessEvent {
   // kernels without pidfds). Opened before anyone could have reaped the worker,
   // so it is sure to name it.
   SharedPidfd pidfd = {};
+  // For failed, and for spawn_failed when the launcher gave up: what happened.
+  std::string reason = {};
 };
 
 class Launcher {
  public:
   virtual ~Launcher() = default;
   // Asks for a worker in `slot`. A spawned (or spawn_failed) event follows, at
-  // once in `events` or later from on_readable().
+  // once in `events` or later from on_readable(). A launcher that cannot start
+  // workers any more reports a failed event, then spawn_failed for every
+  // request it still holds and for each later one.
   virtual void spawn(uint32_t slot, std::vector<ProcessEvent>& events) = 0;
   // Descriptors the supervisor polls; on_readable() turns their input into events.
   virtual std::vector<int> poll_fds() const = 0;

@@ -1,6 +1,8 @@
 #pragma once
 // The supervisor thread: starts workers through a Launcher when asked, watches
-// them, and reports every start and exit to its owner (the engine).
+// them, and reports every start and exit to its owner (the engine). An error
+// on its thread is reported as a failed event, never thrown.
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -27,8 +29,12 @@ class Supervisor {
   // Stops the launcher (a fork server takes its workers along) and the thread.
   void stop();
 
+  // Test only: the thread's next round throws, as an unexpected error would.
+  void inject_fault_for_testing();
+
  private:
   void run();
+  void serve();  // the thread's work, until stopped; throws on an error
   void wake();
 
   std::unique_ptr<Launcher> launcher_;
@@ -37,6 +43,7 @@ class Supervisor {
   std::mutex mu_;
   std::vector<uint32_t> spawn_requests_;
   bool stopping_ = false;
+  std::atomic<bool> fail_next_round_{false};
   std::thread thread_;
 };
 

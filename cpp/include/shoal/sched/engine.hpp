@@ -60,6 +60,13 @@ struct Completion {
 // Describes how a worker ended, e.g. "was killed by signal 9 (SIGKILL)".
 std::string describe_exit(int wait_status);
 
+// Faults a test can provoke (Engine::inject_fault_for_testing).
+enum class TestFault {
+  lose_next_spilled_result,  // the next spilled frame's segment is removed before the parent reads it
+  engine_thread_throws,      // the engine thread's next round throws
+  supervisor_thread_throws,  // the supervisor thread's next round throws
+};
+
 struct EngineStats {
   uint64_t submitted = 0, completed = 0, pending = 0, in_flight = 0;
   uint64_t workers_started = 0, workers_lost = 0, retried = 0;
@@ -122,6 +129,10 @@ class Engine {
   std::vector<pid_t> worker_pids() const;
   EngineStats stats() const;
   uint32_t workers() const { return static_cast<uint32_t>(slots_.size()); }
+  // Test only (reached from Python as Engine._inject_fault): provokes one
+  // fault, to show that it fails the jobs it concerns, or breaks the pool,
+  // with a clear reason and without ending the process.
+  void inject_fault_for_testing(TestFault fault);
   // The largest payload that travels inside a ring frame rather than spilled
   // into a segment of its own (which costs a mapping and page faults).
   std::size_t inline_payload_limit() const { return proto::inline_payload_limit(slots_.front().inbox.max_frame()); }
@@ -165,6 +176,12 @@ class Engine {
   void handle_events_locked();
   void drain_outboxes_locked();  // every live worker's
   void drain_outbox_locked(uint32_t slot);
+  // A frame from `slot` whose spilled payload (segment `name`) could not be read.
+  void spilled_payload_lost_locked(uint32_t slot, const proto::FrameHeader& h, const std::string& name,
+                                   const std::string& what);
+  // An unexpected error on one of the pool's own threads: logged, and the
+  // pool breaks with it (every waiter is woken with the reason).
+  void thread_fault_locked(const char* thread, const std::string& what) noexcept;
   void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
   void start_slot_locked(uint32_t slot);
   void dispatch_locked();
@@ -220,6 +237,10 @@ class Engine {
   std::optional<std::string> broken_;
   std::atomic<bool> is_broken_{false};  // broken_ has a value; readable without mu_
   uint32_t failures_without_progress_ = 0;
+  // The launcher or supervisor failed: no exit will be reported any more.
+  bool launcher_failed_ = false;
+  bool lose_next_spill_ = false;                // TestFault::lose_next_spilled_result
+  std::atomic<bool> throw_next_round_{false};  // TestFault::engine_thread_throws
   double run_ns_ewma_ = 0;
   std::atomic<bool> timeouts_used_{false};  // some job had a time limit: check running jobs often
   EngineStats stats_;

@@ -1,0 +1,268 @@
+// Faults on the pool's own threads (engine, supervisor) and in its launchers:
+// each one fails the jobs it concerns, or breaks the pool, with a clear reason;
+// none ends the process or leaves a waiter hanging.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shoal/proc/launcher.hpp"
+#include "shoal/proc/supervisor.hpp"
+#include "shoal/sched/engine.hpp"
+
+using namespace std::chrono_literals;
+using shoal::Completion;
+using shoal::Deadline;
+using shoal::Engine;
+using shoal::EngineOptions;
+using shoal::ProcessEvent;
+using shoal::TestFault;
+using Status = shoal::proto::Status;
+
+namespace {
+
+EngineOptions options(uint32_t workers, bool fork_server) {
+  EngineOptions o;
+  o.workers = workers;
+  o.fork_server = fork_server;
+  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
+                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
+  o.ring_bytes = 64 * 1024;
+  return o;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Collects until `count` jobs finished (or 30 s passed); log records go to `logs`.
+std::map<uint64_t, Completion> collect(Engine& e, std::size_t count, std::vector<std::string>* logs = nullptr) {
+  std::map<uint64_t, Completion> done;
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  std::vector<Completion> batch;
+  while (done.size() < count && std::chrono::steady_clock::now() < until) {
+    batch.clear();
+    if (!e.collect(batch, Deadline::after(50ms))) break;
+    for (auto& c : batch) {
+      if (c.status == Status::log) {
+        if (logs) logs->push_back(c.payload);
+        continue;
+      }
+      EXPECT_FALSE(done.count(c.job_id)) << "job " << c.job_id << " delivered twice";
+      done[c.job_id] = std::move(c);
+    }
+  }
+  return done;
+}
+
+// Log records until one contains `part` (or 30 s passed).
+bool logged(Engine& e, const std::string& part, std::vector<std::string>& logs) {
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  for (;;) {
+    for (const auto& text : logs)
+      if (contains(text, part)) return true;
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::vector<Completion> batch;
+    const bool running = e.collect(batch, Deadline::after(50ms));
+    for (auto& c : batch)
+      if (c.status == Status::log) logs.push_back(c.payload);
+    if (!running && batch.empty()) {
+      for (const auto& text : logs)
+        if (contains(text, part)) return true;
+      return false;
+    }
+  }
+}
+
+// Runs `f` on a thread; true if it returned within `limit`. A call that
+// hangs ends the test binary (the hang is the failure).
+template <class F>
+bool returns_within(std::chrono::seconds limit, F f) {
+  auto done = std::async(std::launch::async, std::move(f));
+  if (done.wait_for(limit) == std::future_status::ready) return true;
+  ADD_FAILURE() << "call did not return within " << limit.count() << " s";
+  std::_Exit(1);
+}
+
+// Waits (up to 30 s) until `pred` holds.
+template <class Pred>
+bool eventually(Pred pred) {
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+class FaultTest : public ::testing::TestWithParam<bool> {};  // fork server?
+
+}  // namespace
+
+// A result spilled into a segment of its own, whose name is gone when the
+// parent comes to read it (removed by another process's cleanup): taken by the
+// engine thread (nobody collects meanwhile), it used to end the process.
+TEST_P(FaultTest, LostSpilledResultOnTheEngineThreadFailsOnlyItsJob) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const uint64_t lost = e.submit(fn, 0, "spill-gone");
+  ASSERT_TRUE(eventually([&] { return e.stats().completed >= 1; })) << "the lost result was never accounted for";
+  std::vector<std::string> logs;
+  auto done = collect(e, 1, &logs);
+  ASSERT_TRUE(done.count(lost));
+  EXPECT_EQ(done[lost].status, Status::worker_lost);
+  EXPECT_TRUE(contains(done[lost].payload, "result was lost")) << done[lost].payload;
+  EXPECT_TRUE(contains(done[lost].payload, "does not exist")) << done[lost].payload;
+  EXPECT_TRUE(logged(e, "result was lost", logs));
+  // The pool goes on.
+  const uint64_t next = e.submit(fn, 0, "echo:after");
+  done = collect(e, 1);
+  ASSERT_TRUE(done.count(next));
+  EXPECT_EQ(done[next].payload, "after");
+  EXPECT_FALSE(e.broken().has_value());
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+}
+
+// The same, taken by a caller in wait_for() and by a collector: neither sees
+// an exception, and neither waits for a result that will never come.
+TEST_P(FaultTest, LostSpilledResultReachesWaiterAndCollectorAsAFailedJob) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const uint64_t awaited = e.submit(fn, 0, "spill-gone");
+  std::optional<Completion> got;
+  ASSERT_NO_THROW(ASSERT_TRUE(e.wait_for(awaited, Deadline::after(30s), got)));
+  ASSERT_TRUE(got.has_value()) << "wait_for() timed out on a lost result";
+  EXPECT_EQ(got->status, Status::worker_lost);
+  EXPECT_TRUE(contains(got->payload, "result was lost")) << got->payload;
+
+  const uint64_t collected = e.submit(fn, 0, "spill-gone");
+  const uint64_t fine = e.submit(fn, 0, "echo:fine");
+  std::map<uint64_t, Completion> done;
+  ASSERT_NO_THROW(done = collect(e, 2));
+  ASSERT_TRUE(done.count(collected));
+  EXPECT_EQ(done[collected].status, Status::worker_lost);
+  ASSERT_TRUE(done.count(fine));
+  EXPECT_EQ(done[fine].payload, "fine");
+}
+
+// The test hook the Python tests use: the segment of a real, big result is
+// removed just before the parent reads it.
+TEST_P(FaultTest, InjectedLossOfASpilledResult) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const std::string big(e.inline_payload_limit() * 2, 'b');
+  e.inject_fault_for_testing(TestFault::lose_next_spilled_result);
+  const uint64_t lost = e.submit(fn, 0, "echo:" + big);
+  const uint64_t kept = e.submit(fn, 0, "echo:" + big);
+  auto done = collect(e, 2);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(done[lost].status, Status::worker_lost);
+  EXPECT_TRUE(contains(done[lost].payload, "result was lost")) << done[lost].payload;
+  EXPECT_EQ(done[kept].status, Status::ok);
+  EXPECT_EQ(done[kept].payload.size(), big.size());
+}
+
+// An error on the engine thread breaks the pool with its reason: queued and
+// running jobs fail, a waiter wakes, later submits are answered, and
+// shutdown returns. Before, it ended the process.
+TEST_P(FaultTest, ErrorOnTheEngineThreadBreaksThePoolAndWakesEveryWaiter) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "sleep:60000"));
+  auto waiter = std::async(std::launch::async, [&] {
+    std::optional<Completion> got;
+    e.wait_for(ids.back(), Deadline::after(30s), got);
+    return got;
+  });
+  e.inject_fault_for_testing(TestFault::engine_thread_throws);
+  std::vector<std::string> logs;
+  auto got = waiter.get();
+  ASSERT_TRUE(got.has_value()) << "the waiter was not woken";
+  auto done = collect(e, ids.size() - 1, &logs);
+  done[got->job_id] = *got;
+  ASSERT_EQ(done.size(), ids.size());
+  for (uint64_t id : ids) {
+    EXPECT_EQ(done[id].status, Status::broken);
+    EXPECT_TRUE(contains(done[id].payload, "internal error on the pool's engine thread")) << done[id].payload;
+    EXPECT_TRUE(contains(done[id].payload, "fault injected by a test")) << done[id].payload;
+  }
+  ASSERT_TRUE(e.broken().has_value());
+  EXPECT_TRUE(logged(e, "internal error on the pool's engine thread", logs));
+  const uint64_t later = e.submit(fn, 0, "echo:late");
+  done = collect(e, 1);
+  ASSERT_TRUE(done.count(later));
+  EXPECT_EQ(done[later].status, Status::broken);
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+  EXPECT_TRUE(e.worker_pids().empty());
+}
+
+// An error on the supervisor thread: nothing watches the workers any more, so
+// the pool breaks with the reason and stops without waiting for exits that
+// nobody will report.
+TEST_P(FaultTest, ErrorOnTheSupervisorThreadBreaksThePool) {
+  Engine e(options(2, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const uint64_t running = e.submit(fn, 0, "sleep:60000");
+  e.inject_fault_for_testing(TestFault::supervisor_thread_throws);
+  std::vector<std::string> logs;
+  auto done = collect(e, 1, &logs);
+  ASSERT_TRUE(done.count(running));
+  EXPECT_EQ(done[running].status, Status::broken);
+  EXPECT_TRUE(contains(done[running].payload, "supervisor thread")) << done[running].payload;
+  ASSERT_TRUE(e.broken().has_value());
+  EXPECT_TRUE(logged(e, "supervisor thread", logs));
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+  EXPECT_TRUE(e.worker_pids().empty());
+}
+
+// A job whose payload cannot be spilled (no descriptor left for its segment)
+// fails alone; the submit does not throw, and the pool goes on.
+TEST_P(FaultTest, PayloadThatCannotBeSpilledFailsOnlyItsJob) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const std::string big(e.inline_payload_limit() * 2, 'p');
+  const uint64_t warm = e.submit(fn, 0, "echo:warm");  // the worker is up: no descriptor needed for it
+  ASSERT_EQ(collect(e, 1).count(warm), 1u);
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest_free = dup(0);
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  rlimit none_left = saved;
+  none_left.rlim_cur = static_cast<rlim_t>(lowest_free);  // every new descriptor fails with EMFILE
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none_left), 0);
+  uint64_t doomed = 0;
+  bool threw = false;
+  try {
+    doomed = e.submit(fn, 0, "echo:" + big);
+  } catch (...) {
+    threw = true;
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_FALSE(threw) << "submit threw";
+  const uint64_t fine = e.submit(fn, 0, "echo:" + big);
+  auto done = collect(e, 2);
+  ASSERT_TRUE(done.count(doomed));
+  EXPECT_EQ(done[doomed].status, Status::broken);
+  EXPECT_TRUE(contains(done[doomed].payload, "could not be handed to a worker")) << done[doomed].payload;
+  ASSERT_TRUE(done.count(fine));
+  EXPECT_EQ(done[fine].status, Status::ok);
+  EXPECT_FALSE(e.broken().has_value());
+}
+
+INSTANTIATE_TEST_SUITE_P(Launchers, FaultTest, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "ForkServer" : "Spawn"; });
