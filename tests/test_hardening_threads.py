@@ -1,18 +1,21 @@
-"""Faults on the pool's own threads never end the process or leave a caller
-waiting.
+"""Faults on the pool's own threads and in its fork server never end the
+process or leave a caller waiting.
 
 A fault that concerns one task (its result, spilled into a shared-memory
 segment of its own, was removed before the pool could read it) fails that
 task and is logged; the pool goes on. A fault that leaves nothing sane (an
-error on the engine or supervisor thread) breaks the pool with a
-BrokenPoolError that says what happened: every waiter gets it, later submits
-raise it, and shutdown returns.
+error on the engine or supervisor thread, a fork server that keeps dying)
+breaks the pool with a BrokenPoolError that says what happened: every waiter
+gets it, later submits raise it, and shutdown returns.
 
 Faults that cannot be provoked on demand from outside are injected through
 the engine's test-only hook (``Engine._inject_fault``). Every wait has a
 timeout: the bugs this guards against are hangs and aborts.
 """
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -114,3 +117,92 @@ def test_unknown_fault_name_is_refused():
     with shoal.Executor(1) as ex:
         with pytest.raises(ValueError):
             ex._runtime._engine._inject_fault("no such fault")
+
+
+# ---- fork servers that keep dying (each in a process of its own: they change the environment)
+
+SCRIPT = textwrap.dedent(
+    r'''
+    import os
+    import select
+    import signal
+    import sys
+    import threading
+
+    import shoal
+
+    def pids():
+        return os.getppid(), os.getpid()
+
+    def wait_gone(pid):
+        fd = os.pidfd_open(pid)
+        try:
+            if not select.select([fd], [], [], 30)[0]:
+                print(f"FAIL: process {pid} outlived SIGKILL")
+                os._exit(1)
+        finally:
+            os.close(fd)
+
+    def square(x):
+        return x * x
+
+    def shut_down(ex):
+        t = threading.Thread(target=ex.shutdown, daemon=True)
+        t.start()
+        t.join(timeout=30)
+        return not t.is_alive()
+
+    def expect_broken(fut):
+        try:
+            fut.result(timeout=60)
+        except shoal.BrokenPoolError as e:
+            print("broken:", e)
+            return
+        except TimeoutError:
+            print("FAIL: the task waited for a fork server that never came")
+            os._exit(1)
+        print("FAIL: the task ran")
+        os._exit(1)
+
+    scenario = sys.argv[1]
+    if scenario == "cannot-start":
+        # A fresh interpreter that cannot start: a fork server dies at once, every time.
+        os.environ["PYTHONHOME"] = "/nonexistent"
+        hold = threading.Event()  # another thread: the fork server is a fresh interpreter
+        threading.Thread(target=hold.wait, args=(120,), daemon=True).start()
+        ex = shoal.Executor(1, start_method="forkserver")
+        expect_broken(ex.submit(square, 3))
+        hold.set()
+    else:  # "killed": the first server (forked from here) works, its replacements cannot start
+        ex = shoal.Executor(1, start_method="forkserver")
+        server, worker = ex.submit(pids).result(timeout=60)
+        assert server != os.getpid()
+        os.environ["PYTHONHOME"] = "/nonexistent"
+        os.kill(server, signal.SIGKILL)
+        wait_gone(worker)  # it dies with its server: the next task cannot reach it
+        expect_broken(ex.submit(square, 3))
+    try:
+        ex.submit(square, 4)
+    except shoal.BrokenPoolError as e:
+        print("submit refused:", e)
+    else:
+        print("FAIL: a submit to the broken pool was accepted")
+        os._exit(1)
+    if not shut_down(ex):
+        print("FAIL: shutdown hung")
+        os._exit(1)
+    print("OK")
+    '''
+)
+
+
+@pytest.mark.parametrize("scenario", ["cannot-start", "killed"])
+def test_fork_server_that_keeps_dying_breaks_the_pool(scenario, tmp_path):
+    script = tmp_path / "fork_server_dies.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), scenario], capture_output=True, text=True, timeout=180)
+    out = proc.stdout
+    assert proc.returncode == 0 and "OK" in out, out + proc.stderr[-3000:]
+    assert "broken: the fork server keeps dying" in out, out
+    assert "exited with code 1" in out, out
+    assert "submit refused: the fork server keeps dying" in out, out

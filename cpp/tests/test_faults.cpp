@@ -266,3 +266,140 @@ TEST_P(FaultTest, PayloadThatCannotBeSpilledFailsOnlyItsJob) {
 
 INSTANTIATE_TEST_SUITE_P(Launchers, FaultTest, ::testing::Values(true, false),
                          [](const auto& info) { return info.param ? "ForkServer" : "Spawn"; });
+
+// ---- fork servers that keep dying --------------------------------------------
+
+// A fork server that exits at once (an interpreter that cannot import shoal)
+// used to be restarted in an endless loop while the pool waited for good.
+TEST(ForkServerFaults, ServerThatExitsAtOnceBreaksThePoolWithItsExitStatus) {
+  auto o = options(2, true);
+  o.argv = {"/bin/sh", "-c", "exit 7"};
+  Engine e(o);
+  uint64_t fn = e.define_function("f");
+  const uint64_t id = e.submit(fn, 0, "echo:x");
+  auto done = collect(e, 1);
+  ASSERT_TRUE(done.count(id)) << "the job waited for a fork server that never came";
+  EXPECT_EQ(done[id].status, Status::broken);
+  const std::string& reason = done[id].payload;
+  EXPECT_TRUE(contains(reason, "fork server keeps dying")) << reason;
+  EXPECT_TRUE(contains(reason, "exited with code 7")) << reason;
+  ASSERT_TRUE(e.broken().has_value());
+  EXPECT_TRUE(contains(*e.broken(), "fork server keeps dying"));
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+}
+
+// A server that cannot even be started again (its program was removed):
+// the error used to escape the supervisor thread and end the process.
+TEST(ForkServerFaults, ServerThatCannotBeStartedAgainBreaksThePool) {
+  const auto program = std::filesystem::temp_directory_path() / ("shoal-test-worker-" + std::to_string(getpid()));
+  std::filesystem::copy_file(SHOAL_TEST_WORKER, program, std::filesystem::copy_options::overwrite_existing);
+  auto o = options(1, true);
+  o.argv = {program.string(), "forkserver"};
+  Engine e(o);
+  uint64_t fn = e.define_function("f");
+  const uint64_t first = e.submit(fn, 0, "ppid");
+  auto done = collect(e, 1);
+  ASSERT_TRUE(done.count(first));
+  ASSERT_EQ(done[first].status, Status::ok) << done[first].payload;
+  const pid_t server = static_cast<pid_t>(std::stol(done[first].payload));
+  ASSERT_GT(server, 1);
+  ASSERT_NE(server, getpid());
+  std::filesystem::remove(program);
+  kill(server, SIGKILL);
+  ASSERT_TRUE(eventually([&] { return e.broken().has_value(); }));
+  EXPECT_TRUE(contains(*e.broken(), "fork server keeps dying")) << *e.broken();
+  EXPECT_TRUE(contains(*e.broken(), "could not be started")) << *e.broken();
+  EXPECT_TRUE(contains(*e.broken(), "No such file or directory")) << *e.broken();
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+}
+
+// At launcher level: after giving up, every request is answered (spawn_failed
+// with the reason), the queued ones and later ones alike.
+TEST(ForkServerFaults, LauncherAnswersEveryRequestOnceItGaveUp) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<ProcessEvent> events;
+  shoal::Supervisor sup(shoal::make_fork_server_launcher({"/bin/false"}, "ctx"), [&](const ProcessEvent& ev) {
+    std::lock_guard lk(mu);
+    events.push_back(ev);
+    cv.notify_all();
+  });
+  sup.request_spawn(0);
+  sup.request_spawn(1);
+  auto count = [&](ProcessEvent::Type t) {
+    return std::count_if(events.begin(), events.end(), [&](const ProcessEvent& ev) { return ev.type == t; });
+  };
+  {
+    std::unique_lock lk(mu);
+    ASSERT_TRUE(cv.wait_for(lk, 30s, [&] {
+      return count(ProcessEvent::Type::failed) == 1 && count(ProcessEvent::Type::spawn_failed) == 2;
+    }));
+  }
+  sup.request_spawn(0);
+  {
+    std::unique_lock lk(mu);
+    ASSERT_TRUE(cv.wait_for(lk, 30s, [&] { return count(ProcessEvent::Type::spawn_failed) == 3; }));
+    for (const auto& ev : events) {
+      EXPECT_NE(ev.type, ProcessEvent::Type::spawned);
+      if (ev.type != ProcessEvent::Type::exited) {
+        EXPECT_TRUE(contains(ev.reason, "fork server keeps dying"));
+      }
+    }
+    EXPECT_EQ(count(ProcessEvent::Type::failed), 1);
+  }
+  EXPECT_TRUE(returns_within(30s, [&] { sup.stop(); }));
+}
+
+// A server that dies while spawn requests wait in its socket: a fresh server
+// gets them, instead of the slots waiting for good for a worker nobody forks.
+TEST(ForkServerFaults, RequestsADeadServerLeftUnansweredGoToItsSuccessor) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds), 0);
+  const pid_t server = fork();
+  ASSERT_GE(server, 0);
+  if (server == 0) {
+    dup2(fds[1], 3);
+    execl(SHOAL_TEST_WORKER, SHOAL_TEST_WORKER, "forkserver", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  kill(server, SIGSTOP);  // it reads no request
+  auto o = options(2, true);
+  o.fork_server_handle = shoal::ForkServerHandle{server, fds[0]};
+  Engine e(o);  // asks the stopped server for both workers
+  uint64_t fn = e.define_function("f");
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "echo:" + std::to_string(i)));
+  kill(server, SIGKILL);
+  auto done = collect(e, ids.size());
+  ASSERT_EQ(done.size(), ids.size()) << "jobs waited for workers the dead server was asked for";
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(done[ids[i]].status, Status::ok);
+    EXPECT_EQ(done[ids[i]].payload, std::to_string(i));
+  }
+  EXPECT_FALSE(e.broken().has_value());
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+}
+
+// A server that did its work and is then killed is replaced, however often:
+// only servers that fork nobody count against it.
+TEST(ForkServerFaults, KilledServerThatForkedWorkersIsReplacedEachTime) {
+  Engine e(options(1, true));
+  uint64_t fn = e.define_function("f");
+  for (uint32_t round = 0; round < shoal::kFailedForkServerStarts + 2; ++round) {
+    // Retried if it reaches the last server's worker as that dies with it.
+    const uint64_t id = e.submit(fn, 0, "ppid", /*retries=*/3);
+    auto done = collect(e, 1);
+    ASSERT_TRUE(done.count(id));
+    ASSERT_EQ(done[id].status, Status::ok) << done[id].payload;
+    const pid_t server = static_cast<pid_t>(std::stol(done[id].payload));
+    ASSERT_GT(server, 1);
+    ASSERT_NE(server, getpid());
+    kill(server, SIGKILL);
+  }
+  const uint64_t last = e.submit(fn, 0, "echo:still here");
+  auto done = collect(e, 1);
+  ASSERT_TRUE(done.count(last));
+  EXPECT_EQ(done[last].payload, "still here");
+  EXPECT_FALSE(e.broken().has_value());
+}

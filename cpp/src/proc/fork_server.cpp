@@ -111,13 +111,26 @@ class ForkServerLauncher final : public Launcher {
   ~ForkServerLauncher() override { stop(); }
 
   void spawn(uint32_t slot, std::vector<ProcessEvent>& events) override {
-    Request req{slot, static_cast<uint32_t>(context_.size()), {}};
-    context_.copy(req.context, kContextMax);
-    if (send(sock_.get(), &req, sizeof req, MSG_NOSIGNAL) != sizeof req)
-      events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, errno});
+    if (gave_up_) {
+      events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, ECHILD, {}, give_up_reason_});
+      return;
+    }
+    // Held until the server answers: a server that dies first leaves it to
+    // its successor (a request lost with it would leave the slot waiting for
+    // good).
+    outstanding_.push_back(slot);
+    if (!send_request(slot)) {
+      const int err = errno;
+      if (server_gone(err)) return;  // the hang-up follows: on_readable() restarts and resends
+      outstanding_.pop_back();
+      events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, err});
+    }
   }
 
-  std::vector<int> poll_fds() const override { return {sock_.get()}; }
+  std::vector<int> poll_fds() const override {
+    if (!sock_) return {};
+    return {sock_.get()};
+  }
 
   void on_readable(int, std::vector<ProcessEvent>& events) override {
     for (;;) {
@@ -128,8 +141,13 @@ class ForkServerLauncher final : public Launcher {
         ProcessEvent e{r.type, r.slot, r.pid, r.status};
         if (r.type == ProcessEvent::Type::spawned) {
           live_[r.pid] = r.slot;
+          forked_any_ = true;
           // No pidfd only on kernels without them; the engine then signals by pid.
           if (pidfd) e.pidfd = std::make_shared<const UniqueFd>(std::move(pidfd));
+        }
+        if (r.type == ProcessEvent::Type::spawned || r.type == ProcessEvent::Type::spawn_failed) {
+          auto it = std::find(outstanding_.begin(), outstanding_.end(), r.slot);
+          if (it != outstanding_.end()) outstanding_.erase(it);
         }
         if (r.type == ProcessEvent::Type::exited) live_.erase(r.pid);
         events.push_back(std::move(e));
@@ -139,8 +157,14 @@ class ForkServerLauncher final : public Launcher {
       // The fork server is gone; its workers die with it (PR_SET_PDEATHSIG).
       for (auto [pid, slot] : live_) events.push_back({ProcessEvent::Type::exited, slot, pid, SIGKILL});
       live_.clear();
-      reap_server();
-      start();
+      sock_.reset();
+      const int status = reap_server();
+      // A server that forked nobody before it died is a failed start (an
+      // interpreter that cannot start or import shoal dies at once, again
+      // and again); one that did its work is simply replaced.
+      failed_starts_ = forked_any_ ? 0 : failed_starts_ + 1;
+      last_failure_ = describe_exit(status);
+      restart(events);
       return;
     }
   }
@@ -162,7 +186,58 @@ class ForkServerLauncher final : public Launcher {
       server_pid_ = detail::spawn_process(argv_, theirs.get());
     }  // from here on only the server holds its end
     sock_ = std::move(mine);
+    forked_any_ = false;
     watch_server();
+  }
+
+  bool send_request(uint32_t slot) {
+    Request req{slot, static_cast<uint32_t>(context_.size()), {}};
+    context_.copy(req.context, kContextMax);
+    return send(sock_.get(), &req, sizeof req, MSG_NOSIGNAL) == sizeof req;
+  }
+
+  static bool server_gone(int err) { return err == EPIPE || err == ECONNRESET || err == ENOTCONN; }
+
+  // Starts a fresh server after one died and hands it the requests the dead
+  // one left unanswered, unless servers keep failing: then gives up.
+  void restart(std::vector<ProcessEvent>& events) {
+    for (;;) {
+      if (failed_starts_ >= kFailedForkServerStarts) {
+        give_up(events);
+        return;
+      }
+      try {
+        start();
+      } catch (const std::exception& e) {
+        ++failed_starts_;
+        last_failure_ = std::string("could not be started (") + e.what() + ")";
+        continue;
+      }
+      const std::vector<uint32_t> unanswered = outstanding_;
+      for (uint32_t slot : unanswered) {
+        if (send_request(slot)) continue;
+        const int err = errno;
+        if (server_gone(err)) return;  // this one died already: its hang-up comes next
+        outstanding_.erase(std::find(outstanding_.begin(), outstanding_.end(), slot));
+        events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, err});
+      }
+      return;
+    }
+  }
+
+  // No more servers: the failed event first (the engine breaks the pool with
+  // its reason), then an answer to every request still held.
+  void give_up(std::vector<ProcessEvent>& events) {
+    gave_up_ = true;
+    give_up_reason_ = "the fork server keeps dying: " + std::to_string(failed_starts_) +
+                      " fresh fork servers in a row ended before starting any worker; the last one " + last_failure_ +
+                      ". Check that '" + argv_.front() + "' can start and import shoal (its error output, if any, " +
+                      "went to this process's stderr).";
+    sock_.reset();
+    events.push_back({ProcessEvent::Type::failed, 0, -1, 0, {}, give_up_reason_});
+    for (uint32_t slot : outstanding_)
+      events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, ECHILD, {}, give_up_reason_});
+    outstanding_.clear();
   }
 
   // Opens a pidfd for the server, to stop it by after shutdown. The server is
@@ -176,8 +251,11 @@ class ForkServerLauncher final : public Launcher {
     if (server_fd_ && poll(&p, 1, 0) != 0) server_fd_.reset();
   }
 
-  void reap_server() {
-    if (server_pid_ <= 0) return;
+  // Waits for the server to exit (killing it after a grace period) and
+  // returns its wait status (kExitStatusUnknown if it cannot be known).
+  int reap_server() {
+    if (server_pid_ <= 0) return kExitStatusUnknown;
+    int status = kExitStatusUnknown;
     if (server_fd_) {
       // It exits once it sees the socket close; past the grace period it is killed.
       pollfd p{server_fd_.get(), POLLIN, 0};
@@ -189,21 +267,25 @@ class ForkServerLauncher final : public Launcher {
         if (rc > 0 || (rc < 0 && errno != EINTR)) break;
       }
       if (!(p.revents & POLLIN)) signal_process(server_fd_.get(), server_pid_, SIGKILL);
-      reap_child(server_fd_.get(), server_pid_);
+      status = reap_child(server_fd_.get(), server_pid_);
       server_fd_.reset();
     } else {  // no pidfd: a kernel without them, or the server died before one was opened
       auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-      while (waitpid(server_pid_, nullptr, WNOHANG) == 0) {
+      int st = 0;
+      pid_t rc;
+      while ((rc = waitpid(server_pid_, &st, WNOHANG)) == 0) {
         if (std::chrono::steady_clock::now() > until) {
           // Safe by pid: it has not been reaped (waitpid just said so).
           kill(server_pid_, SIGKILL);
-          waitpid(server_pid_, nullptr, 0);
+          rc = waitpid(server_pid_, &st, 0);
           break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
+      if (rc == server_pid_) status = st;
     }
     server_pid_ = -1;
+    return status;
   }
 
   std::vector<std::string> argv_;
@@ -212,6 +294,12 @@ class ForkServerLauncher final : public Launcher {
   pid_t server_pid_ = -1;
   UniqueFd server_fd_;  // the server's pidfd (empty without pidfd support)
   std::unordered_map<pid_t, uint32_t> live_;
+  std::vector<uint32_t> outstanding_;  // slots asked for and not answered yet, oldest first
+  bool forked_any_ = false;            // the current server has started a worker
+  uint32_t failed_starts_ = 0;         // servers in a row that ended before forking anyone
+  std::string last_failure_;           // how the last of them ended
+  bool gave_up_ = false;
+  std::string give_up_reason_;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "shoal/proc/pidfd.hpp"
 
 #include <signal.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,6 +57,19 @@ int reap_child(int pidfd, pid_t pid) {
     if (errno == EINVAL) return waitpid_status(pid);
     return kExitStatusUnknown;  // ECHILD: the kernel (SIGCHLD ignored) or other code reaped it
   }
+}
+
+std::string describe_exit(int wait_status) {
+  if (wait_status == kExitStatusUnknown)
+    return "exited with an unknown status (reaped by the system or other code before it could be read, as when "
+           "SIGCHLD is ignored)";
+  if (WIFSIGNALED(wait_status)) {
+    int sig = WTERMSIG(wait_status);
+    const char* abbrev = sigabbrev_np(sig);
+    return "was killed by signal " + std::to_string(sig) + (abbrev ? std::string(" (SIG") + abbrev + ")" : "");
+  }
+  if (WIFEXITED(wait_status)) return "exited with code " + std::to_string(WEXITSTATUS(wait_status));
+  return "ended with wait status " + std::to_string(wait_status);
 }
 
 }  // namespace shoal

@@ -71,19 +71,6 @@ void kill_worker(const SharedPidfd& pidfd, pid_t pid) { signal_process(pidfd ? p
 
 }  // namespace
 
-std::string describe_exit(int wait_status) {
-  if (wait_status == kExitStatusUnknown)
-    return "exited with an unknown status (reaped by the system or other code before it could be read, as when "
-           "SIGCHLD is ignored)";
-  if (WIFSIGNALED(wait_status)) {
-    int sig = WTERMSIG(wait_status);
-    const char* abbrev = sigabbrev_np(sig);
-    return "was killed by signal " + std::to_string(sig) + (abbrev ? std::string(" (SIG") + abbrev + ")" : "");
-  }
-  if (WIFEXITED(wait_status)) return "exited with code " + std::to_string(WEXITSTATUS(wait_status));
-  return "ended with wait status " + std::to_string(wait_status);
-}
-
 Engine::Engine(EngineOptions options)
     : options_(std::move(options)),
       layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes)),

@@ -52,8 +52,12 @@ std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv);
 // Workers are forked by one fork server, a clean interpreter started with
 // `argv` (it receives its control socket as file descriptor 3). A server the
 // caller already started (pid, socket) may be adopted instead; if a server
-// dies, a fresh one is started from `argv`. Each worker learns `context`
-// (the pool's segment name) from its spawn request.
+// dies, a fresh one is started from `argv` and is sent again the requests the
+// dead one left unanswered. After kFailedForkServerStarts servers in a row end
+// (or cannot be started) without forking any worker, the launcher gives up
+// (a failed event, with the last one's exit) instead of restarting forever.
+// Each worker learns `context` (the pool's segment name) from its spawn request.
+inline constexpr uint32_t kFailedForkServerStarts = 3;
 struct ForkServerHandle {
   pid_t pid = -1;
   int socket = -1;  // ownership passes to the launcher

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <string>
 
 #include "shoal/proc/fd.hpp"
 
@@ -36,5 +37,9 @@ int signal_process(int pidfd, pid_t pid, int sig);
 // Blocks until the child exits: call it once the pidfd polls readable (which
 // means exited) or after SIGKILL.
 int reap_child(int pidfd, pid_t pid);
+
+// Describes how a process ended from its wait status (or kExitStatusUnknown),
+// e.g. "was killed by signal 9 (SIGKILL)" or "exited with code 1".
+std::string describe_exit(int wait_status);
 
 }  // namespace shoal

@@ -57,9 +57,6 @@ struct Completion {
   std::string payload;
 };
 
-// Describes how a worker ended, e.g. "was killed by signal 9 (SIGKILL)".
-std::string describe_exit(int wait_status);
-
 // Faults a test can provoke (Engine::inject_fault_for_testing).
 enum class TestFault {
   lose_next_spilled_result,  // the next spilled frame's segment is removed before the parent reads it
