@@ -116,6 +116,14 @@ def _make(surface, start_method, **kw):
     return shoal.Pool(2, start_method=start_method, **kw)
 
 
+def _close(surface, pool):
+    if surface == "executor":
+        pool.shutdown(wait=True)
+    else:
+        pool.terminate()
+        pool.join()
+
+
 def _check_nothing_left(before_pids, before_fds, before_segments):
     import gc
     import time
@@ -136,6 +144,7 @@ def test_task_fault(point, kind, surface, start_method):
     before = (set(child_pids()), _open_fds(), shoal_segments_of(os.getpid()))
     fn, args = _call(point, kind)
     pool = _make(surface, start_method)
+    got = None
     try:
         timeout = 2.0 if kind == "hang" else None
         got = _outcome(surface, pool, fn, args, timeout)
@@ -146,12 +155,8 @@ def test_task_fault(point, kind, surface, start_method):
             assert isinstance(got, BrokenProcessPool)
         assert _outcome(surface, pool, ct.square, (7,), None) == 49, "the pool is not usable after the fault"
     finally:
-        if surface == "executor":
-            pool.shutdown(wait=True)
-        else:
-            pool.terminate()
-            pool.join()
-        del pool, got
+        _close(surface, pool)
+        del pool, got  # the pool object (and a traceback naming it) holds its descriptors
     _check_nothing_left(*before)
 
 
@@ -159,6 +164,7 @@ def test_task_fault(point, kind, surface, start_method):
 def test_initializer_fault(kind, surface, start_method):
     before = (set(child_pids()), _open_fds(), shoal_segments_of(os.getpid()))
     pool = _make(surface, start_method, initializer=ct.run_fault, initargs=(kind,))
+    got = None
     try:
         got = _outcome(surface, pool, ct.square, (3,), None)
         if kind == "exit" or kind == "exception" or kind == "unpicklable":
@@ -166,10 +172,6 @@ def test_initializer_fault(kind, surface, start_method):
         else:  # a worker that dies in its initializer: the pool breaks, or the task's worker is lost
             assert isinstance(got, (shoal.BrokenPoolError, shoal.WorkerLostError)), repr(got)
     finally:
-        if surface == "executor":
-            pool.shutdown(wait=True)
-        else:
-            pool.terminate()
-            pool.join()
-        del pool, got
+        _close(surface, pool)
+        del pool, got  # the pool object (and a traceback naming it) holds its descriptors
     _check_nothing_left(*before)

@@ -19,6 +19,13 @@ import shoal
 import tasks
 
 START_METHODS = ["forkserver", "spawn", "fork"]
+TESTS = os.path.dirname(__file__)
+
+
+def _python(*args, cwd=None, extra_path=(), timeout=120, text=True):
+    """Runs ``python *args`` with this test's sys.path (a user's script, as they run it)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extra_path, *sys.path]))
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=text, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture(params=START_METHODS)
@@ -276,8 +283,7 @@ if __name__ == "__main__":
 def test_main_script_classes_are_the_same_classes_in_workers(method, tmp_path):
     script = tmp_path / "user_script.py"
     script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(script), method], env=env, capture_output=True, text=True, timeout=120)
+    out = _python(str(script), method)
     assert out.returncode == 0, out.stderr
     assert "RESULTS [True, True, True, True, True, True]" in out.stdout, out.stdout + out.stderr
 
@@ -287,9 +293,7 @@ def test_main_module_run_with_dash_m(tmp_path):
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "job.py").write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
-    out = subprocess.run([sys.executable, "-m", "userpkg.job", "spawn"], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = _python("-m", "userpkg.job", "spawn", extra_path=[str(tmp_path)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "RESULTS [True, True, True, True, True, True]" in out.stdout, out.stdout + out.stderr
 
@@ -306,9 +310,7 @@ def test_submit_after_interpreter_shutdown_began_raises_runtime_error(tmp_path):
         import shoal, tasks
         ex = shoal.Executor(1)
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(__file__))
+    out = _python("-c", code, cwd=TESTS)
     assert "RAISED RuntimeError" in out.stdout, out.stdout + out.stderr
 
 
@@ -331,9 +333,7 @@ def test_worker_output_is_linear_and_has_the_text_stream_api(tmp_path):
         with shoal.Executor(1) as ex:
             print("RETURNED", ex.submit(tasks.write_without_newline, 10_240_000).result(timeout=300))
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300,
-                         cwd=os.path.dirname(__file__))
+    out = _python("-c", code, text=False, timeout=300, cwd=TESTS)
     assert out.returncode == 0, out.stderr
     assert b"RETURNED 10240000" in out.stdout
     assert out.stdout.count(b"x") == 10_240_000 and b"|end\n" in out.stdout
@@ -346,9 +346,7 @@ def test_workers_survive_a_closed_stdout(tmp_path):
         with shoal.Executor(1) as ex:
             sys.stderr.write("RESULT %s\\n" % ex.submit(tasks.say, "into the void").result(timeout=60))
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(__file__))
+    out = _python("-c", code, cwd=TESTS)
     assert "RESULT into the void" in out.stderr, out.stderr
 
 
@@ -456,8 +454,7 @@ if __name__ == "__main__":
 def test_mp_queue_lock_event_in_initargs_and_manager_proxies_work(method, tmp_path):
     script = tmp_path / "mp_objects.py"
     script.write_text(_MP_OBJECTS_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(script), method], env=env, capture_output=True, text=True, timeout=120)
+    out = _python(str(script), method)
     assert out.returncode == 0, out.stderr
     assert "LOGGED ['item 0', 'item 1', 'item 2'] True" in out.stdout, out.stdout + out.stderr
     assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr
@@ -482,8 +479,7 @@ if __name__ == "__main__":
 def test_manager_proxies_reach_spawned_workers(tmp_path):
     script = tmp_path / "proxy.py"
     script.write_text(_PROXY_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    out = _python(str(script))
     assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr
 
 
@@ -499,8 +495,7 @@ def test_a_script_without_main_guard_breaks_the_pool_with_a_clear_error(tmp_path
         except shoal.BrokenPoolError as exc:
             print("BROKEN", "could not import the main module" in str(exc), "proper idiom" in str(exc))
     """))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    out = _python(str(script))
     assert "BROKEN True True" in out.stdout, out.stdout + out.stderr
 
 

@@ -68,6 +68,7 @@
 #include <vector>
 
 #include "shoal/ipc/errors.hpp"
+#include "shoal/proc/fd.hpp"
 
 namespace shoal {
 namespace {
@@ -91,30 +92,6 @@ void* map_fd(int fd, std::size_t size, const std::string& name) {
   }
   return data;
 }
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) reset(std::exchange(o.fd_, -1));
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  bool ok() const { return fd_ >= 0; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // --- names -------------------------------------------------------------------
 
@@ -204,11 +181,11 @@ bool plausible_segment(const struct stat& st, uid_t me) {
 
 // Opens a candidate without following a symlink, blocking on a FIFO, or taking
 // a terminal; only if, before and after opening, it is a regular file.
-Fd open_candidate(int dir_fd, const char* name, struct stat& st) {
+UniqueFd open_candidate(int dir_fd, const char* name, struct stat& st) {
   struct stat before {};
-  if (fstatat(dir_fd, name, &before, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(before.st_mode)) return Fd();
-  Fd fd(openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
-  if (!fd.ok() || fstat(fd.get(), &st) != 0 || !same_file(before, st)) return Fd();
+  if (fstatat(dir_fd, name, &before, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(before.st_mode)) return UniqueFd();
+  UniqueFd fd(openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (!fd || fstat(fd.get(), &st) != 0 || !same_file(before, st)) return UniqueFd();
   return fd;
 }
 
@@ -230,8 +207,8 @@ enum class TokenState { held, gone, other };
 // Tries the token's lock; a token nobody holds is unlinked (under the lock).
 TokenState probe_token(int dir_fd, const std::string& name, uid_t me) {
   struct stat st {};
-  Fd fd = open_candidate(dir_fd, name.c_str(), st);
-  if (!fd.ok() || !ours(st, me)) return TokenState::other;  // gone already, or not a file we would make
+  UniqueFd fd = open_candidate(dir_fd, name.c_str(), st);
+  if (!fd || !ours(st, me)) return TokenState::other;  // gone already, or not a file we would make
   if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return TokenState::held;  // a live holder (or: cannot tell)
   if (fstat(fd.get(), &st) != 0) return TokenState::held;
   if (st.st_size != 0) {
@@ -250,8 +227,8 @@ TokenState probe_token(int dir_fd, const std::string& name, uid_t me) {
 // Removes a segment name if it is a file we would have made.
 bool remove_segment(int dir_fd, const std::string& name, uid_t me) {
   struct stat st {};
-  Fd fd = open_candidate(dir_fd, name.c_str(), st);
-  if (!fd.ok() || !plausible_segment(st, me)) return false;
+  UniqueFd fd = open_candidate(dir_fd, name.c_str(), st);
+  if (!fd || !plausible_segment(st, me)) return false;
   return name_is(dir_fd, name.c_str(), fd.get()) && unlinkat(dir_fd, name.c_str(), 0) == 0;
 }
 
@@ -296,8 +273,8 @@ int create_owner_token(pid_t pid, std::string* name_out) {
   for (int attempt = 0;; ++attempt) {
     const std::string name = std::string(kTokenPrefix) + std::to_string(pid) + "-" + random_hex();
     const std::string path = "/" + name;
-    Fd fd(shm_open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600));
-    if (!fd.ok()) {
+    UniqueFd fd(shm_open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600));
+    if (!fd) {
       if (errno == EEXIST && attempt < 8) continue;
       throw_errno("shm_open " + name);
     }
@@ -459,8 +436,8 @@ void SharedSegment::close() {
 }
 
 std::size_t reclaim_stale_segments() {
-  Fd dir(open(kShmDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir.ok()) return 0;
+  UniqueFd dir(open(kShmDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) return 0;
   const uid_t me = geteuid();
   const std::map<pid_t, Group> seen = list_names(dir.get());
   std::vector<pid_t> gone;
