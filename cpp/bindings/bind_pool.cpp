@@ -2,12 +2,15 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <utility>
+
 #include "common.hpp"
 #include "shoal/ipc/errors.hpp"
 #include "shoal/mem/arena.hpp"
 #include "shoal/proc/launcher.hpp"
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/engine.hpp"
+#include "shoal/sched/protocol.hpp"
 #include "shoal/sched/worker_endpoint.hpp"
 
 namespace shoal::py {
@@ -83,6 +86,19 @@ nb::tuple serve_forks(int sock) {
 }  // namespace
 
 void bind_pool(nb::module_& m) {
+  // The protocol's constants, defined once (sched/protocol.hpp): Python reads
+  // them from here, never from a copy of its own.
+  auto protocol = m.def_submodule("protocol", "Frame kinds and job statuses of the pool protocol.");
+  using proto::Kind;
+  using proto::Status;
+  for (auto [name, kind] : {std::pair{"DEFINE_FUNCTION", Kind::define_function}, {"DROP_FUNCTION", Kind::drop_function},
+                            {"INITIALIZE", Kind::initialize}, {"JOB", Kind::job}})
+    protocol.attr(name) = static_cast<uint32_t>(kind);
+  for (auto [name, status] : {std::pair{"OK", Status::ok}, {"ERROR", Status::error},
+                              {"WORKER_LOST", Status::worker_lost}, {"CANCELLED", Status::cancelled},
+                              {"BROKEN", Status::broken}, {"TIMED_OUT", Status::timed_out},
+                              {"MEMORY_EXCEEDED", Status::memory_exceeded}, {"LOG", Status::log}})
+    protocol.attr(name) = static_cast<uint32_t>(status);
   nb::class_<Engine>(m, "Engine", "The pool engine: central queue, dispatch to worker rings, supervision.")
       .def(
           "__init__",

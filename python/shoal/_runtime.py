@@ -29,8 +29,10 @@ from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
 from ._serialize import as_pickling_error, transfer_error
 
-# Job statuses, as in cpp/include/shoal/sched/protocol.hpp.
-OK, ERROR, WORKER_LOST, CANCELLED, BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = range(8)
+# Job statuses, defined in cpp/include/shoal/sched/protocol.hpp.
+OK, ERROR, WORKER_LOST, CANCELLED = _core.protocol.OK, _core.protocol.ERROR, _core.protocol.WORKER_LOST, _core.protocol.CANCELLED
+BROKEN, TIMED_OUT, LOG = _core.protocol.BROKEN, _core.protocol.TIMED_OUT, _core.protocol.LOG
+MEMORY_EXCEEDED = _core.protocol.MEMORY_EXCEEDED
 # Outcomes of tasks run inline by the serial runtime: the payload is the object itself.
 INLINE_OK, INLINE_ERROR = 100, 101
 

@@ -18,9 +18,10 @@ from . import _core
 from ._oob import PROTOCOL, SCALAR_TYPES, pack, pin_arenas, unpack
 from ._serialize import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
 
-# Frame kinds and statuses, as in cpp/include/shoal/sched/protocol.hpp.
-DEFINE_FUNCTION, DROP_FUNCTION, INITIALIZE, JOB = 1, 2, 3, 4
-OK, ERROR = 0, 1
+# Frame kinds and statuses, defined in cpp/include/shoal/sched/protocol.hpp.
+DEFINE_FUNCTION, DROP_FUNCTION = _core.protocol.DEFINE_FUNCTION, _core.protocol.DROP_FUNCTION
+INITIALIZE, JOB = _core.protocol.INITIALIZE, _core.protocol.JOB
+OK, ERROR = _core.protocol.OK, _core.protocol.ERROR
 # Job tags: how the payload calls the function.
 CALL, MAP_ONE, MAP_STAR = 0, 1, 2
 
