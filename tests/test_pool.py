@@ -149,3 +149,11 @@ def test_a_busy_worker_keeps_freed_heap_memory_for_reuse_and_gives_it_back_when_
         while pool.apply(tasks.heap_cache_bytes) != 0:
             assert time.monotonic() < deadline, "an idle worker kept its cached heap arenas"
             time.sleep(0.3)
+
+
+def test_pool_has_the_executors_stats(no_leaks):
+    with shoal.Pool(2) as pool:
+        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+        stats = pool.stats()
+    assert stats["submitted"] >= 1 and stats["completed"] == stats["submitted"], stats
+    assert stats["workers_started"] == 2 and stats["shm_used_bytes"] == 0, stats

@@ -344,3 +344,8 @@ class Pool:
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers."""
         return self._runtime.worker_pids()
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the engine, as ``Executor.stats()``: tasks submitted and
+        completed, workers started and lost, retries, ``shm_used_bytes``."""
+        return self._runtime.stats()
