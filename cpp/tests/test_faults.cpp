@@ -277,7 +277,8 @@ TEST(ForkServerFaults, ServerThatExitsAtOnceBreaksThePoolWithItsExitStatus) {
   Engine e(o);
   uint64_t fn = e.define_function("f");
   const uint64_t id = e.submit(fn, 0, "echo:x");
-  auto done = collect(e, 1);
+  std::vector<std::string> logs;
+  auto done = collect(e, 1, &logs);
   ASSERT_TRUE(done.count(id)) << "the job waited for a fork server that never came";
   EXPECT_EQ(done[id].status, Status::broken);
   const std::string& reason = done[id].payload;
@@ -286,6 +287,14 @@ TEST(ForkServerFaults, ServerThatExitsAtOnceBreaksThePoolWithItsExitStatus) {
   ASSERT_TRUE(e.broken().has_value());
   EXPECT_TRUE(contains(*e.broken(), "fork server keeps dying"));
   EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+  // Logged as an error, and no worker "replacement" is promised for it.
+  std::vector<Completion> rest;
+  while (e.collect(rest, Deadline::after(1s))) {
+  }
+  for (const auto& c : rest)
+    if (c.status == Status::log) logs.push_back(c.payload);
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](const std::string& t) { return contains(t, "keeps dying"); }));
+  for (const auto& text : logs) EXPECT_FALSE(contains(text, "starting a replacement")) << text;
 }
 
 // A server that cannot even be started again (its program was removed):

@@ -535,6 +535,13 @@ void Engine::handle_events_locked() {
         log_locked(LogLevel::debug, worker_name(e.slot) + " started");
         break;
       case ProcessEvent::Type::spawn_failed:
+        // A launcher that gave up says why (its failed event broke the pool
+        // already); on a broken pool the slot just stays empty.
+        if (!e.reason.empty() && !broken_) fail_everything_locked(e.reason);
+        if (broken_) {
+          s.state = SlotState::dead;
+          break;
+        }
         handle_exit_locked(e.slot, -1, W_EXITCODE(127, 0));
         break;
       case ProcessEvent::Type::exited:
