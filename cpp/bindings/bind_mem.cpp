@@ -28,13 +28,16 @@ constexpr std::size_t kGilHeldCopyLimit = 64 * 1024;
 // A window on a block, exported through the buffer protocol. It holds one
 // reference on the block from construction until close(), detach() or
 // destruction, and keeps this process's mapping of it until destruction, so
-// memory it exposed can never be unmapped under a reader. A copy-on-write view
+// memory it exposed can never be unmapped under a reader: besides its pin (the
+// arena's bookkeeping) it owns the mapping itself (SharedArena::hold_mapping),
+// so even an unbalanced release elsewhere in the process cannot unmap it. A copy-on-write view
 // exposes a private mapping of the window instead (SharedArena::map_private):
 // writable, and what is written stays in this process; the mapping lives
 // exactly as long as the view (it is unmapped before the reference is dropped).
 struct BlockView {
   std::shared_ptr<SharedArena> arena;
   Block block{};
+  std::shared_ptr<std::byte> mapping;  // keeps the block's shared mapping here (null once detached)
   PrivateMapping cow;         // a copy-on-write view's mapping (invalid otherwise)
   std::byte* data = nullptr;  // the first byte of the window; null once detached
   std::size_t length = 0;
@@ -51,7 +54,8 @@ struct BlockView {
       : arena(std::move(a)), block(b), length(len), offset(off), readonly(ro && !private_copy),
         copy_on_write(private_copy), holds_ref(true), pinned(true) {
     try {
-      data = arena->data(block) + offset;
+      mapping = arena->hold_mapping(block);
+      data = mapping.get() + offset;
       if (copy_on_write && length > 0) {  // an empty window has nothing to write
         cow = arena->map_private(block, offset, length);
         data = cow.data();
@@ -105,6 +109,7 @@ struct BlockView {
     if (pid == getpid()) arena->disown(block);
     holds_ref = pinned = false;
     data = nullptr;
+    mapping.reset();
     return block;
   }
 };
@@ -341,7 +346,12 @@ void bind_mem(nb::module_& m) {
           "stay in this view (no copy is made until a page is written).")
       .def("retain", &SharedArena::retain, nb::arg("block"))
       .def("try_retain", &SharedArena::try_retain, nb::arg("block"))
-      .def("release", &SharedArena::release, nb::arg("block"))
+      .def("release", &SharedArena::release, nb::arg("block"),
+           "Drop a reference this process holds (one it allocated, retained or adopted).")
+      .def("release_disowned", &SharedArena::release_disowned, nb::arg("block"),
+           "Drop a reference that was disowned (handed to a payload) and not adopted here, leaving "
+           "this process's own views and mappings of the block alone (release() would take one of "
+           "their pins: a huge block could be unmapped under them).")
       .def("adopt", &SharedArena::adopt, nb::arg("block"))
       .def("disown", &SharedArena::disown, nb::arg("block"))
       .def("refcount", &SharedArena::refcount, nb::arg("block"))

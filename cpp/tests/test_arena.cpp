@@ -789,3 +789,103 @@ TEST(ArenaPrivate, AfterTheOwnerClosedTheArenaWindowsAreStillPrivate) {
   arena->release(late);
   arena->release(huge);
 }
+
+// --- references that travel in payloads (issue 12) ---------------------------
+
+// A worker makes a block, sends it by reference in a result (the payload holds
+// a reference it disowned) and lets go of its own; the caller takes a
+// reference of its own (its array's view) and then drops the payload's. That
+// must not touch the view's pin: with release() instead, the last pin went and
+// a huge block's segment was unmapped under the caller's array (SIGSEGV).
+TEST(Arena, APayloadsReferenceIsDroppedWithoutUnmappingTheReceiversView) {
+  auto arena = SharedArena::create(512 * kMiB);
+  const std::string name = arena->name();
+  for (std::size_t size : {std::size_t{4096}, 40 * kMiB}) {
+    Channel to_parent;
+    ChildProcess worker([&] {
+      auto mine = SharedArena::attach(name);
+      Block b = mine->alloc(size);
+      fill(*mine, b, 9);
+      mine->retain(b);   // the result payload's reference ...
+      mine->disown(b);   // ... belongs to the payload, not to this process
+      mine->release(b);  // the worker's own array goes
+      to_parent.send(b);
+      return 0;
+    });
+    Block b;
+    ASSERT_TRUE(to_parent.receive(b));
+    ASSERT_TRUE(worker.succeeded());
+    ASSERT_EQ(b.dedicated(), size > kMiB);
+    ASSERT_TRUE(arena->try_retain(b));  // the caller's array
+    EXPECT_EQ(arena->refcount(b), 2u);
+    arena->release_disowned(b);  // the payload's reference, never adopted here
+    EXPECT_EQ(arena->refcount(b), 1u);
+    EXPECT_TRUE(arena->contains(arena->data(b), b.size));
+    EXPECT_TRUE(all_equal(*arena, b, 9));
+    arena->release(b);
+    EXPECT_EQ(arena->used_bytes(), 0u);
+  }
+  EXPECT_EQ(arena->segment_count(), 1u);  // the pooled one; the huge block's went with it
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(Arena, ReleaseDisownedOfTheLastReferenceFreesTheBlockAndDropsItsIdleMapping) {
+  MappingCacheOn cache;
+  auto arena = SharedArena::create(512 * kMiB);
+  const auto before = shm_names_of(getpid());
+  Block huge = arena->alloc(40 * kMiB);
+  arena->disown(huge);  // into a payload; the mapping stays cached here
+  EXPECT_EQ(arena->idle_mappings(), 1u);
+  arena->release_disowned(huge);  // the payload is released, here
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->idle_mappings(), 0u);
+  EXPECT_EQ(shm_names_of(getpid()), before);
+  EXPECT_THROW(arena->release_disowned(huge), std::invalid_argument);  // once too often
+}
+
+TEST(Arena, AnUnmatchedDisownIsIgnoredOnceTheBlockHasNoPinHere) {
+  MappingCacheOn cache;
+  auto arena = SharedArena::create(512 * kMiB);
+  Block huge = arena->alloc(40 * kMiB);
+  fill(*arena, huge, 4);
+  arena->disown(huge);  // an idle cached mapping
+  arena->disown(huge);  // one too many: no pin left to undo (it used to wrap the count around)
+  EXPECT_EQ(arena->idle_mappings(), 1u);
+  arena->adopt(huge);
+  EXPECT_TRUE(all_equal(*arena, huge, 4));
+  EXPECT_EQ(arena->idle_mappings(), 0u);
+  arena->release(huge);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(SharedArena::trim_idle_mappings(), 0u);
+}
+
+TEST(Arena, HoldMappingKeepsTheBytesMappedPastTheBlocksLastPin) {
+  auto arena = SharedArena::create(512 * kMiB);
+  const auto before = shm_names_of(getpid());
+  Block huge = arena->alloc(40 * kMiB);
+  fill(*arena, huge, 6);
+  std::shared_ptr<std::byte> held = arena->hold_mapping(huge);
+  EXPECT_EQ(held.get(), arena->data(huge));
+  arena->release(huge);  // freed: its name goes, this process's bookkeeping lets go of it
+  EXPECT_EQ(shm_names_of(getpid()), before);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_FALSE(arena->contains(held.get()));
+  EXPECT_TRUE(std::all_of(held.get(), held.get() + huge.size, [](std::byte x) { return x == std::byte{6}; }));
+  EXPECT_TRUE(mapped_here(held.get()));
+  const void* where = held.get();
+  held.reset();  // the last owner: unmapped now
+  EXPECT_FALSE(mapped_here(where));
+
+  Block small = arena->alloc(1000);  // a pooled block's holder keeps the handle (and its segments)
+  fill(*arena, small, 8);
+  held = arena->hold_mapping(small);
+  std::weak_ptr<SharedArena> handle = arena;
+  arena->release(small);
+  arena.reset();
+  EXPECT_FALSE(handle.expired());
+  EXPECT_EQ(*held, std::byte{8});
+  held.reset();
+  EXPECT_TRUE(handle.expired());
+  EXPECT_THROW(SharedArena::create(kMiB)->hold_mapping(Block{0, Block::kDedicated, 0, 10, 99}),
+               std::logic_error);
+}

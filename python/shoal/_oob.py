@@ -35,6 +35,9 @@ References: who releases what
 * A payload returned by ``pack()`` OWNS one reference on every block it lists,
   and nobody else holds those references. The packing process keeps no
   mapping bookkeeping for them, so the payload may be released anywhere.
+  Such a reference is dropped with ``Arena.release_disowned`` (never
+  ``Arena.release``, which also takes back a pin of this process: that of a
+  live view of the same block, whose huge segment would be unmapped under it).
 * ``unpack(payload, arena)`` (``adopt=False``): the objects it builds take
   references of their own (dropped when they are garbage-collected, in
   whatever process); the payload's stay. Use this where the same payload may
@@ -157,7 +160,8 @@ class _Packing:
         self.views.clear()  # each view releases its block
         held, self.held = self.held, []
         for arena, block in held:
-            arena.release(block)
+            # Disowned in hold(): release() would take the pin of the SharedArray being pickled.
+            arena.release_disowned(block)
 
     def finish(self, pickled: bytes) -> bytes:
         if not self.views and not self.held:
@@ -444,8 +448,12 @@ def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
 
 
 def _release_quietly(arena: Any, block: Any) -> None:
+    """Drops one of a payload's references: disowned by its sender, never
+    adopted here. Not release(): that would also take a pin of this process's
+    own views of the block (the SharedArray just rebuilt over it), and the last
+    pin going unmaps a huge block under the array."""
     try:
-        arena.release(block)
+        arena.release_disowned(block)
     except Exception:  # noqa: BLE001 - already gone: nothing left to free
         pass
 
@@ -457,11 +465,10 @@ def release(payload: Any, arena: Any = None) -> None:
     names, entries, _ = _decode(payload)
     arenas = _arenas(names, arena)
     for arena_index, _, block, _, _ in entries:
-        # The payload's references are disowned (not this process's): adopt
-        # each before dropping it, so this process's own mappings and
-        # references on the same block (a live SharedArray) stay intact.
-        arenas[arena_index].adopt(block)
-        arenas[arena_index].release(block)
+        # The payload's references are disowned (not this process's): this
+        # process's own mappings and references on the same block (a live
+        # SharedArray) stay intact, and a huge block is not mapped to do it.
+        arenas[arena_index].release_disowned(block)
 
 
 def attach_view(descriptor: tuple, readonly: Optional[bool] = None) -> Any:

@@ -18,7 +18,10 @@ Arrays come from the arena given as ``arena=`` (a pool's, typically), else
 from a process-wide default arena, created on first use and owned by this
 process: its shared memory goes when this process exits (unlinked at exit,
 and reclaimed by the next shoal start if the process was killed), so a
-SharedArray must be unpickled by its receivers while its creator lives.
+SharedArray must be unpickled by its receivers while its creator lives. In a
+pool worker the default is the pool's arena instead, owned by the pool's
+process: an array a task creates and returns lives on in the caller, and can
+be sent to other tasks, after the worker has exited.
 Limits: the default arena may use up to half of the space free in /dev/shm
 when it is created; past its limit, allocation raises MemoryError.
 
@@ -49,8 +52,14 @@ _default_lock = threading.Lock()
 
 def default_arena() -> Any:
     """The process-wide arena SharedArrays come from when no arena is given;
-    created (and owned by this process) on first use."""
+    created (and owned by this process) on first use. In a pool worker it is
+    the pool's arena, which the pool's process owns: an array a task creates
+    and returns lives on in the caller after the worker exits."""
     global _default
+    from . import _worker
+
+    if _worker._arena is not None:
+        return _worker._arena
     arena = _default
     if arena is not None and not arena.closed:
         return arena

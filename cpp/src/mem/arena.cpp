@@ -330,7 +330,8 @@ void SharedArena::pin(const Block& b) {
   const SlotRecord& s = ctl().slots[b.segment];
   if (s.generation.load(std::memory_order_acquire) != b.generation)
     throw std::invalid_argument("shared-memory block was already freed");
-  dedicated_.emplace(b.generation, LocalDedicated{SharedSegment::attach(s.name), b.segment, 1, ++use_clock_});
+  dedicated_.emplace(b.generation, LocalDedicated{std::make_shared<SharedSegment>(SharedSegment::attach(s.name)),
+                                                  b.segment, 1, ++use_clock_});
   collect_idle_locked(dropped);
 }
 
@@ -339,7 +340,9 @@ void SharedArena::unpin(const Block& b) {
   std::vector<LocalDedicated> dropped;  // unmapped after the lock is let go
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
-  if (it == dedicated_.end()) return;
+  // No pin here to undo (a reference disowned elsewhere, dropped with release()
+  // instead of release_disowned()): nothing to do, and never a count below zero.
+  if (it == dedicated_.end() || it->second.pins == 0) return;
   if (--it->second.pins == 0) {
     if (mapping_cache_enabled.load(std::memory_order_relaxed) && dedicated_alive(b.segment, b.generation)) {
       ++idle_count_;
@@ -415,7 +418,20 @@ std::byte* SharedArena::data(const Block& b) {
   auto it = dedicated_.find(b.generation);
   if (it == dedicated_.end() || it->second.pins == 0)
     throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
-  return it->second.segment.bytes() + b.offset;
+  return it->second.segment->bytes() + b.offset;
+}
+
+std::shared_ptr<std::byte> SharedArena::hold_mapping(const Block& b) {
+  if (!b.dedicated()) {  // pooled segments stay mapped as long as the handle
+    std::byte* p = data(b);
+    return std::shared_ptr<std::byte>(shared_from_this(), p);
+  }
+  std::lock_guard<std::mutex> lock(local_mu_);
+  auto it = dedicated_.find(b.generation);
+  if (it == dedicated_.end() || it->second.pins == 0)
+    throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
+  const std::shared_ptr<SharedSegment>& seg = it->second.segment;
+  return std::shared_ptr<std::byte>(seg, seg->bytes() + b.offset);
 }
 
 bool SharedArena::contains(const void* address, std::size_t length) const {
@@ -427,8 +443,8 @@ bool SharedArena::contains(const void* address, std::size_t length) const {
   std::lock_guard<std::mutex> lock(local_mu_);
   for (const auto& [gen, local] : dedicated_) {
     if (local.pins == 0) continue;
-    const std::byte* base = local.segment.bytes();
-    if (p >= base && p + length <= base + local.segment.size()) return true;
+    const std::byte* base = local.segment->bytes();
+    if (p >= base && p + length <= base + local.segment->size()) return true;
   }
   // The window starting at or before p, if any (windows never overlap).
   auto it = private_windows_.upper_bound(p);
@@ -602,29 +618,37 @@ bool SharedArena::try_retain(const Block& b) {
   return true;
 }
 
-void SharedArena::release(const Block& b) {
+void SharedArena::drop_reference(const Block& b) {
   std::atomic<uint32_t>& refs = refs_of(b);
   uint32_t r = refs.load(std::memory_order_relaxed);
   // Not the last reference: drop it without the mutex.
   while (r > 1)
-    if (refs.compare_exchange_weak(r, r - 1, std::memory_order_release, std::memory_order_relaxed)) {
-      unpin(b);
-      return;
-    }
-  {
-    Locked lock(*this);
-    r = refs.load(std::memory_order_relaxed);
-    do {
-      if (r == 0) throw std::invalid_argument("release() of a shared-memory block that holds no reference");
-    } while (!refs.compare_exchange_weak(r, r - 1, std::memory_order_acq_rel, std::memory_order_relaxed));
-    if (r == 1) {
-      if (b.dedicated())
-        free_dedicated_locked(b.segment);
-      else
-        free_pooled_locked(b.segment, b.offset - kHeaderBytes);
-    }
+    if (refs.compare_exchange_weak(r, r - 1, std::memory_order_release, std::memory_order_relaxed)) return;
+  Locked lock(*this);
+  r = refs.load(std::memory_order_relaxed);
+  do {
+    if (r == 0) throw std::invalid_argument("release() of a shared-memory block that holds no reference");
+  } while (!refs.compare_exchange_weak(r, r - 1, std::memory_order_acq_rel, std::memory_order_relaxed));
+  if (r == 1) {
+    if (b.dedicated())
+      free_dedicated_locked(b.segment);
+    else
+      free_pooled_locked(b.segment, b.offset - kHeaderBytes);
   }
+}
+
+void SharedArena::release(const Block& b) {
+  drop_reference(b);
   unpin(b);
+}
+
+void SharedArena::release_disowned(const Block& b) {
+  drop_reference(b);
+  if (!b.dedicated()) return;
+  // Pins here belong to others; but an idle cached mapping of a block this freed goes now.
+  std::vector<LocalDedicated> dropped;  // unmapped after the lock is let go
+  std::lock_guard<std::mutex> lock(local_mu_);
+  collect_idle_locked(dropped);
 }
 
 uint32_t SharedArena::refcount(const Block& b) { return refs_of(b).load(std::memory_order_acquire); }
@@ -690,7 +714,8 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
   }
   {
     std::lock_guard<std::mutex> lock(local_mu_);
-    dedicated_.emplace(generation, LocalDedicated{std::move(seg), slot, 1, ++use_clock_});
+    dedicated_.emplace(generation,
+                       LocalDedicated{std::make_shared<SharedSegment>(std::move(seg)), slot, 1, ++use_clock_});
   }
   // Fresh from the system: already zero.
   return Block{slot, Block::kDedicated, 0, size, generation};

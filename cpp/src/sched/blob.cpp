@@ -1,9 +1,11 @@
 #include "shoal/sched/blob.hpp"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
 
+#include "../mem/shm_file.hpp"  // create_named_segment: a segment named after another pid
 #include "shoal/ipc/errors.hpp"
 
 namespace shoal {
@@ -18,6 +20,19 @@ std::string_view Blob::wire(std::size_t inline_limit) {
   spill_ = std::move(seg);
   std::string().swap(bytes_);
   return spill_->name();
+}
+
+std::string spill_for(pid_t owner, std::string_view bytes) {
+  const std::string name = segment_detail::random_segment_name(owner);
+  // Does not own the name (nor make a token for a pid not ours): the receiver unlinks it.
+  // Whole pages, as every segment of ours (the stale-segment cleanup removes nothing else).
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  const std::size_t size = (bytes.size() + sizeof(uint64_t) + page - 1) / page * page;
+  SharedSegment seg = arena_detail::create_named_segment(name, size);
+  const uint64_t n = bytes.size();
+  std::memcpy(seg.data(), &n, sizeof n);
+  std::memcpy(seg.bytes() + sizeof n, bytes.data(), n);
+  return name;
 }
 
 void read_spilled(std::string_view segment_name, bool unlink_after,

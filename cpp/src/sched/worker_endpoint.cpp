@@ -1,5 +1,6 @@
 #include "shoal/sched/worker_endpoint.hpp"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -15,6 +16,25 @@ WorkerEndpoint::WorkerEndpoint(const std::string& segment_name, uint32_t slot)
   inbox_ = layout_.inbox(slot);
   outbox_ = layout_.outbox(slot);
   layout_.status(slot).pid.store(static_cast<uint32_t>(getpid()));
+  owner_pid_ = owner_of(layout_.segment().name());
+}
+
+pid_t WorkerEndpoint::owner_of(const std::string& segment_name) {
+  // `shoal-<pid>-<hex>`: the pool's segment carries its creator's pid.
+  const std::string_view prefix = kSegmentPrefix;
+  const std::string_view name = segment_name;
+  if (name.starts_with(prefix)) {
+    const std::string_view rest = name.substr(prefix.size());
+    const std::size_t dash = rest.find('-');
+    long pid = 0;
+    bool digits = dash != std::string_view::npos && dash > 0 && dash <= 9;
+    for (std::size_t i = 0; digits && i < dash; ++i) {
+      digits = rest[i] >= '0' && rest[i] <= '9';
+      pid = pid * 10 + (rest[i] - '0');
+    }
+    if (digits && pid > 0) return static_cast<pid_t>(pid);
+  }
+  return getpid();  // not a name of ours: the worker's own pid, as any segment it makes
 }
 
 void WorkerEndpoint::mark_running(uint64_t job_id) {
@@ -26,15 +46,24 @@ void WorkerEndpoint::mark_running(uint64_t job_id) {
 }
 
 void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {
-  Blob spill;
+  std::string spilled;
   if (payload.size() > proto::inline_payload_limit(outbox_.max_frame())) {
-    spill = Blob(std::string(payload));
-    payload = spill.wire(0);
-    spill.hand_over_spill();  // the parent unlinks it after reading
+    // Named after the pool's owner, not this worker: the parent may read it after
+    // this worker has exited, and a stale-segment cleanup in between (any
+    // program's `import shoal`) removes the names of processes that are gone.
+    // The parent unlinks it after reading.
+    spilled = spill_for(owner_pid_, payload);
+    payload = spilled;
     h.tag |= proto::kSpilled;
   }
-  outbox_.push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(payload.data(), payload.size()))},
-               Deadline::never());
+  try {
+    outbox_.push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(payload.data(), payload.size()))},
+                 Deadline::never());
+  } catch (...) {
+    // Nobody will read it (the outbox is closed): a name of the owner's would stay until it exits.
+    if (!spilled.empty()) shm_unlink(("/" + spilled).c_str());
+    throw;
+  }
   layout_.header().doorbell.notify_all();
 }
 

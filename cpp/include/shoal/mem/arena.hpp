@@ -17,7 +17,8 @@
 // returns a block holding one reference; retain() adds one, release() drops
 // one, and the process that drops the last one frees the block, whichever it
 // is. A reference is a token that may be handed from process to process with
-// the descriptor (adopt()/disown() keep the local mapping bookkeeping right).
+// the descriptor (adopt()/disown() keep the local mapping bookkeeping right;
+// release_disowned() drops one that was never adopted where it is dropped).
 // try_retain() takes a reference from a bare descriptor, if the block still
 // lives (it checks the generation).
 //
@@ -173,18 +174,37 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // have been freed, and its memory reused); false if not.
   bool try_retain(const Block& block);
   // Drops a reference; the last one frees the block. Throws std::invalid_argument
-  // for a descriptor whose block is gone (a release too many).
+  // for a descriptor whose block is gone (a release too many). The reference is
+  // one this process holds in its bookkeeping (from alloc, retain, try_retain or
+  // adopt): release() also undoes that (unpins the block here).
   void release(const Block& block);
+  // Drops a reference this process does not hold in its bookkeeping: one that
+  // was disowned into a payload, here or in another process, and is dropped
+  // here without having been adopted (a payload released, or a payload's
+  // reference on a SharedArray that the receiver's own view has replaced).
+  // This process's mappings, and its own references on the same block, are
+  // left as they are; release() instead would take back one of their pins,
+  // and the last one unmaps a huge block under whatever reads it. As adopt()
+  // then release(), without mapping the block. Throws as release().
+  void release_disowned(const Block& block);
   // Local bookkeeping when a reference changes process: adopt() in the process
   // that takes over a reference made elsewhere (before calling data()), disown()
   // in the process that hands its reference over without releasing it. Neither
   // changes the shared count. alloc/retain/try_retain adopt implicitly, release
-  // disowns implicitly.
+  // disowns implicitly. Each disown() (and each release()) must match an
+  // adoption in this process: an unmatched one is ignored once the block has no
+  // pin left here, but while other pins remain it takes one of theirs.
   void adopt(const Block& block);
   void disown(const Block& block);
   // The block's bytes in this process; valid while this process holds a
   // reference (a dedicated segment is unmapped once it holds none).
   std::byte* data(const Block& block);
+  // data(), with an owner that keeps this process's mapping of those bytes for
+  // as long as it lives, whatever becomes of the references and pins: the
+  // memory it points at is never unmapped under it (a freed block's memory is
+  // then kept from the system until it goes). Views hold one. Same
+  // preconditions as data().
+  std::shared_ptr<std::byte> hold_mapping(const Block& block);
   // A copy-on-write mapping of the block's bytes [offset, offset + length)
   // (length: to the block's end if omitted), private to this process: see
   // PrivateMapping. The caller holds a reference on the block here (as for
@@ -236,7 +256,8 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   friend class PrivateMapping;
   class Locked;
   struct LocalDedicated {
-    SharedSegment segment;
+    // Shared with the owners hold_mapping() handed out: unmapped when the last goes.
+    std::shared_ptr<SharedSegment> segment;
     uint32_t slot = 0;
     uint32_t pins = 0;       // references this process holds; 0 = an idle cached mapping
     uint64_t last_used = 0;  // for evicting the least recently used idle mapping
@@ -256,6 +277,8 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   arena_detail::BlockHeader* pooled_header(const Block& block) const;
   void pin(const Block& block);
   void unpin(const Block& block);
+  // The shared count only: drops one reference, freeing the block on the last.
+  void drop_reference(const Block& block);
   bool dedicated_alive(uint32_t slot, uint64_t generation) const;
   // Moves the idle mappings to drop (freed blocks; the oldest past the cap) into `out`.
   void collect_idle_locked(std::vector<LocalDedicated>& out);

@@ -1,6 +1,8 @@
 #pragma once
 // A payload on its way to a ring: kept inline while it is small, moved once
 // into a shared-memory segment of its own when it would not fit the ring.
+#include <sys/types.h>
+
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -29,6 +31,17 @@ class Blob {
   std::string bytes_;
   std::unique_ptr<SharedSegment> spill_;
 };
+
+// Spills `bytes` into a new segment laid out as Blob::wire() lays it out, but
+// named after `owner`'s pid (`shoal-<owner>-<hex>`), not this process's, and
+// returns its name. For a payload that this process hands to `owner` and may
+// not outlive: a pool worker's result, which the pool reads (and unlinks)
+// after the worker may have exited; named after the worker, another program's
+// stale-segment cleanup could remove it before that. The owner's token keeps
+// it (src/ipc/segment.cpp), and the name is the receiver's to unlink; this
+// process keeps nothing. The segment is backed when made, so a full /dev/shm
+// throws std::system_error (ENOSPC) here instead of a SIGBUS later.
+std::string spill_for(pid_t owner, std::string_view bytes);
 
 // Copies a payload another process spilled into a segment into alloc(n);
 // removes the segment's name afterwards if asked (the receiver is its last user).

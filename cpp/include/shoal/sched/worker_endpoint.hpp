@@ -1,6 +1,8 @@
 #pragma once
 // A worker's end of its slot: frames in from the inbox, results out through
 // the outbox, and the status word that tells the parent which job is running.
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -47,12 +49,17 @@ class WorkerEndpoint {
   void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload);
   void send_init_failed(std::string_view reason);
 
+  // The pool's owner (the parent), whose pid spilled results are named after.
+  pid_t spill_owner() const { return owner_pid_; }
+
  private:
   void send(proto::FrameHeader h, std::string_view payload);
   void mark_running(uint64_t job_id);
+  static pid_t owner_of(const std::string& segment_name);
 
   PoolLayout layout_;
   uint32_t slot_;
+  pid_t owner_pid_ = 0;
   SpscRing inbox_, outbox_;
 };
 
