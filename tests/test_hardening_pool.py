@@ -125,3 +125,32 @@ def test_maps_never_fail_for_the_arena_limit_while_one_item_fits(no_leaks):
         assert list(ex.map(tasks.first_value, arrays)) == [float(i) for i in range(40)]
     with shoal.Pool(2, shm_limit="16MB") as pool:
         assert [float(a[0]) for a in pool.map(tasks.four_mib, range(40))] == [float(i) for i in range(40)]
+
+
+def test_default_sigterm_still_kills_but_removes_the_shared_memory_names(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "served.py"
+    script.write_text(
+        "import sys, numpy as np, shoal\n"
+        "ex = shoal.Executor(2)\n"
+        "keep = shoal.SharedArray((1000,), dtype=np.float64)\n"
+        "ex.submit(abs, 1).result(timeout=60)\n"
+        "print('READY', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    child = subprocess.Popen([sys.executable, str(script)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        assert shoal_segments_of(child.pid), "the pool should have named segments while it runs"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == -signal.SIGTERM  # it still dies of the signal
+        leftover = [n for n in os.listdir("/dev/shm") if n.startswith((f"shoal-{child.pid}-", f"shoal-lock-{child.pid}-"))]
+        assert not leftover, leftover
+    finally:
+        child.kill()
+        child.wait(timeout=60)

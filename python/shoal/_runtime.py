@@ -117,6 +117,45 @@ _orphans: list = []
 os.register_at_fork(after_in_child=_orphan_runtimes_in_child)
 
 
+def _clean_up_on_sigterm() -> None:
+    """Where SIGTERM would kill this process without a word (its default),
+    it first stops the pools and removes this process's shared-memory names,
+    then dies of the same signal: what the exit path does where Python runs,
+    for the signal that service managers and `docker stop` send."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _die_of_sigterm)
+
+
+def _die_of_sigterm(signum: int, frame: Any) -> None:
+    import signal
+    import stat
+
+    signal.signal(signum, signal.SIG_DFL)
+    try:
+        for runtime in list(_live):
+            try:
+                runtime._engine.terminate()  # the workers go first: nothing writes to the names after
+            except Exception:  # noqa: BLE001 - dying anyway
+                pass
+        me, uid = os.getpid(), os.geteuid()
+        for name in os.listdir("/dev/shm"):
+            if not (name.startswith(f"shoal-{me}-") or name.startswith(f"shoal-lock-{me}-")):
+                continue
+            path = os.path.join("/dev/shm", name)
+            try:
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode) and info.st_uid == uid:  # ours, never a planted link
+                    os.unlink(path)
+            except OSError:
+                pass
+    finally:
+        os.kill(os.getpid(), signum)
+
+
 class Cancelled(Exception):
     """Internal marker: the job was cancelled before it ran."""
 
@@ -327,6 +366,7 @@ class Runtime:
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
         _live.add(self)
+        _clean_up_on_sigterm()
 
     # -- submitting -----------------------------------------------------------
 
