@@ -24,15 +24,14 @@ from . import _core
 from ._bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
 from ._oob import MAGIC as _PACKED
 from ._oob import pack, pack_call, release, unpack
-from ._serialize import by_reference, dumps, dumps_callable, loads_exception
+from ._serialize import as_pickling_error, by_reference, dumps, dumps_callable, loads_exception, transfer_error
 from ._worker import CALL, MAP_ONE, MAP_STAR
 from .errors import BrokenPoolError, MemoryLimitError, WorkerLostError
-from ._serialize import as_pickling_error, transfer_error
 
 # Job statuses, defined in cpp/include/shoal/sched/protocol.hpp.
-OK, ERROR, WORKER_LOST, CANCELLED = _core.protocol.OK, _core.protocol.ERROR, _core.protocol.WORKER_LOST, _core.protocol.CANCELLED
-BROKEN, TIMED_OUT, LOG = _core.protocol.BROKEN, _core.protocol.TIMED_OUT, _core.protocol.LOG
-MEMORY_EXCEEDED = _core.protocol.MEMORY_EXCEEDED
+_status = _core.protocol
+OK, ERROR, WORKER_LOST, CANCELLED = _status.OK, _status.ERROR, _status.WORKER_LOST, _status.CANCELLED
+BROKEN, TIMED_OUT, MEMORY_EXCEEDED, LOG = _status.BROKEN, _status.TIMED_OUT, _status.MEMORY_EXCEEDED, _status.LOG
 # Outcomes of tasks run inline by the serial runtime: the payload is the object itself.
 INLINE_OK, INLINE_ERROR = 100, 101
 
@@ -358,6 +357,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
         self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
+        self._engine_closing = False  # shutdown began: the last feed to finish closes the engine
         self._handlers: dict[int, Handler] = {}
         self._job_ids = itertools.count(1)
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
@@ -538,9 +538,8 @@ class Runtime:
             self._feeds.discard(feed)
             last = not self._feeds and self._engine_closing
         if last:  # shutdown(wait=False) left the engine open for this map
-            self._engine.shutdown(False, False)
-
-    _engine_closing = False
+            with self._shutdown_lock:
+                self._engine.shutdown(False, False)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stops taking tasks. Maps already running read the rest of their
