@@ -40,7 +40,7 @@ test-cpp: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
 
 test-python: build
-	PYTHONPATH=$(BUILD)/pkg $(VPY) -m pytest -q tests
+	PYTHONPATH=$(BUILD)/pkg $(VPY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test: test-cpp test-python
 
