@@ -295,3 +295,7 @@ def four_mib(i):
 
 def first_value(a):
     return float(a[0])
+
+
+def wait_for_event(event, timeout=60):
+    return event.wait(timeout)

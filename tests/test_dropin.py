@@ -212,15 +212,17 @@ def test_inline_mode_runs_the_initializer():
 
 
 def test_future_cancel_twice_and_repr(no_leaks):
+    release = shoal.Event()
     with shoal.Executor(1) as ex:
-        blocker = ex.submit(tasks.sleep_then, 0, 0.5)
+        blocker = ex.submit(tasks.wait_for_event, release)  # holds the only worker
         queued = [ex.submit(tasks.square, i) for i in range(200)]
-        last = queued[-1]
-        if last.cancel():  # still queued: a second cancel is no error and says True
-            assert last.cancel() is True
-            assert last.cancelled()
+        last = queued[-1]  # far behind what a worker prefetches: still in the queue
+        assert last.cancel() is True
+        assert last.cancel() is True  # as the base class: cancelling twice is no error
+        assert last.cancelled() and not last.running()
         assert repr(blocker).startswith("<Future at")
-        blocker.result(timeout=60)
+        release.set()
+        assert blocker.result(timeout=60) is True
 
 
 # --- workers do not hold the caller's file descriptors ----------------------------
@@ -502,11 +504,13 @@ def test_a_script_without_main_guard_breaks_the_pool_with_a_clear_error(tmp_path
 def test_future_is_running_while_its_task_runs(no_leaks):
     import time
 
+    release = shoal.Event()
     with shoal.Executor(1) as ex:
-        fut = ex.submit(tasks.sleep_then, 1, 2.0)
+        fut = ex.submit(tasks.wait_for_event, release)  # cannot finish before release.set()
         deadline = time.monotonic() + 60
-        while not fut.running() and not fut.done() and time.monotonic() < deadline:
+        while not fut.running() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert fut.running() or fut.done()
-        assert fut.result(timeout=60) == 1
+        assert fut.running() and not fut.done()
+        release.set()
+        assert fut.result(timeout=60) is True
         assert not fut.running()
