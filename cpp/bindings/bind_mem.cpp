@@ -174,6 +174,16 @@ nb::object attach_view(nb::tuple d, std::optional<bool> readonly) {
                    readonly ? *readonly : nb::cast<bool>(d[8]));
 }
 
+// Python spells a backing as a string: "memfd", "shm", or None (automatic).
+SegmentBacking backing_from(const std::optional<std::string>& name) {
+  if (!name) return SegmentBacking::automatic;
+  if (*name == "memfd") return SegmentBacking::memfd;
+  if (*name == "shm" || *name == "dev_shm") return SegmentBacking::dev_shm;
+  throw nb::value_error(("backing must be 'memfd', 'shm' or None, not '" + *name + "'").c_str());
+}
+
+const char* backing_name(SegmentBacking b) { return b == SegmentBacking::memfd ? "memfd" : "shm"; }
+
 std::string block_repr(const Block& b) {
   return "Block(segment=" + std::to_string(b.segment) + ", flags=" + std::to_string(b.flags) +
          ", offset=" + std::to_string(b.offset) + ", size=" + std::to_string(b.size) +
@@ -271,15 +281,26 @@ void bind_mem(nb::module_& m) {
                           "A shared-memory arena of reference-counted blocks (see cpp/include/shoal/mem/arena.hpp).")
       .def_static(
           "create",
-          [](std::optional<std::size_t> limit, std::size_t segment_bytes) {
-            return SharedArena::create(limit.value_or(0), segment_bytes);
+          [](std::optional<std::size_t> limit, std::size_t segment_bytes, std::optional<std::string> backing) {
+            return SharedArena::create(limit.value_or(0), segment_bytes, backing_from(backing));
           },
           nb::arg("limit") = nb::none(), nb::arg("segment_bytes") = SharedArena::kDefaultSegmentBytes,
-          "Create an arena owned by this process. `limit` bounds the bytes in live blocks (default: half "
-          "of the space free in /dev/shm now).")
+          nb::arg("backing") = nb::none(),
+          "Create an arena owned by this process. `limit` bounds the bytes in live blocks (default: "
+          "default_limit(), half of the memory available for memfd segments, half of /dev/shm's free "
+          "space for 'shm'). `backing`: 'memfd' (segments this process holds, which other processes of "
+          "the user open through /proc/<pid>/fd; not counted against /dev/shm), 'shm' (files in "
+          "/dev/shm), or None: default_backing().")
       .def_static("attach", &SharedArena::attach, nb::arg("name"),
                   "The arena called `name` (this process's handle if it has one).")
-      .def_static("default_limit", &SharedArena::default_limit)
+      .def_static(
+          "default_limit",
+          [](std::optional<std::string> backing) { return SharedArena::default_limit(backing_from(backing)); },
+          nb::arg("backing") = nb::none(), "The limit create() gives an arena with that backing by default.")
+      .def_static(
+          "default_backing", [] { return backing_name(SharedArena::default_backing()); },
+          "'memfd' where memfds can be shared through /proc here, else 'shm' (and 'shm' when the "
+          "environment variable SHOAL_ARENA_BACKING is 'shm').")
       .def_static("cache_idle_mappings", &SharedArena::cache_idle_mappings, nb::arg("enabled"),
                   "Keep huge blocks' segments mapped in this process after their last reference here goes, "
                   "while the blocks live (pool workers turn this on).")
@@ -290,6 +311,8 @@ void bind_mem(nb::module_& m) {
       .def_prop_ro("limit", &SharedArena::limit_bytes)
       .def_prop_ro("segment_bytes", &SharedArena::segment_bytes)
       .def_prop_ro("owns_name", &SharedArena::owns_name)
+      .def_prop_ro("backing", [](const SharedArena& a) { return backing_name(a.backing()); },
+                   "Where the arena's segments live: 'memfd' or 'shm' (/dev/shm).")
       .def_prop_ro("closed", &SharedArena::closed)
       .def("used_bytes", &SharedArena::used_bytes, "Bytes in live blocks, all processes together.")
       .def("mapped_bytes", &SharedArena::mapped_bytes)
@@ -366,7 +389,8 @@ void bind_mem(nb::module_& m) {
       .def("close", &SharedArena::close,
            "In the owner: unlink every name now and refuse new allocations; live blocks stay usable.")
       .def("__repr__", [](const SharedArena& a) {
-        return "<shoal._core.Arena '" + a.name() + "' used=" + std::to_string(a.used_bytes()) +
+        return "<shoal._core.Arena '" + a.name() + "' " + backing_name(a.backing()) +
+               " used=" + std::to_string(a.used_bytes()) +
                " limit=" + std::to_string(a.limit_bytes()) + (a.closed() ? " closed" : "") + ">";
       });
 }

@@ -1,8 +1,10 @@
 // SharedArena across real processes: references, growth, huge blocks, the
 // limit, and processes that die holding references or the arena's lock.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <string>
@@ -28,6 +31,12 @@ namespace shoal {
 struct ArenaTestAccess {
   static arena_detail::Control& control(SharedArena& a) { return *a.ctl_; }
   static arena_detail::BlockHeader* header(SharedArena& a, const Block& b) { return a.pooled_header(b); }
+  // An owner whose segment service is gone (stopped, or stuck: `alive` says it still runs).
+  static void stop_service(SharedArena& a, bool alive = false) {
+    a.stop_service();
+    a.ctl_->service_alive.store(alive ? 1 : 0);
+  }
+  static void set_handoff_timeout(std::chrono::milliseconds t) { SharedArena::handoff_timeout_ms_.store(t.count()); }
 };
 }  // namespace shoal
 
@@ -42,6 +51,8 @@ namespace {
 
 constexpr std::size_t kMiB = std::size_t{1} << 20;
 
+// The segments of arenas `pid` owns: names in /dev/shm, and the memfds this
+// process holds (an owner holds every memfd of its arenas, whoever made it).
 std::set<std::string> shm_names_of(pid_t pid) {
   std::set<std::string> names;
   const std::string prefix = "shoal-" + std::to_string(pid) + "-";
@@ -49,7 +60,24 @@ std::set<std::string> shm_names_of(pid_t pid) {
     std::string name = entry.path().filename().string();
     if (name.starts_with(prefix)) names.insert(name);
   }
+  const std::string memfd = "/memfd:" + prefix;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (!ec && target.starts_with(memfd)) names.insert("memfd:" + entry.path().filename().string());
+  }
   return names;
+}
+
+// Waits up to 5 s for `pred` (the owner closes a memfd another process freed
+// on its service thread, a moment later).
+template <class Pred>
+bool eventually(Pred pred) {
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5); !pred();) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
 }
 
 // A pipe for handing small values between a parent and a forked child.
@@ -297,7 +325,7 @@ TEST(Arena, WithTheMappingCacheAHugeBlockStaysMappedUntilItIsFreedElsewhere) {
     return seen ? 0 : 1;
   });
   ASSERT_EQ(child.wait(10s), 0);
-  EXPECT_EQ(shm_names_of(getpid()), before);  // the name went with the block
+  EXPECT_TRUE(eventually([&] { return shm_names_of(getpid()) == before; }));  // the segment went with the block
   EXPECT_EQ(arena->used_bytes(), 0u);
   EXPECT_EQ(arena->idle_mappings(), 1u);  // stale until the next trim
   EXPECT_EQ(SharedArena::trim_idle_mappings(), 0u);
@@ -888,4 +916,384 @@ TEST(Arena, HoldMappingKeepsTheBytesMappedPastTheBlocksLastPin) {
   EXPECT_TRUE(handle.expired());
   EXPECT_THROW(SharedArena::create(kMiB)->hold_mapping(Block{0, Block::kDedicated, 0, 10, 99}),
                std::logic_error);
+}
+
+// --- memfd-backed segments (issue 12: Docker's 64 MB /dev/shm) -----------------
+
+namespace {
+
+bool memfd_backed() { return SharedArena::default_backing() == shoal::SegmentBacking::memfd; }
+
+#define SKIP_WITHOUT_MEMFD() \
+  if (!memfd_backed()) GTEST_SKIP() << "memfds cannot be shared through /proc here: the arena uses /dev/shm"
+
+std::set<std::string> dev_shm_names_of(pid_t pid) {
+  std::set<std::string> names;
+  const std::string prefix = "shoal-" + std::to_string(pid) + "-";
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    if (name.starts_with(prefix)) names.insert(name);
+  }
+  return names;
+}
+
+// This process's descriptors of memfds labelled after `pid`'s arenas.
+std::vector<int> memfds_of(pid_t pid) {
+  std::vector<int> fds;
+  const std::string memfd = "/memfd:shoal-" + std::to_string(pid) + "-";
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (!ec && target.starts_with(memfd)) fds.push_back(std::stoi(entry.path().filename().string()));
+  }
+  return fds;
+}
+
+struct Name {
+  char text[64] = {};
+  explicit Name(const std::string& s = "") { std::strncpy(text, s.c_str(), sizeof text - 1); }
+};
+
+}  // namespace
+
+TEST(ArenaMemfd, SegmentsAreSealedMemfdsTheOwnerHoldsNotNamesInDevShm) {
+  SKIP_WITHOUT_MEMFD();
+  const auto names_before = dev_shm_names_of(getpid());
+  const std::size_t fds_before = memfds_of(getpid()).size();
+  auto arena = SharedArena::create(512 * kMiB);
+  EXPECT_EQ(arena->backing(), shoal::SegmentBacking::memfd);
+  Block small = arena->alloc(1000);
+  Block huge = arena->alloc(20 * kMiB);
+  ASSERT_TRUE(huge.dedicated());
+  fill(*arena, small, 1);
+  fill(*arena, huge, 2);
+  // Only the control segment has a name in /dev/shm; the segments are memfds this process holds.
+  EXPECT_EQ(dev_shm_names_of(getpid()).size(), names_before.size() + 1);
+  const std::vector<int> fds = memfds_of(getpid());
+  ASSERT_EQ(fds.size(), fds_before + 2);
+  // Nobody can shrink a segment under the others' mappings (SIGBUS): it is sealed.
+  for (int fd : fds) {
+    shoal::UniqueFd again(open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(again);
+    EXPECT_NE(ftruncate(again.get(), 4096), 0);
+    EXPECT_EQ(errno, EPERM);
+  }
+  arena->release(huge);  // the owner frees it: its descriptor goes at once
+  EXPECT_EQ(memfds_of(getpid()).size(), fds_before + 1);
+  arena->release(small);
+  arena.reset();
+  EXPECT_EQ(memfds_of(getpid()).size(), fds_before);
+  EXPECT_EQ(dev_shm_names_of(getpid()), names_before);
+}
+
+// A worker grows the pool's arena and makes a huge block for its result, then
+// exits: the segments must outlive it, for the caller and for other workers.
+TEST(ArenaMemfd, SegmentsAChildMakesOutliveItAndReachEveryOtherProcess) {
+  SKIP_WITHOUT_MEMFD();
+  auto arena = SharedArena::create(1024 * kMiB);
+  Block mine = arena->alloc(kMiB);  // the parent's first pooled segment
+  const std::string name = arena->name();
+  const std::size_t fds_before = memfds_of(getpid()).size();
+  Channel to_parent;
+  ChildProcess maker([&] {
+    auto a = SharedArena::attach(name);
+    for (int i = 0; i < 12; ++i) {  // past the parent's segment: new pooled segments, made here
+      Block b = a->alloc(kMiB);
+      fill(*a, b, static_cast<unsigned char>(i));
+      a->disown(b);
+      to_parent.send(b);
+    }
+    Block huge = a->alloc(40 * kMiB);
+    fill(*a, huge, 0x5a);
+    a->disown(huge);
+    to_parent.send(huge);
+    return a->segment_count() > 2 ? 0 : 7;
+  });
+  std::vector<Block> blocks(13);
+  for (Block& b : blocks) ASSERT_TRUE(to_parent.receive(b));
+  ASSERT_TRUE(maker.succeeded());  // the child that made the segments is gone
+  EXPECT_GT(memfds_of(getpid()).size(), fds_before + 2);  // the owner holds what the child made
+  EXPECT_EQ(dev_shm_names_of(getpid()).size(), 1u);       // nothing fell back to /dev/shm
+  // Another process maps them all now, the parent too.
+  ChildProcess reader([&] {
+    auto a = SharedArena::attach(name);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      a->retain(blocks[i]);
+      if (!all_equal(*a, blocks[i], i < 12 ? static_cast<unsigned char>(i) : 0x5a)) return 10 + static_cast<int>(i);
+      shoal::PrivateMapping m = a->map_private(blocks[i]);
+      if (m.copied()) return 40;  // reopened through the owner's /proc/<pid>/fd, not copied
+      a->release(blocks[i]);
+    }
+    return 0;
+  });
+  ASSERT_EQ(reader.wait(30s), 0);
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    arena->adopt(blocks[i]);
+    EXPECT_TRUE(all_equal(*arena, blocks[i], i < 12 ? static_cast<unsigned char>(i) : 0x5a)) << i;
+    arena->release(blocks[i]);
+  }
+  arena->release(mine);
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->check(), "");
+}
+
+TEST(ArenaMemfd, AHugeBlockFreedInAnotherProcessHasItsDescriptorClosedByTheOwner) {
+  SKIP_WITHOUT_MEMFD();
+  auto arena = SharedArena::create(512 * kMiB);
+  const std::string name = arena->name();
+  const std::size_t fds_before = memfds_of(getpid()).size();
+  // Made here, freed in a child.
+  Block huge = arena->alloc(30 * kMiB);
+  arena->disown(huge);
+  EXPECT_EQ(memfds_of(getpid()).size(), fds_before + 1);
+  ChildProcess freer([&] {
+    auto a = SharedArena::attach(name);
+    a->adopt(huge);
+    a->release(huge);
+    return 0;
+  });
+  ASSERT_TRUE(freer.succeeded());
+  EXPECT_TRUE(eventually([&] { return memfds_of(getpid()).size() == fds_before; }));
+  // Made and freed in a child: handed over, then dropped.
+  ChildProcess both([&] {
+    auto a = SharedArena::attach(name);
+    for (int i = 0; i < 5; ++i) a->release(a->alloc(30 * kMiB));
+    return 0;
+  });
+  ASSERT_TRUE(both.succeeded());
+  EXPECT_TRUE(eventually([&] { return memfds_of(getpid()).size() == fds_before; }));
+  EXPECT_EQ(arena->used_bytes(), 0u);
+  EXPECT_EQ(arena->mapped_bytes(), 0u);
+}
+
+// The owner holds the only descriptors: when it exits, mappings made stay
+// valid, and nothing can be opened anew (cleanly, not the wrong memory).
+TEST(ArenaMemfd, AfterTheOwnerExitsMappingsStayAndNewAttachesFailCleanly) {
+  SKIP_WITHOUT_MEMFD();
+  Channel to_parent, to_owner;
+  ChildProcess owner([&] {  // forked before this process has any thread
+    auto a = SharedArena::create(256 * kMiB);
+    Block small = a->alloc(100'000);
+    Block other = a->alloc(100'000);
+    Block huge = a->alloc(20 * kMiB);
+    for (const Block& b : {small, other, huge}) fill(*a, b, 0x33);
+    to_parent.send(Name(a->name()));
+    for (const Block& b : {small, other, huge}) to_parent.send(b);
+    int go = 0;
+    if (!to_owner.receive(go)) return 2;
+    _exit(0);  // as if killed: no close(), the control segment's name stays behind
+  });
+  Name name;
+  Block small, other, huge;
+  ASSERT_TRUE(to_parent.receive(name));
+  ASSERT_TRUE(to_parent.receive(small));
+  ASSERT_TRUE(to_parent.receive(other));
+  ASSERT_TRUE(to_parent.receive(huge));
+  {
+    auto a = SharedArena::attach(name.text);
+    EXPECT_EQ(a->backing(), shoal::SegmentBacking::memfd);
+    ASSERT_TRUE(a->try_retain(small));  // maps the pooled segment while the owner lives
+    EXPECT_TRUE(all_equal(*a, small, 0x33));
+    to_owner.send(1);
+    ASSERT_TRUE(owner.succeeded());
+    EXPECT_TRUE(all_equal(*a, small, 0x33));  // the mapping outlives the owner
+    fill(*a, small, 0x44);
+    EXPECT_TRUE(all_equal(*a, small, 0x44));
+    // A segment never mapped here cannot be reached any more: a clean error, no reference left.
+    EXPECT_THROW(a->try_retain(huge), shoal::NotFoundError);
+    EXPECT_EQ(a->refcount(huge), 1u);
+    // A private window of the mapped segment is copied (its descriptor cannot be opened).
+    ASSERT_TRUE(a->try_retain(other));
+    shoal::PrivateMapping m = a->map_private(other);
+    EXPECT_TRUE(m.copied());
+    EXPECT_EQ(static_cast<unsigned char>(m.data()[0]), 0x33);
+    EXPECT_EQ(static_cast<unsigned char>(m.data()[99'999]), 0x33);
+    m.reset();
+    a->release(other);
+    a->release(small);
+  }
+  // What the dead owner left (its control segment and token) goes with the next cleanup.
+  shoal::reclaim_stale_segments();
+  EXPECT_TRUE(dev_shm_names_of(owner.pid()).empty());
+  EXPECT_THROW(SharedArena::attach(name.text), shoal::NotFoundError);
+}
+
+TEST(ArenaMemfd, AfterTheOwnerClosedTheArenaNoSegmentCanBeOpenedAnew) {
+  SKIP_WITHOUT_MEMFD();
+  auto arena = SharedArena::create(256 * kMiB);
+  Block small = arena->alloc(1000);
+  Block huge = arena->alloc(20 * kMiB);
+  fill(*arena, huge, 9);
+  const std::string name = arena->name();
+  Channel to_parent, to_child;
+  ChildProcess child([&] {
+    auto a = SharedArena::attach(name);
+    if (!a->try_retain(small)) return 2;
+    to_parent.send(1);
+    int go = 0;
+    if (!to_child.receive(go)) return 3;
+    try {
+      a->try_retain(huge);
+      return 4;  // reached a segment of a closed arena
+    } catch (const shoal::NotFoundError&) {
+    }
+    try {
+      a->alloc(10);
+      return 5;
+    } catch (const shoal::ClosedError&) {
+    }
+    a->release(small);
+    return 0;
+  });
+  int ready = 0;
+  ASSERT_TRUE(to_parent.receive(ready));
+  const std::size_t fds = memfds_of(getpid()).size();
+  arena->close();
+  EXPECT_EQ(memfds_of(getpid()).size(), fds - 2);
+  EXPECT_TRUE(all_equal(*arena, huge, 9));  // the owner's own mapping stays
+  to_child.send(1);
+  ASSERT_EQ(child.wait(30s), 0);
+  arena->release(small);
+  arena->release(huge);
+}
+
+// An owner that cannot take a memfd (its service gone or stuck): the child's
+// segment goes to /dev/shm instead, named after the owner, and works the same.
+TEST(ArenaMemfd, ANonOwnerPutsItsSegmentInDevShmWhenTheOwnerCannotTakeIt) {
+  SKIP_WITHOUT_MEMFD();
+  for (bool stuck : {false, true}) {
+    auto arena = SharedArena::create(512 * kMiB);
+    const std::string name = arena->name();
+    ArenaTestAccess::stop_service(*arena, stuck);
+    ArenaTestAccess::set_handoff_timeout(200ms);
+    const auto names_before = dev_shm_names_of(getpid());
+    Channel to_parent;
+    ChildProcess child([&] {
+      auto a = SharedArena::attach(name);
+      const auto t0 = std::chrono::steady_clock::now();
+      Block b = a->alloc(20 * kMiB);
+      const auto waited = std::chrono::steady_clock::now() - t0;
+      fill(*a, b, 0x77);
+      a->disown(b);
+      to_parent.send(b);
+      // Stuck: it waited for the answer, about as long as allowed; gone: not at all.
+      if (stuck && waited < 150ms) return 3;
+      if (waited > 5s) return 4;
+      return 0;
+    });
+    Block b;
+    ASSERT_TRUE(to_parent.receive(b));
+    ASSERT_EQ(child.wait(30s), 0) << (stuck ? "stuck" : "gone");
+    ArenaTestAccess::set_handoff_timeout(10s);
+    EXPECT_EQ(dev_shm_names_of(getpid()).size(), names_before.size() + 1);
+    arena->adopt(b);
+    EXPECT_TRUE(all_equal(*arena, b, 0x77));
+    arena->release(b);
+    EXPECT_EQ(dev_shm_names_of(getpid()), names_before);
+    EXPECT_EQ(arena->check(), "");
+  }
+}
+
+TEST(ArenaMemfd, AForkedCopyOfTheOwnerHoldsNoneOfItsDescriptors) {
+  SKIP_WITHOUT_MEMFD();
+  auto arena = SharedArena::create(512 * kMiB);
+  Block huge = arena->alloc(20 * kMiB);
+  fill(*arena, huge, 5);
+  ASSERT_FALSE(memfds_of(getpid()).empty());
+  const pid_t owner = getpid();
+  ChildProcess child([&] {
+    if (!memfds_of(owner).empty()) return 2;  // it would keep freed blocks' memory alive
+    if (!all_equal(*arena, huge, 5)) return 3;  // the inherited mapping
+    auto again = SharedArena::attach(arena->name());  // and through the owner, as any process
+    if (again.get() == arena.get() || !again->try_retain(huge)) return 4;
+    if (!all_equal(*again, huge, 5)) return 5;
+    again->release(huge);
+    return 0;
+  });
+  ASSERT_EQ(child.wait(30s), 0);
+  arena->release(huge);
+}
+
+TEST(ArenaMemfd, AnArenaInDevShmNamesItsSegmentsThereAsBefore) {
+  const auto before = dev_shm_names_of(getpid());
+  auto arena = SharedArena::create(512 * kMiB, SharedArena::kDefaultSegmentBytes, shoal::SegmentBacking::dev_shm);
+  EXPECT_EQ(arena->backing(), shoal::SegmentBacking::dev_shm);
+  Block small = arena->alloc(1000, true);
+  Block huge = arena->alloc(20 * kMiB, true);
+  EXPECT_EQ(dev_shm_names_of(getpid()).size(), before.size() + 3);  // control, pooled, dedicated
+  const std::string name = arena->name();
+  ChildProcess child([&] {
+    auto a = SharedArena::attach(name);
+    for (const Block& b : {small, huge}) {
+      a->retain(b);
+      fill(*a, b, 0x21);
+      a->release(b);
+    }
+    Block made = a->alloc(30 * kMiB);  // a child's segment: named after the owner too
+    a->release(made);
+    return 0;
+  });
+  ASSERT_TRUE(child.succeeded());
+  EXPECT_TRUE(all_equal(*arena, small, 0x21));
+  EXPECT_TRUE(all_equal(*arena, huge, 0x21));
+  arena->release(huge);
+  EXPECT_EQ(dev_shm_names_of(getpid()).size(), before.size() + 2);
+  arena.reset();
+  EXPECT_EQ(dev_shm_names_of(getpid()), before);
+}
+
+TEST(ArenaMemfd, TheDefaultLimitFollowsTheBacking) {
+  std::size_t avail_kib = 0;
+  {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key, unit;
+    std::size_t kib = 0;
+    while (meminfo >> key >> kib >> unit)
+      if (key == "MemAvailable:") avail_kib = kib;
+  }
+  ASSERT_GT(avail_kib, 0u);
+  const std::size_t memfd_limit = SharedArena::default_limit(shoal::SegmentBacking::memfd);
+  EXPECT_LE(memfd_limit, avail_kib * 1024 / 2 * 11 / 10);  // half of MemAvailable (or less, in a cgroup)
+  EXPECT_GT(memfd_limit, 0u);
+  struct statvfs st {};
+  ASSERT_EQ(statvfs("/dev/shm", &st), 0);
+  const double shm_half = static_cast<double>(st.f_bavail) * static_cast<double>(st.f_frsize) / 2;
+  EXPECT_NEAR(static_cast<double>(SharedArena::default_limit(shoal::SegmentBacking::dev_shm)), shm_half,
+              shm_half * 0.1 + (64 << 20));
+  // SHOAL_ARENA_BACKING=shm asks for /dev/shm.
+  setenv("SHOAL_ARENA_BACKING", "shm", 1);
+  EXPECT_EQ(SharedArena::default_backing(), shoal::SegmentBacking::dev_shm);
+  auto arena = SharedArena::create(64 * kMiB);
+  EXPECT_EQ(arena->backing(), shoal::SegmentBacking::dev_shm);
+  unsetenv("SHOAL_ARENA_BACKING");
+  if (memfd_backed()) {
+    EXPECT_EQ(SharedArena::create(64 * kMiB)->backing(), shoal::SegmentBacking::memfd);
+    EXPECT_NEAR(static_cast<double>(SharedArena::default_limit()), static_cast<double>(memfd_limit),
+                static_cast<double>(memfd_limit) * 0.1);
+  }
+}
+
+// A descriptor number the owner has since reused for another file is not the
+// segment: openers check the inode, and find it gone rather than map the wrong file.
+TEST(ArenaMemfd, AnOwnerDescriptorNowNamingAnotherFileReadsAsGone) {
+  SKIP_WITHOUT_MEMFD();
+  auto arena = SharedArena::create(256 * kMiB);
+  Block huge = arena->alloc(20 * kMiB);
+  auto& slot = ArenaTestAccess::control(*arena).slots[huge.segment];
+  const uint64_t ino = slot.file_ino.load();
+  slot.file_ino.store(ino + 1);  // as if the owner's descriptor now named another file
+  const std::string name = arena->name();
+  ChildProcess child([&] {
+    auto a = SharedArena::attach(name);
+    try {
+      a->try_retain(huge);
+      return 2;
+    } catch (const shoal::NotFoundError&) {
+      return a->refcount(huge) == 1 ? 0 : 3;
+    }
+  });
+  EXPECT_EQ(child.wait(30s), 0);
+  slot.file_ino.store(ino);
+  arena->release(huge);
+  EXPECT_EQ(arena->used_bytes(), 0u);
 }

@@ -402,6 +402,12 @@ SharedSegment SharedSegment::attach(const std::string& name_in) {
   return SharedSegment(std::move(name), data, size, 0);
 }
 
+SharedSegment SharedSegment::map_descriptor(int fd, std::size_t size, std::string name) {
+  void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (data == MAP_FAILED) throw_errno("mmap shared memory " + name);
+  return SharedSegment(std::move(name), data, size, 0);
+}
+
 SharedSegment::SharedSegment(SharedSegment&& other) noexcept
     : name_(std::move(other.name_)),
       data_(std::exchange(other.data_, nullptr)),

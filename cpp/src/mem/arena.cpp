@@ -1,11 +1,12 @@
 // SharedArena: life cycle, the segment slot table, reference counts, mappings
-// and huge (dedicated) blocks. The pooled-segment allocator is in arena_pool.cpp.
+// and huge (dedicated) blocks. The pooled-segment allocator is in
+// arena_pool.cpp; what backs the segments (memfds or /dev/shm) and how other
+// processes reach them, in arena_segments.cpp.
 #include "shoal/mem/arena.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,14 +85,14 @@ SharedArena::SharedArena(SharedSegment control, bool owner)
   }
 }
 
-std::size_t SharedArena::default_limit() {
-  struct statvfs st {};
-  if (statvfs("/dev/shm", &st) != 0) return std::size_t{1} << 30;
-  return static_cast<std::size_t>(st.f_bavail) * static_cast<std::size_t>(st.f_frsize) / 2;
-}
-
-std::shared_ptr<SharedArena> SharedArena::create(std::size_t limit_bytes, std::size_t segment_bytes) {
-  if (limit_bytes == 0) limit_bytes = default_limit();
+std::shared_ptr<SharedArena> SharedArena::create(std::size_t limit_bytes, std::size_t segment_bytes,
+                                                 SegmentBacking backing) {
+  if (backing == SegmentBacking::automatic) backing = default_backing();
+  if (backing == SegmentBacking::memfd && !memfds_shareable())
+    throw std::system_error(ENOTSUP, std::generic_category(),
+                            "memfd-backed shared memory cannot be shared with other processes here (memfd_create "
+                            "or /proc/<pid>/fd unavailable, or the process is not dumpable)");
+  if (limit_bytes == 0) limit_bytes = default_limit(backing);
   if (limit_bytes == 0) throw std::invalid_argument("the shared-memory arena's limit must be positive");
   if (segment_bytes == 0) segment_bytes = kDefaultSegmentBytes;
   // A pooled segment never needs to be larger than the limit.
@@ -104,11 +105,16 @@ std::shared_ptr<SharedArena> SharedArena::create(std::size_t limit_bytes, std::s
   c->limit_bytes = limit_bytes;
   c->segment_bytes = segment_bytes;
   c->owner_pid = getpid();
+  c->backing = backing == SegmentBacking::memfd ? kBackedByMemfd : kBackedByName;
   for (auto& b : c->bins) b = kNil;
   c->next_generation = 1;
   // The name has not been handed out yet; the magic goes last all the same.
   std::atomic_ref<uint64_t>(c->magic).store(kControlMagic, std::memory_order_release);
   std::shared_ptr<SharedArena> arena(new SharedArena(std::move(seg), true));
+  if (backing == SegmentBacking::memfd) {
+    arena->register_owner();
+    arena->start_service();  // takes the memfds other processes make
+  }
   register_handle(arena);
   return arena;
 }
@@ -144,6 +150,11 @@ SharedArena::~SharedArena() {
     close();
   } catch (...) {
   }
+  if (owns_name()) {  // even if close() failed: the service thread must not outlive the handle
+    stop_service();
+    close_owned_memfds();
+  }
+  unregister_owner();
   std::lock_guard<std::mutex> lock(registry_mutex());
   auto it = registry().find(control_.name());
   if (it != registry().end() && (it->second.pid != getpid() || it->second.arena.expired())) registry().erase(it);
@@ -151,7 +162,11 @@ SharedArena::~SharedArena() {
 
 void SharedArena::close() {
   closed_.store(true, std::memory_order_release);
-  if (owner_pid_ != 0 && owner_pid_ == getpid()) unlink_all_names();
+  if (owner_pid_ != 0 && owner_pid_ == getpid()) {
+    unlink_all_names();
+    stop_service();        // after `closed`: no creator asks any more
+    close_owned_memfds();  // nobody can open a segment anew; mappings stay
+  }
 }
 
 bool SharedArena::closed() const {
@@ -166,8 +181,11 @@ void SharedArena::unlink_all_names() {
   if (r == LockResult::previous_owner_died) ctl().recovering.store(1, std::memory_order_release);
   ctl().closed.store(1, std::memory_order_release);
   const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
-  for (uint32_t i = 0; i < n; ++i)
-    if (ctl().slots[i].kind.load(std::memory_order_acquire) != kEmpty) unlink_name(ctl().slots[i].name);
+  for (uint32_t i = 0; i < n; ++i) {
+    const SlotRecord& s = ctl().slots[i];
+    if (s.kind.load(std::memory_order_acquire) != kEmpty && s.backing.load(std::memory_order_acquire) == kBackedByName)
+      unlink_name(s.name);
+  }
   if (r != LockResult::timed_out) ctl().mutex.unlock();
   control_.unlink();
 }
@@ -236,10 +254,9 @@ uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
       slot = i;
     } else if (kind == kCreating && s.purpose == kForBlock && !process_alive(s.creator)) {
       // A process died creating a huge block outside the mutex: take back its reservation.
-      unlink_name(s.name);
       c.used_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
       c.mapped_bytes.fetch_sub(s.bytes, std::memory_order_relaxed);
-      s.kind.store(kEmpty, std::memory_order_release);
+      forget_slot_locked(i);
       slot = i;
     }
   }
@@ -254,6 +271,13 @@ uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
   s.purpose = purpose;
   s.refs.store(0, std::memory_order_relaxed);
   s.generation.store(0, std::memory_order_relaxed);
+  s.backing.store(kBackedByName, std::memory_order_relaxed);  // until make_segment() says otherwise
+  s.owner_fd.store(-1, std::memory_order_relaxed);
+  s.file_ino.store(0, std::memory_order_relaxed);
+  s.file_dev.store(0, std::memory_order_relaxed);
+  s.creator_fd.store(-1, std::memory_order_relaxed);
+  s.adopted_fd.store(-1, std::memory_order_relaxed);
+  s.handoff.store(kHandoffNone, std::memory_order_relaxed);
   s.kind.store(kCreating, std::memory_order_release);
   // A new slot becomes visible to recovery only now, with its name in place.
   if (slot == n) c.slot_count.store(n + 1, std::memory_order_release);
@@ -262,8 +286,8 @@ uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
 
 void SharedArena::forget_slot_locked(uint32_t slot) {
   SlotRecord& s = ctl().slots[slot];
-  unlink_name(s.name);
   s.kind.store(kEmpty, std::memory_order_release);
+  release_segment_locked(slot);  // after: the owner's service then sees the slot empty
 }
 
 // --- mappings ----------------------------------------------------------------
@@ -278,7 +302,7 @@ std::byte* SharedArena::pooled_base(uint32_t slot) const {
   const SlotRecord& s = ctl().slots[slot];
   if (s.kind.load(std::memory_order_acquire) != kPooled)
     throw std::invalid_argument("block descriptor names no live segment of shared-memory arena '" + name() + "'");
-  auto seg = std::make_unique<SharedSegment>(SharedSegment::attach(s.name));
+  auto seg = std::make_unique<SharedSegment>(map_segment(slot));
   base = seg->bytes();
   pooled_size_[slot].store(std::min<std::size_t>(seg->size(), s.bytes), std::memory_order_relaxed);
   pooled_[slot] = std::move(seg);
@@ -330,7 +354,7 @@ void SharedArena::pin(const Block& b) {
   const SlotRecord& s = ctl().slots[b.segment];
   if (s.generation.load(std::memory_order_acquire) != b.generation)
     throw std::invalid_argument("shared-memory block was already freed");
-  dedicated_.emplace(b.generation, LocalDedicated{std::make_shared<SharedSegment>(SharedSegment::attach(s.name)),
+  dedicated_.emplace(b.generation, LocalDedicated{std::make_shared<SharedSegment>(map_segment(b.segment)),
                                                   b.segment, 1, ++use_clock_});
   collect_idle_locked(dropped);
 }
@@ -458,29 +482,24 @@ bool SharedArena::contains(const void* address, std::size_t length) const {
 // --- private (copy-on-write) mappings ------------------------------------------
 
 int SharedArena::segment_fd(const Block& b, std::size_t need_bytes, UniqueFd& owned) {
-  auto open_checked = [&](const char* name) -> UniqueFd {
-    UniqueFd fd(shm_open((std::string("/") + name).c_str(), O_RDONLY | O_CLOEXEC, 0));
-    if (!fd) {
-      const int err = errno;
-      if (err == ENOENT) return fd;  // unlinked: the caller copies instead
-      throw_errno(std::string("shm_open ") + name + " read-only", err);
-    }
-    struct stat st {};
-    if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) < need_bytes)
-      throw std::invalid_argument(std::string("shared-memory segment ") + name +
-                                  " is not the one the arena made (too short, or not a file)");
+  auto open_checked = [&](uint32_t slot) -> UniqueFd {
+    UniqueFd fd = open_segment(slot, O_RDONLY, need_bytes);
+    const int err = errno;
+    // Out of descriptors is an error; anything else (unlinked, its owner gone
+    // or done with it, not ours to open) means the caller copies instead.
+    if (!fd && (err == EMFILE || err == ENFILE))
+      throw_errno(std::string("open shared-memory segment ") + ctl().slots[slot].name + " read-only", err);
     return fd;
   };
-  const SlotRecord& s = ctl().slots[b.segment];
   if (b.dedicated()) {
-    // The caller's reference keeps the block, so its slot's name, in place.
-    owned = open_checked(s.name);
+    // The caller's reference keeps the block, so its slot's segment, in place.
+    owned = open_checked(b.segment);
     return owned.get();
   }
   std::lock_guard<std::mutex> lock(local_mu_);
   UniqueFd& fd = pooled_fd_[b.segment];
   // A pooled segment lives as long as the arena: its whole size is checked once.
-  if (!fd) fd = open_checked(s.name);
+  if (!fd) fd = open_checked(b.segment);
   return fd.get();
 }
 
@@ -683,7 +702,7 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
   }
   SharedSegment seg;
   try {
-    seg = create_named_segment(seg_name, bytes);
+    seg = make_segment(slot, bytes);
   } catch (const std::system_error& e) {
     {
       Locked lock(*this);
@@ -691,7 +710,10 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
       ctl().mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
       forget_slot_locked(slot);
     }
-    if (e.code().value() == ENOSPC) throw_limit(size, "/dev/shm is full");
+    // ENOSPC: /dev/shm is full, or (memfds) the kernel's memory accounting refuses the pages.
+    if (e.code().value() == ENOSPC && backing() == SegmentBacking::dev_shm) throw_limit(size, "/dev/shm is full");
+    if (e.code().value() == ENOSPC || e.code().value() == ENOMEM)
+      throw_limit(size, "the system has no memory left for it");
     throw;
   }
   uint64_t generation;

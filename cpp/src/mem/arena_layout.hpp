@@ -21,7 +21,7 @@
 namespace shoal::arena_detail {
 
 inline constexpr uint64_t kControlMagic = 0x314e524165616f68ULL;  // "hoaeARN1"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;  // 2: memfd-backed segments
 inline constexpr uint64_t kUsedWord = 0x444553556c616f68ULL;  // a used block's state word
 inline constexpr uint64_t kFreeWord = 0x45455246616f6873ULL;  // a free block's state word
 inline constexpr uint64_t kHeaderBytes = 64;
@@ -54,16 +54,40 @@ enum SlotKind : uint32_t {
 
 enum SlotPurpose : uint32_t { kForPool = 0, kForBlock = 1 };
 
+// What a segment is (see arena_segments.cpp). Zero is a name in /dev/shm, so
+// that a slot never given a backing reads as the old kind.
+enum SlotBacking : uint32_t { kBackedByName = 0, kBackedByMemfd = 1 };
+
+// A memfd made by a process other than the owner, on its way into the owner's
+// descriptor table (arena_segments.cpp).
+enum Handoff : uint32_t {
+  kHandoffNone = 0,
+  kHandoffRequested = 1,  // the creator asks the owner to take it
+  kHandoffAdopting = 2,   // the owner's service is opening it
+  kHandoffAdopted = 3,    // the owner holds it as adopted_fd
+  kHandoffRefused = 4,    // the owner could not open it
+  kHandoffAbandoned = 5,  // the creator stopped waiting
+};
+
 struct SlotRecord {
   std::atomic<uint32_t> kind;
   std::atomic<uint32_t> refs;         // dedicated: the block's reference count
   std::atomic<uint64_t> generation;   // dedicated: the block's generation
   uint64_t bytes;                     // the segment's size
   uint64_t block_size;                // dedicated: the size asked for
-  int32_t creator;                    // the process creating it (kCreating)
+  std::atomic<int32_t> creator;       // the process creating it (kCreating)
   uint32_t purpose;                   // SlotPurpose
-  char name[64];                      // "shoal-<owner pid>-<hex>", NUL-terminated
-  uint8_t reserved[24];
+  char name[48];                      // "shoal-<owner pid>-<hex>", NUL-terminated (a memfd's label)
+  // Written by the creator before the kind commit; read by openers after it.
+  std::atomic<uint32_t> backing;      // SlotBacking
+  std::atomic<int32_t> owner_fd;      // memfd: its descriptor in the owner (/proc/<owner>/fd/<n>)
+  std::atomic<uint64_t> file_ino;     // memfd: the file's identity, which every opener checks
+  std::atomic<uint64_t> file_dev;
+  // The handoff of a memfd a non-owner made (see Handoff).
+  std::atomic<uint32_t> handoff;
+  std::atomic<int32_t> creator_fd;    // its descriptor in the creator
+  std::atomic<int32_t> adopted_fd;    // its descriptor in the owner, once adopted
+  uint32_t reserved;
 };
 static_assert(sizeof(SlotRecord) == 128);
 
@@ -96,8 +120,12 @@ struct Control {
   uint64_t next_generation;
   std::atomic<uint64_t> recoveries;
   std::atomic<uint32_t> recovering;   // set while a recovery runs; a failed one is redone
-  uint32_t reserved;
+  uint32_t backing;                   // SlotBacking of the segments the arena makes
   std::atomic<uint64_t> pooled_bytes; // derived: bytes in pooled segments (capped by the limit)
+  // The owner's segment service (arena_segments.cpp): bumped and woken when it
+  // has a handoff to take or a freed memfd to close; `service_alive` while it runs.
+  std::atomic<uint32_t> service_seq;
+  std::atomic<uint32_t> service_alive;
   uint64_t bins[kBins];               // derived: free-list heads
   SlotRecord slots[SharedArena::kMaxSegments];
 };

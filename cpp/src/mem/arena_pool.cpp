@@ -10,6 +10,7 @@
 #include "arena_layout.hpp"
 #include "arena_lock.hpp"
 #include "shm_file.hpp"
+#include "shoal/ipc/errors.hpp"
 #include "shoal/mem/arena.hpp"
 
 namespace shoal {
@@ -85,11 +86,19 @@ uint64_t SharedArena::grow_locked(uint64_t span) {
   SlotRecord& s = c.slots[slot];
   std::unique_ptr<SharedSegment> seg;
   try {
-    seg = std::make_unique<SharedSegment>(create_named_segment(s.name, want));
+    seg = std::make_unique<SharedSegment>(make_segment(slot, want));
   } catch (const std::system_error& e) {
     forget_slot_locked(slot);
-    if (e.code().value() == ENOSPC) return kNil;  // the caller tries a block of its own, then reports
+    // No room (/dev/shm or memory): the caller tries a block of its own, then reports.
+    if (e.code().value() == ENOSPC || e.code().value() == ENOMEM) return kNil;
     throw;
+  }
+  if (c.closed.load(std::memory_order_acquire) != 0) {
+    // The owner closed the arena while we made it (without the mutex, after
+    // waiting for it in vain): it is ours to remove.
+    seg.reset();
+    forget_slot_locked(slot);
+    throw ClosedError("shared-memory arena '" + name() + "' is closed");
   }
   auto* h = reinterpret_cast<BlockHeader*>(seg->bytes());
   h->state = kFreeWord;

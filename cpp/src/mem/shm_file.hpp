@@ -29,4 +29,9 @@ void unlink_name(const char* name);
 // True unless `pid` certainly no longer exists.
 bool process_alive(pid_t pid);
 
+// Whether this process can hand memfds to others through /proc/<pid>/fd
+// (memfd_create works, /proc reopens one, others may inspect this process).
+// Defined in arena_segments.cpp.
+bool memfds_shareable();
+
 }  // namespace shoal::arena_detail

@@ -14,6 +14,9 @@ class SharedSegment {
   static SharedSegment create(std::size_t size);
   // Maps an existing segment; throws NotFoundError when the name does not exist.
   static SharedSegment attach(const std::string& name);
+  // Maps `size` bytes of an open shared-memory file (a memfd, say) read-write;
+  // `name` is only its label. The mapping owns no name; `fd` stays the caller's.
+  static SharedSegment map_descriptor(int fd, std::size_t size, std::string name);
 
   SharedSegment() = default;
   SharedSegment(SharedSegment&& other) noexcept;

@@ -3,13 +3,26 @@
 // that attaches it by name.
 //
 // The creating process (the pool's parent) owns the arena: a small control
-// segment holds a robust process-shared mutex, the free lists and a table of
-// segment slots. Blocks come from pooled segments (4 MiB for the first, then
-// doubling up to `segment_bytes`, 64 MiB by default) that are created on demand
-// by whichever process needs room, and mapped lazily by the others; a block
-// larger than a quarter of `segment_bytes` gets a segment of its own, which is
-// unlinked and unmapped as soon as the block is freed. Every segment name
-// starts with `shoal-<creator pid>-`, whoever created it, so the names die with
+// segment in /dev/shm holds a robust process-shared mutex, the free lists and
+// a table of segment slots. Blocks come from pooled segments (4 MiB for the
+// first, then doubling up to `segment_bytes`, 64 MiB by default) that are
+// created on demand by whichever process needs room, and mapped lazily by the
+// others; a block larger than a quarter of `segment_bytes` gets a segment of
+// its own, which is released and unmapped as soon as the block is freed.
+//
+// Backing. The segments are memfds wherever the system allows (not counted
+// against the /dev/shm mount, which is 64 MB in a default Docker container):
+// the owner holds every one's descriptor, and other processes of the same
+// user open it as /proc/<owner pid>/fd/<n>, so they live exactly as long as
+// the owner holds them, and no process can reach them once the owner has
+// exited or closed the arena (mappings already made stay valid). A non-owner
+// that makes a segment hands its memfd to the owner's service thread before
+// using it. Where memfds cannot be shared (no memfd_create, no /proc, a
+// process that is not dumpable, or SHOAL_ARENA_BACKING=shm), the segments are
+// files in /dev/shm as the control segment is. See src/mem/arena_segments.cpp.
+//
+// Names. Every segment's name (its /dev/shm name, or its memfd's label)
+// starts with `shoal-<owner pid>-`, whoever created it, so the names die with
 // the owner: the owner unlinks them all when it closes or destroys its arena,
 // and reclaim_stale_segments() removes them if the owner was SIGKILLed.
 //
@@ -37,7 +50,9 @@
 // Memory. Touched pages of pooled segments stay with the arena (they are
 // reused, not returned to the system, until the arena goes); huge blocks give
 // their memory back when freed. Segments are fully backed when created
-// (fallocate), so a full /dev/shm shows up as ArenaLimitError, never SIGBUS.
+// (fallocate), so a full /dev/shm or memory shows up as ArenaLimitError, never
+// SIGBUS; memfds are sealed against shrinking, so nothing can truncate them
+// under a mapping either.
 //
 // Private mappings. data() is the block as every process shares it: a write
 // there is seen by all. map_private() maps a window of a block copy-on-write
@@ -46,6 +61,7 @@
 // touches, in this process only. Pools hand their tasks' arguments and results
 // over that way, so a receiver may write to what it got, as with a pickled
 // copy, without anyone paying for a copy it does not write.
+#include <pthread.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -83,6 +99,13 @@ namespace arena_detail {
 struct Control;
 struct BlockHeader;
 }  // namespace arena_detail
+
+// Where an arena's segments live (the control segment is always in /dev/shm).
+enum class SegmentBacking : uint32_t {
+  automatic = 0,  // memfd where it can be shared here, else /dev/shm (create() only)
+  dev_shm = 1,    // files in /dev/shm, attached by name
+  memfd = 2,      // memfds the owner holds, opened through /proc/<owner pid>/fd/<n>
+};
 
 class SharedArena;
 
@@ -132,19 +155,29 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   static constexpr uint32_t kMaxSegments = 1024;
 
   // Creates an arena owned by this process. `limit_bytes` bounds the bytes in
-  // live blocks (used_bytes(), headers included); 0 means half of the space
-  // free in /dev/shm now (default_limit()). Pooled segments together also stay
-  // within it (past that, a block gets a segment of its own), so the arena
-  // maps at most the limit plus its huge blocks. `segment_bytes` is the
-  // largest pooled segment (clamped to the limit).
+  // live blocks (used_bytes(), headers included); 0 means default_limit() for
+  // its backing. Pooled segments together also stay within it (past that, a
+  // block gets a segment of its own), so the arena maps at most the limit
+  // plus its huge blocks. `segment_bytes` is the largest pooled segment
+  // (clamped to the limit). `backing`: automatic is default_backing(); an
+  // explicit memfd throws std::system_error where memfds cannot be shared.
   static std::shared_ptr<SharedArena> create(std::size_t limit_bytes = 0,
-                                             std::size_t segment_bytes = kDefaultSegmentBytes);
+                                             std::size_t segment_bytes = kDefaultSegmentBytes,
+                                             SegmentBacking backing = SegmentBacking::automatic);
   // Attaches to the arena called `name`. Within one process there is one handle
   // per arena: this returns the live one if there is. Throws NotFoundError for
   // an unknown name, std::invalid_argument if the segment is not an arena.
   static std::shared_ptr<SharedArena> attach(const std::string& name);
-  // Half of the space free in /dev/shm (statvfs), or 1 GiB if it cannot be read.
-  static std::size_t default_limit();
+  // The default limit of a new arena with that backing: for memfds, half of
+  // the memory available now (MemAvailable, and the cgroup's memory.max less
+  // its use if lower); for /dev/shm, half of the space free there (statvfs).
+  // 1 GiB if neither can be read.
+  static std::size_t default_limit(SegmentBacking backing = SegmentBacking::automatic);
+  // What automatic means in this process now: dev_shm if the environment
+  // variable SHOAL_ARENA_BACKING is "shm" (or "dev_shm"), else memfd if
+  // memfd_create works, /proc/self/fd reopens a memfd and the process is
+  // dumpable (so that others may open its descriptors), else dev_shm.
+  static SegmentBacking default_backing();
 
   ~SharedArena();
   SharedArena(const SharedArena&) = delete;
@@ -152,6 +185,8 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
 
   const std::string& name() const;
   bool owns_name() const;
+  // Where the arena makes its segments (memfd or dev_shm).
+  SegmentBacking backing() const;
   std::size_t limit_bytes() const;
   std::size_t segment_bytes() const;
   // Bytes in live blocks (with their headers and rounding), in all processes.
@@ -165,8 +200,8 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
 
   // Allocates `size` bytes (64-byte aligned) holding one reference for the
   // caller. `zero`: fill with zeros (free for memory fresh from the system).
-  // Throws ArenaLimitError past the limit or when /dev/shm is full, ClosedError
-  // once the owner closed the arena.
+  // Throws ArenaLimitError past the limit or when /dev/shm or memory is full,
+  // ClosedError once the owner closed the arena.
   Block alloc(std::size_t size, bool zero = false);
   // Adds a reference; the caller must hold one already (here or elsewhere).
   void retain(const Block& block);
@@ -209,9 +244,10 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // (length: to the block's end if omitted), private to this process: see
   // PrivateMapping. The caller holds a reference on the block here (as for
   // data()), and keeps one while it uses the mapping. The pages enclosing the
-  // window are mapped from the block's segment, opened again by name
-  // read-only (a pooled segment's descriptor is kept for later windows);
-  // should the name be gone already (the owner closed the arena), or the
+  // window are mapped from the block's segment, opened again read-only (by
+  // name, or a memfd through /proc/<owner pid>/fd; a pooled segment's
+  // descriptor is kept for later windows); should it be gone already (the
+  // owner closed the arena or exited), or the
   // mapping fail for want of memory or mappings (vm.max_map_count: each live
   // window is a mapping), the window is copied into private memory instead. Throws std::invalid_argument for a
   // window outside the block, std::logic_error without a reference here,
@@ -244,10 +280,12 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // Returns an empty string when they hold, else a description of what does not.
   std::string check();
 
-  // In the owner: unlinks every name of the arena now and refuses further
-  // allocations everywhere. Mappings stay valid, so live blocks stay usable in
-  // processes that mapped them. Elsewhere: only refuses further allocations
-  // through this handle. Idempotent; the destructor does it too.
+  // In the owner: unlinks every name of the arena now, closes the memfds it
+  // holds, stops its segment service and refuses further allocations
+  // everywhere. Mappings stay valid, so live blocks stay usable in processes
+  // that mapped them; no process can map a segment anew. Elsewhere: only
+  // refuses further allocations through this handle. Idempotent; the
+  // destructor does it too.
   void close();
   bool closed() const;
 
@@ -284,11 +322,43 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   void collect_idle_locked(std::vector<LocalDedicated>& out);
   [[noreturn]] void throw_limit(std::size_t requested, const char* why) const;
   // Private mappings: a read-only descriptor of `block`'s segment, at least
-  // `need_bytes` long, or -1 when its name is gone. A pooled segment's is kept
-  // in pooled_fd_; a dedicated segment's is opened into `owned`, for the caller.
+  // `need_bytes` long, or -1 when it is gone. A pooled segment's is kept in
+  // pooled_fd_; a dedicated segment's is opened into `owned`, for the caller.
   int segment_fd(const Block& block, std::size_t need_bytes, UniqueFd& owned);
   void forget_private(const std::byte* window) noexcept;
   void unlink_all_names();
+
+  // Segments and their backing (arena_segments.cpp).
+  // Makes the segment of `slot` (claimed, kCreating, named) of `bytes` bytes
+  // and maps it: a memfd (handed to the owner if this process is not it) or a
+  // file in /dev/shm. Writes the slot's backing fields; the caller commits.
+  // Throws std::system_error (ENOSPC, ENOMEM: no room) with nothing left.
+  SharedSegment make_segment(uint32_t slot, std::size_t bytes);
+  // Maps the live segment of `slot` read-write. Throws NotFoundError once it
+  // cannot be reached (its name unlinked; its owner gone or done with it).
+  SharedSegment map_segment(uint32_t slot) const;
+  // A new descriptor of the segment of `slot`, at least `need_bytes` long,
+  // opened with `flags`; invalid when it is gone (errno says why).
+  UniqueFd open_segment(uint32_t slot, int flags, std::size_t need_bytes) const;
+  // The slot's segment is gone (its name unlinked, its memfd dropped by the owner).
+  void release_segment_locked(uint32_t slot);
+  // Waits (bounded) for the owner's service to take `fd`, the memfd of `slot`;
+  // its number in the owner, or -1 if it did not.
+  int hand_to_owner(uint32_t slot, int fd);
+  void start_service();
+  void stop_service();
+  static void* service_main(void* arena);
+  void serve();
+  void register_owner();
+  void unregister_owner() noexcept;
+  void adopt_handoffs();
+  void close_dropped_memfds();
+  void wake_service() const;
+  void close_owned_memfds();
+  // pthread_atfork: a forked child closes its copies of every owner's memfds.
+  static void fork_prepare();
+  static void fork_parent();
+  static void fork_child();
 
   // Huge blocks: a segment each.
   Block alloc_dedicated(std::size_t size);
@@ -312,6 +382,22 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   arena_detail::Control* ctl_ = nullptr;
   pid_t owner_pid_ = 0;  // the creating process; 0 in attached handles
   std::atomic<bool> closed_{false};
+
+  // The owner's memfds, by slot (descriptor and inode; -1 where none), under
+  // the process-wide owned-descriptor mutex (arena_segments.cpp), which a
+  // fork takes so that the child can close its copies.
+  struct OwnedFd {
+    int fd = -1;
+    uint64_t ino = 0;
+  };
+  std::vector<OwnedFd> owned_;
+  // The owner's segment service thread.
+  pthread_t service_thread_{};
+  bool service_started_ = false;
+  std::atomic<bool> service_stop_{false};
+  std::once_flag service_stopped_;
+  // How long a non-owner waits for the owner to take a memfd (tests shorten it).
+  static std::atomic<int64_t> handoff_timeout_ms_;
 
   // This process's mappings. Pooled segments stay mapped for the handle's
   // life; their bases are published lock-free. Dedicated segments are mapped
