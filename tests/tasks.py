@@ -154,12 +154,13 @@ def try_write(arr):
 
 
 def shm_mappings_of_at_least(nbytes):
-    """The shoal segments this process maps with at least `nbytes` (live or already unlinked)."""
+    """The shoal segments this process maps with at least `nbytes` (live or already
+    unlinked): files in /dev/shm, or memfds (shown as /memfd:<label>)."""
     found = set()
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split()
-            if len(fields) >= 6 and fields[5].startswith("/dev/shm/shoal-"):
+            if len(fields) >= 6 and fields[5].startswith(("/dev/shm/shoal-", "/memfd:shoal-")):
                 low, high = (int(x, 16) for x in fields[0].split("-"))
                 if high - low >= nbytes:
                     found.add(fields[5])

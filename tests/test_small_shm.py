@@ -1,0 +1,193 @@
+"""Docker's default 64 MB /dev/shm (issue 12): the README's big-data examples
+must work whatever the size of the /dev/shm mount.
+
+Each scenario runs as a script in a child process. Inside a private mount
+namespace whose /dev/shm is a 64 MB tmpfs (what `docker run` gives a
+container by default), and again without one. The arena's segments are
+memfds, which the /dev/shm mount does not count, so nothing here may raise
+MemoryError or travel in-band for want of room. The script also checks that
+it leaves no shoal name in /dev/shm once its pools are closed.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import shoal
+    import shoal.shared
+
+    def total(block):
+        return float(block.sum())
+
+    def zero_copy(block):
+        return shoal.shared.in_shared_memory(block)
+
+    def make(i):
+        return np.full(512 * 1024, i, dtype=np.float64)  # 4 MiB
+
+    def fill(out, part, parts):
+        n = len(out) // parts
+        out[part * n:(part + 1) * n] = part + 1
+        return part
+
+    def scale(arr, factor):
+        arr *= factor
+
+    def shm_names():
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal"))
+
+    def main():
+        free = os.statvfs("/dev/shm")
+        print("dev/shm size MiB", free.f_blocks * free.f_frsize >> 20, flush=True)
+        data = np.random.default_rng(1).random(32_000_000)  # 256 MB
+        with shoal.Executor(2) as ex:
+            # 64 slices of a 256 MB array, each copied once into shared memory.
+            got = sum(ex.map(total, np.array_split(data, 64)))
+            assert abs(got - float(data.sum())) < 1e-6 * abs(got), (got, float(data.sum()))
+            # ... through shared memory, not inside the pickles (the fallback when the arena is full).
+            assert all(ex.map(zero_copy, np.array_split(data, 64)))
+            # A map returning 64 results of 4 MB.
+            for i, arr in enumerate(ex.map(make, range(64))):
+                assert arr.shape == (512 * 1024,) and arr[0] == i and arr[-1] == i, i
+                assert shoal.shared.in_shared_memory(arr), i
+            # A 128 MB SharedArray written by the workers, read here.
+            out = shoal.SharedArray((16_000_000,), dtype=np.float64)
+            assert sorted(ex.map(fill, [out] * 8, range(8), [8] * 8)) == list(range(8))
+            for part in range(8):
+                chunk = out[part * 2_000_000:(part + 1) * 2_000_000]
+                assert chunk.min() == chunk.max() == part + 1, part
+            del chunk
+            # share() and a submit of the 256 MB array.
+            shared = shoal.share(data)
+            assert abs(ex.submit(total, shared).result() - float(data.sum())) < 1e-3
+            assert abs(ex.submit(total, data).result() - float(data.sum())) < 1e-3
+            used = ex.stats()["shm_used_bytes"]
+            print("shm_used_bytes", used, flush=True)
+            out.close()
+            del out, shared
+        # A SharedArray shared with multiprocessing children (no pool): spawned ones attach it.
+        import multiprocessing
+        arr = shoal.SharedArray((8_000_000,))  # 64 MB
+        arr[:] = 1.0
+        for method in ("spawn", "fork"):
+            child = multiprocessing.get_context(method).Process(target=scale, args=(arr, 2.0))
+            child.start()
+            child.join(120)
+            assert child.exitcode == 0, (method, child.exitcode)
+        assert arr.min() == arr.max() == 4.0
+        arr.close()
+        del arr
+        shoal.shared.default_arena().close()  # where the SharedArrays lived
+        mine = [n for n in shm_names() if n.startswith("shoal-%d-" % os.getpid())]
+        assert mine == [], mine
+        print("OK", flush=True)
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
+def _run(cmd, tmp_path):
+    script = tmp_path / "readme_examples.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        cmd + [sys.executable, str(script)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    return proc
+
+
+def _namespace_prefix():
+    """The command that runs a program with a private 64 MB /dev/shm, or None (with why)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None, "unshare is not installed"
+    probe = subprocess.run(
+        [unshare, "-m", "--propagation", "private", "sh", "-c",
+         "mount -t tmpfs -o size=64m tmpfs /dev/shm && df -k /dev/shm"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if probe.returncode != 0:
+        return None, f"cannot make a private 64 MB /dev/shm here: {probe.stderr.strip() or probe.returncode}"
+    return [unshare, "-m", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"', "sh"], ""
+
+
+def test_readme_examples_with_a_64_mb_dev_shm(tmp_path):
+    prefix, why = _namespace_prefix()
+    if prefix is None:
+        pytest.skip(why)
+    proc = _run(prefix, tmp_path)
+    assert "dev/shm size MiB 64" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-6000:]
+    assert "MemoryError" not in proc.stderr, proc.stderr[-6000:]
+
+
+def test_readme_examples_with_the_hosts_dev_shm(tmp_path):
+    proc = _run([], tmp_path)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-6000:]
+    assert "MemoryError" not in proc.stderr, proc.stderr[-6000:]
+
+
+OWNER = textwrap.dedent(
+    """
+    import pickle, sys
+    import numpy as np
+    import shoal
+    small = shoal.SharedArray((1000,), dtype=np.int64)
+    big = shoal.SharedArray((4_000_000,), dtype=np.int64)  # 32 MB: a segment of its own
+    small[:] = 7
+    big[:] = 9
+    sys.stdout.write(pickle.dumps(small).hex() + " " + pickle.dumps(big).hex() + "\\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # killed while waiting here
+    """
+)
+
+
+def test_once_a_shared_arrays_owner_is_killed_mappings_stay_and_new_attaches_fail_cleanly(tmp_path):
+    import pickle
+    import signal
+
+    import shoal  # noqa: F401 - the package, as the unpickler needs it
+
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    owner = subprocess.Popen(
+        [sys.executable, str(script)], env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = owner.stdout.readline()
+        assert line, "the owner did not start"
+        small_payload, big_payload = (bytes.fromhex(part) for part in line.split())
+        small = pickle.loads(small_payload)  # maps the small one's segment while the owner lives
+        assert small.sum() == 7000
+        owner.send_signal(signal.SIGKILL)
+        assert owner.wait(timeout=60) == -signal.SIGKILL
+        assert small.sum() == 7000  # the mapping outlives the owner
+        small[:] = 8
+        assert small.sum() == 8000
+        with pytest.raises(FileNotFoundError, match=r"owner \(pid \d+\) has exited or closed the arena"):
+            pickle.loads(big_payload)  # the big one's segment was never mapped here: it is gone
+        del small
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(timeout=60)
+    # The killed owner's control segment and token go with the next shoal start.
+    subprocess.run([sys.executable, "-c", "import shoal"], env=_env(), check=True, timeout=60)
+    left = [n for n in os.listdir("/dev/shm") if n.startswith((f"shoal-{owner.pid}-", f"shoal-lock-{owner.pid}-"))]
+    assert left == []
