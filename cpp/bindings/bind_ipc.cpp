@@ -22,7 +22,7 @@ struct PyRing {
   static PyRing attach(const std::string& name) {
     PyRing r;
     r.segment = SharedSegment::attach(name);
-    r.ring = SpscRing::attach(r.segment.data());
+    r.ring = SpscRing::attach(r.segment.data(), r.segment.size());
     return r;
   }
 };

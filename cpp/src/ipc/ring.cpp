@@ -18,19 +18,33 @@ std::size_t SpscRing::bytes_needed(std::size_t capacity) {
 
 SpscRing SpscRing::init(void* mem, std::size_t capacity) {
   auto* hdr = new (mem) RingHeader{};
-  hdr->capacity = std::bit_ceil(std::max<std::size_t>(capacity, 64));
+  const std::size_t cap = std::bit_ceil(std::max<std::size_t>(capacity, 64));
+  hdr->capacity = cap;
   hdr->head.store(0);
   hdr->tail.store(0);
   hdr->closed.store(0);
   hdr->magic.store(RingHeader::kMagic, std::memory_order_release);
-  return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset);
+  return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset, cap);
 }
 
-SpscRing SpscRing::attach(void* mem) {
+SpscRing SpscRing::attach(void* mem, std::size_t mem_bytes, std::size_t expected_capacity) {
   auto* hdr = static_cast<RingHeader*>(mem);
-  if (hdr->magic.load(std::memory_order_acquire) != RingHeader::kMagic || !std::has_single_bit(hdr->capacity))
+  if (mem_bytes < kDataOffset + 64 || hdr->magic.load(std::memory_order_acquire) != RingHeader::kMagic)
     throw CorruptFrameError("memory does not hold a shoal ring");
-  return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset);
+  // Read once: the ring's bounds never come from shared memory again.
+  const uint64_t cap = reinterpret_cast<volatile const uint64_t&>(hdr->capacity);
+  if (!std::has_single_bit(cap) || cap < 64 || cap > mem_bytes - kDataOffset)
+    throw CorruptFrameError("the ring's capacity (" + std::to_string(cap) + " bytes) does not fit its " +
+                            std::to_string(mem_bytes) + " bytes of memory");
+  if (expected_capacity && cap != std::bit_ceil(std::max<std::size_t>(expected_capacity, 64)))
+    throw CorruptFrameError("the ring's capacity (" + std::to_string(cap) + " bytes) is not the " +
+                            std::to_string(expected_capacity) + " bytes it was made with");
+  return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset, static_cast<std::size_t>(cap));
+}
+
+void SpscRing::positions_corrupt(uint64_t head, uint64_t tail) const {
+  throw CorruptFrameError("ring positions are inconsistent (head " + std::to_string(head) + ", tail " +
+                          std::to_string(tail) + ", capacity " + std::to_string(cap_) + ")");
 }
 
 void SpscRing::copy_in(uint64_t pos, const std::byte* src, std::size_t n) {
@@ -56,11 +70,16 @@ bool SpscRing::push_span(std::span<const Bytes> parts, const Deadline* deadline)
   if (is_closed()) throw ClosedError("ring is closed");
   const std::size_t need = frame_bytes(len);
   const uint64_t head = hdr_->head.load(std::memory_order_relaxed);
+  uint64_t tail = hdr_->tail.load(std::memory_order_seq_cst);
+  check_positions(head, tail);
+  // Positions that turn inconsistent while waiting end the wait, to be reported.
   auto fits = [&] {
-    return cap_ - (head - hdr_->tail.load(std::memory_order_seq_cst)) >= need || is_closed();
+    tail = hdr_->tail.load(std::memory_order_seq_cst);
+    return head - tail > cap_ || cap_ - (head - tail) >= need || is_closed();
   };
-  if (!fits()) {
+  if (cap_ - (head - tail) < need) {
     if (!deadline || !hdr_->writable.wait_until(fits, *deadline)) return false;
+    check_positions(head, tail);
   }
   if (is_closed()) throw ClosedError("ring is closed");
 
@@ -84,9 +103,11 @@ bool SpscRing::wait_readable(const Deadline& deadline) {
 }
 
 std::size_t SpscRing::frame_length(uint64_t tail, uint64_t head) const {
+  check_positions(head, tail);
+  // 0 only if garbage emptied the ring since the caller saw it non-empty: then
+  // no frame header can pass the check below (a frame takes at least 8 bytes).
   const uint64_t used = head - tail;
   uint32_t header[2];
-  if (used < kFrameHeader || used > cap_) throw CorruptFrameError("ring positions are inconsistent");
   copy_out(tail, reinterpret_cast<std::byte*>(header), kFrameHeader);
   const std::size_t len = header[0];
   if ((header[0] ^ kCheck) != header[1] || len > max_frame() || frame_bytes(len) > used)

@@ -5,6 +5,26 @@
 // followed by the payload padded to 8 bytes, and may wrap around the end.
 // The producer publishes with a release store of head, the consumer frees with
 // a release store of tail; each side sleeps on a Notifier when it must wait.
+//
+// Garbage in the ring (another process may write any bytes anywhere in it)
+// never makes either side touch memory outside the ring, loop, or hand out a
+// frame that fails these invariants; it is reported as CorruptFrameError:
+//  * capacity and the data area are read from shared memory once, at attach,
+//    and checked (a power of two >= 64 that fits the mapping); later writes
+//    to the header's capacity are never read. Every index into the data area
+//    is a position masked with capacity - 1, so no position can reach past it.
+//  * positions: tail <= head <= tail + capacity (head - tail, unsigned, is at
+//    most capacity), both multiples of 8. Checked by the consumer before every
+//    pop and by the producer before every push: two compares.
+//  * a frame header: check word == length ^ kCheck, length <= max_frame(),
+//    and the padded frame fits in what head says was published.
+//  * closed: any non-zero word means closed. Callers that know they never
+//    closed a ring (the pool engine for its inboxes and outboxes) treat a
+//    ClosedError from it as corruption.
+//  * the Notifier words: garbage costs spurious wake-ups or futex calls,
+//    never a wait past its deadline.
+// A consumer always either pops one frame (tail moves forward by at least 8
+// bytes), reports the ring empty, or throws: it cannot spin on garbage.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -41,8 +61,11 @@ class SpscRing {
   static std::size_t bytes_needed(std::size_t capacity);
   // Rounds `capacity` up to a power of two (minimum 64) and formats `mem`.
   static SpscRing init(void* mem, std::size_t capacity);
-  // Uses a ring another process formatted; throws CorruptFrameError if `mem` is not one.
-  static SpscRing attach(void* mem);
+  // Uses a ring another process formatted in the `mem_bytes` bytes at `mem`;
+  // throws CorruptFrameError if they do not hold one (wrong magic, capacity not
+  // a power of two >= 64, or larger than the memory), or if `expected_capacity`
+  // is given and the ring's differs from what init() made of it.
+  static SpscRing attach(void* mem, std::size_t mem_bytes, std::size_t expected_capacity = 0);
 
   SpscRing() = default;
 
@@ -95,7 +118,9 @@ class SpscRing {
     const uint64_t tail = hdr_->tail.load(std::memory_order_relaxed);
     const uint64_t head_pos = hdr_->head.load(std::memory_order_acquire);
     const std::size_t len = frame_length(tail, head_pos);
-    if (len < head_n) throw CorruptFrameError("frame of " + std::to_string(len) + " bytes has no header");
+    if (len < head_n)
+      throw CorruptFrameError("frame of " + std::to_string(len) + " bytes is shorter than its " +
+                              std::to_string(head_n) + "-byte header");
     copy_out(tail + kFrameHeader, static_cast<std::byte*>(head), head_n);
     std::byte* dst = alloc(len - head_n);
     if (len > head_n) copy_out(tail + kFrameHeader + head_n, dst, len - head_n);
@@ -119,10 +144,17 @@ class SpscRing {
   RingHeader* header() const { return hdr_; }
 
  private:
-  SpscRing(RingHeader* hdr, std::byte* data) : hdr_(hdr), data_(data), cap_(hdr->capacity) {}
+  SpscRing(RingHeader* hdr, std::byte* data, std::size_t cap) : hdr_(hdr), data_(data), cap_(cap) {}
 
-  // Reads the next frame's length from `tail`; validates it against `head`.
+  // Reads the next frame's length from `tail`; validates the positions and
+  // the frame header against `head` (throws CorruptFrameError).
   std::size_t frame_length(uint64_t tail, uint64_t head) const;
+  // Throws CorruptFrameError unless tail <= head <= tail + capacity, both 8-aligned.
+  void check_positions(uint64_t head, uint64_t tail) const {
+    if (head - tail > cap_ || ((head | tail) & 7) != 0) [[unlikely]]
+      positions_corrupt(head, tail);
+  }
+  [[noreturn]] void positions_corrupt(uint64_t head, uint64_t tail) const;
   void copy_out(uint64_t pos, std::byte* dst, std::size_t n) const;
   void copy_in(uint64_t pos, const std::byte* src, std::size_t n);
 

@@ -3,9 +3,19 @@
 // then one slot per worker with its status words, inbox ring and outbox ring.
 // A slot outlives the worker in it: a replacement worker gets the same slot
 // with freshly formatted rings.
+//
+// Another process of the same user can write anything into the segment. The
+// layout's geometry (slots, ring size, where each slot lies) is therefore read
+// from the header once, when the segment is created or attached, checked
+// against the segment's real size, and kept in this process's memory: no later
+// write to the header can move a slot or a ring out of the mapping. The
+// header itself is compared against that copy by header_fault(), which the
+// engine calls every round (a corrupt header breaks the pool).
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string>
 
 #include "shoal/ipc/notifier.hpp"
 #include "shoal/ipc/ring.hpp"
@@ -15,16 +25,19 @@ namespace shoal {
 
 struct PoolHeader {
   static constexpr uint64_t kMagic = 0x73686f616c504f4fULL;  // "shoalPOO"
+  static constexpr uint32_t kVersion = 2;                     // of this layout
   uint64_t magic;
+  uint32_t version;
   uint32_t slots;
-  uint32_t reserved;
-  uint64_t ring_bytes;
+  uint64_t ring_bytes;     // as asked for; each ring's capacity is its power of two
+  uint64_t segment_bytes;  // what the layout needs (the segment may be a little larger)
   // Workers ring this after publishing a result; the parent's engine sleeps on it.
   alignas(64) Notifier doorbell;
 };
 
 // Written by the worker, read by the parent: which job runs right now, so that
-// after a crash the parent knows which job was to blame.
+// after a crash the parent knows which job was to blame. Only ever compared
+// with the engine's own job ids, never used as an index.
 struct SlotStatus {
   alignas(64) std::atomic<uint64_t> running_job;  // 0 when idle
   std::atomic<uint64_t> started_ns;               // CLOCK_MONOTONIC when it started
@@ -33,11 +46,23 @@ struct SlotStatus {
 
 class PoolLayout {
  public:
+  // Limits that attach() enforces on a header (create() never exceeds them).
+  static constexpr uint32_t kMaxSlots = 1u << 16;
+  static constexpr uint64_t kMaxRingBytes = uint64_t{1} << 40;
+
   static PoolLayout create(uint32_t slots, std::size_t ring_bytes);
+  // Throws CorruptFrameError if the segment does not hold a pool of this
+  // layout whose geometry fits it.
   static PoolLayout attach(const std::string& name);
 
   PoolHeader& header() const { return *static_cast<PoolHeader*>(segment_.data()); }
-  uint32_t slots() const { return header().slots; }
+  // The geometry, as created or checked at attach (never re-read).
+  uint32_t slots() const { return slots_; }
+  std::size_t ring_capacity() const { return ring_capacity_; }
+  // What is wrong with the header now, compared with what was created or
+  // attached (magic, version, slots, sizes); nullopt while it is intact.
+  std::optional<std::string> header_fault() const;
+
   SlotStatus& status(uint32_t slot) const;
   // Formats both rings of a slot anew (parent only, while no worker uses it).
   void reset_slot(uint32_t slot) const;
@@ -48,10 +73,15 @@ class PoolLayout {
   void unlink() { segment_.unlink(); }
 
  private:
-  explicit PoolLayout(SharedSegment seg) : segment_(std::move(seg)) {}
+  PoolLayout(SharedSegment seg, uint32_t slots, uint64_t ring_bytes);
   std::byte* slot_base(uint32_t slot) const;
-  std::size_t ring_stride() const;
+  SpscRing ring_at(std::byte* base) const;
   SharedSegment segment_;
+  uint32_t slots_ = 0;
+  uint64_t ring_bytes_ = 0;
+  std::size_t ring_capacity_ = 0;
+  std::size_t ring_stride_ = 0;
+  std::size_t layout_bytes_ = 0;
 };
 
 }  // namespace shoal
