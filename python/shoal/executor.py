@@ -1,10 +1,11 @@
 """``shoal.Executor``: a drop-in ``concurrent.futures.ProcessPoolExecutor``."""
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from concurrent import futures
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
 from ._future import Future
 from ._progress import progress_bar
@@ -178,12 +179,6 @@ def _common_length(iterables: tuple) -> Optional[int]:
         return None
 
 
-def _take(values: list, i: int) -> Any:
-    value = values[i]
-    values[i] = None
-    return value
-
-
 class _MapIterator:
     """``Executor.map``'s results. As the stdlib's: an iterator that is never
     started still has every item run (its results are dropped once it is
@@ -191,15 +186,15 @@ class _MapIterator:
 
     def __init__(self, feed, deadline: Optional[float], bar) -> None:
         self._feed = feed
-        self._results: Optional[Iterator[Any]] = None
         self._deadline, self._bar = deadline, bar
+        self._results: Generator[Any, None, None] = self._generate()
 
-    def __iter__(self) -> "_MapIterator":
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        # The generator itself: `for`, list() and sum() then run at C speed,
+        # without a call of ours per result.
+        return self._results
 
     def __next__(self) -> Any:
-        if self._results is None:
-            self._results = self._generate()
         return next(self._results)
 
     def _generate(self) -> Iterator[Any]:
@@ -207,8 +202,11 @@ class _MapIterator:
         try:
             for values, failures, count in feed.chunks(self._deadline):
                 end = min(failures) if failures else len(values)
-                for i in range(end):
-                    yield _take(values, i)  # held by nobody here once yielded
+                del values[end:]
+                values.reverse()
+                pop = values.pop
+                while values:
+                    yield pop()  # held by nobody here once yielded, as the stdlib's map
                 if failures:
                     raise failures[end]
                 if bar is not None:
@@ -219,12 +217,10 @@ class _MapIterator:
                 bar.close()
 
     def close(self) -> None:
-        if self._results is None:
-            self._results = iter(())
-            self._feed.close()
-        else:
-            self._results.close()
+        if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:
+            self._feed.close()  # its finally would not run: the generator never started
+        self._results.close()
 
     def __del__(self) -> None:
-        if self._results is None:
+        if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:
             self._feed.abandon()
