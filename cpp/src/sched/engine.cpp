@@ -65,6 +65,38 @@ uint64_t resident_bytes(pid_t pid) {
 
 std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
+// Whether `s` is well-formed UTF-8 (text a worker reports, which Python decodes).
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      n = 1, cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2, cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= n) return false;
+    for (std::size_t k = 1; k <= n; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static constexpr uint32_t kMin[4] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 // Kills a worker through its pidfd, which cannot name another process even if
 // the worker is gone and reaped; by pid only without one (no pidfd support).
 void kill_worker(const SharedPidfd& pidfd, pid_t pid) { signal_process(pidfd ? pidfd->get() : -1, pid, SIGKILL); }
@@ -337,6 +369,7 @@ void Engine::terminate() {
     for (auto& s : slots_) {
       for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
       s.in_flight.clear();
+      s.jobs_forgotten = true;
       if (s.state != SlotState::dead) {
         s.inbox.close();
         s.state = SlotState::stopping;
@@ -384,8 +417,10 @@ void Engine::on_process_event(const ProcessEvent& e) {
 }
 
 bool Engine::any_outbox_readable() const {
+  // Only live slots count: a quarantined or dead slot's outbox may hold
+  // garbage that looks like frames forever.
   for (const auto& s : slots_)
-    if (!s.outbox.empty()) return true;
+    if (s.outbox_live.load(std::memory_order_relaxed) && !s.outbox.empty()) return true;
   return false;
 }
 
@@ -431,6 +466,7 @@ void Engine::run() {
       if (throw_next_round_.exchange(false)) throw std::runtime_error("fault injected by a test");
       const uint64_t completed_before = stats_.completed;
       events_pending_ = false;
+      check_header_locked();
       handle_events_locked();
       if (results_are_mine()) drain_outboxes_locked();
       if (limits) enforce_limits_locked();
@@ -483,6 +519,7 @@ void Engine::run() {
       for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
       s.in_flight.clear();
       s.state = SlotState::dead;
+      s.outbox_live.store(false);
       s.pid = 0;
       s.pidfd.reset();
     }
@@ -533,6 +570,7 @@ void Engine::handle_events_locked() {
         if (s.state == SlotState::starting) s.state = SlotState::alive;
         ++stats_.workers_started;
         log_locked(LogLevel::debug, worker_name(e.slot) + " started");
+        if (s.quarantined) kill_worker(s.pidfd, s.pid);  // its rings went bad before it started
         break;
       case ProcessEvent::Type::spawn_failed:
         // A launcher that gave up says why (its failed event broke the pool
@@ -540,6 +578,7 @@ void Engine::handle_events_locked() {
         if (!e.reason.empty() && !broken_) fail_everything_locked(e.reason);
         if (broken_) {
           s.state = SlotState::dead;
+          s.outbox_live.store(false);
           break;
         }
         handle_exit_locked(e.slot, -1, W_EXITCODE(127, 0));
@@ -555,7 +594,15 @@ void Engine::handle_events_locked() {
 
 void Engine::start_slot_locked(uint32_t slot) {
   Slot& s = slots_[slot];
+  if (!check_header_locked()) {  // no new worker could attach: the pool broke
+    s.state = SlotState::dead;
+    s.outbox_live.store(false);
+    return;
+  }
   layout_.reset_slot(slot);
+  s.quarantined = false;
+  s.jobs_forgotten = false;
+  s.outbox_live.store(true);
   s.state = SlotState::starting;
   s.pid = 0;
   s.pidfd.reset();
@@ -567,12 +614,13 @@ void Engine::start_slot_locked(uint32_t slot) {
   if (!options_.init_payload.empty()) {
     try {
       Blob init(options_.init_payload);
-      push_frame_locked(s, FrameHeader{Kind::initialize, 0, 0, 0}, &init);
-      init.hand_over_spill();  // the worker reads it once at start-up, then unlinks it
+      // The worker reads a spilled one once at start-up, then unlinks it.
+      if (push_frame_locked(slot, FrameHeader{Kind::initialize, 0, 0, 0}, &init)) init.hand_over_spill();
     } catch (const std::exception& e) {
       // Every worker needs it (a spill segment that cannot be made: out of
       // descriptors or memory): no worker can start.
       s.state = SlotState::dead;
+      s.outbox_live.store(false);
       const std::string reason =
           std::string("the pool's initializer could not be handed to a new worker: ") + e.what();
       log_locked(LogLevel::error, reason);
@@ -585,7 +633,14 @@ void Engine::start_slot_locked(uint32_t slot) {
 
 void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   Slot& s = slots_[slot];
-  drain_outbox_locked(slot);  // results published before the death still count
+  drain_outbox_locked(slot);  // results published before the death still count (not a quarantined slot's)
+  // A worker leaves on its own when its inbox is closed: if the pool did not
+  // close it, the closed word was overwritten, and the worker left its jobs.
+  if (!s.quarantined && !s.retired && s.state != SlotState::stopping && s.inbox.is_closed())
+    corrupt_slot_locked(slot, worker_name(slot) + "'s inbox is marked closed, which the pool did not do");
+  // Its jobs went elsewhere when its shared memory was found corrupt, and that was logged.
+  const bool quarantined = s.quarantined;
+  // Only compared with the ids of jobs this worker held: garbage blames no job.
   const uint64_t running = layout_.status(slot).running_job.load();
   // An exit nobody could see (SIGCHLD ignored) was clean if the worker had been told to exit.
   const bool clean = wait_status == kExitStatusUnknown
@@ -615,8 +670,8 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   s.in_flight.clear();
   if (!clean) {
     ++stats_.workers_lost;
-    if (running == 0 && s.completed == 0) ++failures_without_progress_;
-    if (!s.kill_reason && !stopping_)
+    if (!quarantined && running == 0 && s.completed == 0) ++failures_without_progress_;
+    if (!s.kill_reason && !stopping_ && !quarantined)
       log_locked(LogLevel::warning, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
                                         describe_exit(wait_status) + "; starting a replacement");
   } else {
@@ -624,6 +679,7 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   }
   s.kill_reason.reset();
   s.state = SlotState::dead;
+  s.outbox_live.store(false);
   s.pid = 0;
   s.pidfd.reset();
   if (stopping_ || broken_) return;
@@ -637,12 +693,18 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
 
 void Engine::drain_outboxes_locked() {
   for (uint32_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].state != SlotState::dead) drain_outbox_locked(i);
+    if (slots_[i].state != SlotState::dead && !slots_[i].quarantined) drain_outbox_locked(i);
 }
 
 void Engine::drain_outbox_locked(uint32_t slot) {
+  // Everything in the outbox may be garbage (another process can write into
+  // it): the ring checks its positions and frame headers, and each frame is
+  // judged against protocol.hpp's rules before any of it is acted on (no
+  // segment is opened or unlinked for a frame that breaks them). A frame that
+  // breaks them quarantines the slot: the worker is killed and replaced, and
+  // nothing more is read from its rings. Per frame that costs a few compares.
   Slot& s = slots_[slot];
-  for (;;) {
+  while (!s.quarantined) {
     FrameHeader h{};
     std::string payload;
     try {
@@ -652,20 +714,61 @@ void Engine::drain_outbox_locked(uint32_t slot) {
           }))
         return;
     } catch (const ClosedError&) {
+      corrupt_slot_locked(slot, worker_name(slot) + "'s outbox is marked closed, which neither side ever does");
       return;
-    } catch (const CorruptFrameError&) {
-      // A worker that scribbles over its outbox cannot be trusted: replace it.
-      kill_worker(s.pidfd, s.pid);
+    } catch (const CorruptFrameError& e) {
+      corrupt_slot_locked(slot, worker_name(slot) + "'s outbox holds garbage: " + e.what());
       return;
     }
-    if (h.tag & proto::kSpilled) {
-      h.tag &= ~proto::kSpilled;
+    const bool spilled = h.tag & proto::kSpilled;
+    h.tag &= ~proto::kSpilled;
+    std::string fault;
+    bool ours = true;  // a result for the job this worker runs
+    switch (h.kind) {
+      case Kind::result:
+        if (!proto::is_worker_status(h.tag)) {
+          fault = "a result with status " + std::to_string(h.tag);
+        } else if (s.in_flight.empty() || s.in_flight.front().id != h.id) {
+          // A worker runs its jobs in order: a result is always for the oldest it holds.
+          if (s.jobs_forgotten)
+            ours = false;  // failed over already (a broken pool): drop, never deliver twice
+          else
+            fault = "a result for job " + std::to_string(h.id) +
+                    (s.in_flight.empty() ? std::string(" while it holds no job")
+                                         : ", whose oldest job is " + std::to_string(s.in_flight.front().id));
+        }
+        break;
+      case Kind::init_failed:
+      case Kind::inbox_corrupt:
+        if (h.tag != 0 || h.id != 0 || h.arg != 0 || (spilled && h.kind == Kind::inbox_corrupt))
+          fault = "a report (kind " + std::to_string(static_cast<uint32_t>(h.kind)) + ") with stray header fields";
+        else if (h.kind == Kind::init_failed && s.completed != 0)
+          fault = "a report of a failed initializer after it finished tasks";
+        break;
+      default:
+        fault = "a frame of unknown kind " + std::to_string(static_cast<uint32_t>(h.kind));
+    }
+    if (fault.empty() && spilled && !is_spill_name(payload, pid_))
+      fault = "a spilled payload whose " + std::to_string(payload.size()) +
+              "-byte name is not one of this pool's (shoal-" + std::to_string(pid_) + "-<16 hex digits>)";
+    if (!fault.empty()) {
+      corrupt_slot_locked(slot, worker_name(slot) + "'s outbox held " + fault);
+      return;
+    }
+    if (!ours) {
+      if (spilled) shm_unlink(("/" + payload).c_str());  // a well-formed name of ours: nobody else will read it
+      continue;
+    }
+    if (spilled) {
       if (lose_next_spill_) {  // TestFault::lose_next_spilled_result: as another process's cleanup would
         lose_next_spill_ = false;
         shm_unlink(("/" + payload).c_str());
       }
       try {
         payload = take_spilled(payload, true);
+      } catch (const CorruptFrameError& e) {
+        corrupt_slot_locked(slot, worker_name(slot) + "'s outbox held a corrupt spilled payload: " + e.what());
+        return;
       } catch (const std::exception& e) {
         // Gone (removed by another process), truncated, or too big for
         // this process's memory: the frame is consumed, its job is not lost.
@@ -674,16 +777,24 @@ void Engine::drain_outbox_locked(uint32_t slot) {
         continue;
       }
     }
+    if (h.kind == Kind::inbox_corrupt) {
+      corrupt_slot_locked(slot, valid_utf8(payload) && payload.size() <= 4096
+                                    ? payload
+                                    : worker_name(slot) + " found its inbox corrupt (its report is unreadable)");
+      return;
+    }
     if (h.kind == Kind::init_failed) {
+      if (!valid_utf8(payload)) {
+        corrupt_slot_locked(slot, worker_name(slot) + "'s outbox held a report of a failed initializer that is not text");
+        return;
+      }
       fail_everything_locked(payload);
       return;
     }
-    if (h.kind != Kind::result) continue;
-    auto it = std::find_if(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == h.id; });
-    if (it == s.in_flight.end()) continue;  // not ours (already failed over): drop, never deliver twice
-    s.in_flight.erase(it);
+    s.in_flight.pop_front();
     ++s.completed;
     failures_without_progress_ = 0;
+    corruptions_without_progress_ = 0;
     run_ns_ewma_ = run_ns_ewma_ == 0 ? double(h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(h.arg);
     complete_locked(h.id, static_cast<Status>(h.tag), h.arg, std::move(payload));
     if (options_.memory_soft_limit && s.state == SlotState::alive && s.pid > 0) {
@@ -695,6 +806,53 @@ void Engine::drain_outbox_locked(uint32_t slot) {
       }
     }
   }
+}
+
+void Engine::corrupt_slot_locked(uint32_t slot, const std::string& what) {
+  Slot& s = slots_[slot];
+  if (s.quarantined) return;
+  s.quarantined = true;
+  s.outbox_live.store(false);
+  kill_worker(s.pidfd, s.pid);  // one not started yet is killed once it is (handle_events_locked)
+  const bool replaced = !stopping_ && !broken_;
+  const std::string why = "the pool's shared memory was corrupted: " + what +
+                          (replaced ? "; the worker was killed and is being replaced" : "; the worker was killed");
+  log_locked(LogLevel::warning, why);
+  // Any of its jobs may have run (a garbled frame may have been its result),
+  // and none will finish now: each is retried if it may be, else it fails.
+  for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
+    Job& job = *it;
+    if (s.kill_reason && s.kill_reason->job_id == job.id) {
+      complete_locked(job.id, s.kill_reason->status, 0, s.kill_reason->message);
+    } else if (job.retries_left > 0 && !stopping_) {
+      --job.retries_left;
+      ++stats_.retried;
+      pending_ids_.insert(job.id);
+      pending_.push_front(std::move(job));
+    } else {
+      complete_locked(job.id, Status::worker_lost, 0, why);
+    }
+  }
+  s.in_flight.clear();
+  s.kill_reason.reset();
+  // Garbage that keeps coming (a process scribbling on and on) must not
+  // replace workers for ever.
+  if (++corruptions_without_progress_ >= kStartupFailuresPerSlot * slots_.size() && !broken_)
+    fail_everything_locked("the pool's shared memory was corrupted: " + what + " (" +
+                           std::to_string(corruptions_without_progress_) +
+                           " times in a row, with no task finishing in between); the pool is broken and cannot run tasks");
+}
+
+bool Engine::check_header_locked() {
+  if (header_corrupt_) return false;
+  const auto fault = layout_.header_fault();
+  if (!fault) return true;
+  header_corrupt_ = true;
+  const std::string reason =
+      "the pool's shared memory was corrupted: " + *fault + "; the pool is broken and cannot run tasks";
+  log_locked(LogLevel::error, reason);
+  if (!broken_) fail_everything_locked(reason);
+  return false;
 }
 
 void Engine::spilled_payload_lost_locked(uint32_t slot, const FrameHeader& h, const std::string& name,
@@ -827,7 +985,7 @@ void Engine::dispatch_locked() {
     std::pair<std::size_t, bool> best_rank{};
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       const Slot& s = slots_[i];
-      if (full[i] || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
+      if (full[i] || s.quarantined || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
       if (s.in_flight.size() >= depth) continue;
       if (s.retired || (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child)) continue;
       const std::pair<std::size_t, bool> rank{s.in_flight.size(), s.inbox.consumer_sleeping()};
@@ -860,7 +1018,7 @@ void Engine::dispatch_locked() {
 bool Engine::send_job_locked(uint32_t slot, Job& job) {
   Slot& s = slots_[slot];
   while (!s.functions_to_drop.empty()) {
-    if (!push_frame_locked(s, FrameHeader{Kind::drop_function, 0, s.functions_to_drop.back(), 0}, nullptr))
+    if (!push_frame_locked(slot, FrameHeader{Kind::drop_function, 0, s.functions_to_drop.back(), 0}, nullptr))
       return false;
     s.functions_to_drop.pop_back();
   }
@@ -870,10 +1028,10 @@ bool Engine::send_job_locked(uint32_t slot, Job& job) {
       complete_locked(job.id, Status::broken, 0, "the task's function was dropped before it ran");
       return true;  // handled: the caller removes it from the queue
     }
-    if (!push_frame_locked(s, FrameHeader{Kind::define_function, 0, job.fn_id, 0}, &fn->second)) return false;
+    if (!push_frame_locked(slot, FrameHeader{Kind::define_function, 0, job.fn_id, 0}, &fn->second)) return false;
     s.known_functions.insert(job.fn_id);
   }
-  if (!push_frame_locked(s, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
+  if (!push_frame_locked(slot, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
   ++s.dispatched;
   s.in_flight.push_back(std::move(job));
   // A worker past its budget is retired by closing its inbox: it finishes what
@@ -882,13 +1040,23 @@ bool Engine::send_job_locked(uint32_t slot, Job& job) {
   return true;
 }
 
-bool Engine::push_frame_locked(Slot& s, FrameHeader h, Blob* payload) {
+bool Engine::push_frame_locked(uint32_t slot, FrameHeader h, Blob* payload) {
+  Slot& s = slots_[slot];
   std::string_view body;
   if (payload) {
     body = payload->wire(proto::inline_payload_limit(s.inbox.max_frame()));
     if (payload->spilled()) h.tag |= proto::kSpilled;
   }
-  return s.inbox.try_push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(body.data(), body.size()))});
+  try {
+    return s.inbox.try_push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(body.data(), body.size()))});
+  } catch (const ClosedError&) {
+    // Only ever pushed to while open (dispatch skips retired and stopping
+    // workers): the closed word was overwritten.
+    corrupt_slot_locked(slot, worker_name(slot) + "'s inbox is marked closed, which the pool did not do");
+  } catch (const CorruptFrameError& e) {
+    corrupt_slot_locked(slot, worker_name(slot) + "'s inbox holds garbage: " + e.what());
+  }
+  return false;  // not sent: the job stays queued for another worker
 }
 
 void Engine::complete_locked(uint64_t id, Status status, uint64_t run_ns, std::string payload) {
@@ -907,6 +1075,7 @@ void Engine::fail_everything_locked(const std::string& reason) {
   for (auto& s : slots_) {
     for (auto& job : s.in_flight) complete_locked(job.id, Status::broken, 0, reason);
     s.in_flight.clear();
+    s.jobs_forgotten = true;
   }
   announce_completions();  // waiters for any of these jobs
 }

@@ -57,14 +57,74 @@ void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {
     h.tag |= proto::kSpilled;
   }
   try {
-    outbox_.push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(payload.data(), payload.size()))},
-                 Deadline::never());
+    try {
+      outbox_.push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(payload.data(), payload.size()))},
+                   Deadline::never());
+    } catch (const ClosedError&) {
+      // The pool never closes an outbox: the word was overwritten.
+      throw CorruptFrameError("it is marked closed, which the pool never does");
+    }
+  } catch (const CorruptFrameError& e) {
+    if (!spilled.empty()) shm_unlink(("/" + spilled).c_str());
+    throw CorruptFrameError("the pool's shared memory was corrupted: " + worker_name() + " found its outbox corrupt (" +
+                            e.what() + "); this worker exits");
   } catch (...) {
-    // Nobody will read it (the outbox is closed): a name of the owner's would stay until it exits.
+    // Nobody will read it: a name of the owner's would stay until it exits.
     if (!spilled.empty()) shm_unlink(("/" + spilled).c_str());
     throw;
   }
   layout_.header().doorbell.notify_all();
+}
+
+std::string WorkerEndpoint::worker_name() const {
+  return "worker " + std::to_string(slot_) + " (pid " + std::to_string(getpid()) + ")";
+}
+
+void WorkerEndpoint::check_frame(const proto::FrameHeader& h, const std::string& spilled_name) {
+  using proto::Kind;
+  const auto kind = static_cast<uint32_t>(h.kind);
+  if (!proto::is_parent_kind(kind)) throw CorruptFrameError("a frame of unknown kind " + std::to_string(kind));
+  if (h.kind != Kind::job && (h.tag & ~proto::kSpilled) != 0)
+    throw CorruptFrameError("a frame of kind " + std::to_string(kind) + " with tag " + std::to_string(h.tag));
+  // Never opened, let alone unlinked, unless it is a name the pool makes.
+  if ((h.tag & proto::kSpilled) && !is_spill_name(spilled_name, owner_pid_))
+    throw CorruptFrameError("a spilled payload whose " + std::to_string(spilled_name.size()) +
+                            "-byte name is not one of the pool's (shoal-" + std::to_string(owner_pid_) + "-<hex>)");
+  switch (h.kind) {
+    case Kind::define_function:
+      functions_.insert(h.id);
+      break;
+    case Kind::drop_function:
+      functions_.erase(h.id);
+      break;
+    case Kind::job:
+      if (h.id == 0) throw CorruptFrameError("a job frame with job id 0");
+      if (!functions_.count(h.arg))
+        throw CorruptFrameError("job " + std::to_string(h.id) + " calls function " + std::to_string(h.arg) +
+                                ", which the pool never defined here");
+      break;
+    default:
+      break;
+  }
+}
+
+void WorkerEndpoint::inbox_corrupt(const std::string& what) {
+  corrupt_ = true;
+  std::string report = worker_name() + " found its inbox corrupt: " + what;
+  if (report.size() > 1024) report.resize(1024);  // ASCII: our text and numbers only
+  const std::string message = "the pool's shared memory was corrupted: " + report + "; this worker exits";
+  // Said first, in one write: the parent kills this worker once it has the report.
+  const std::string line = "shoal: " + message + "\n";
+  if (::write(2, line.data(), line.size()) < 0) {
+    // nowhere to say it: the report and the exception still do
+  }
+  try {  // best effort: the parent also sees this worker exit
+    const proto::FrameHeader r{proto::Kind::inbox_corrupt, 0, 0, 0};
+    if (outbox_.try_push({std::as_bytes(std::span(&r, 1)), std::as_bytes(std::span(report.data(), report.size()))}))
+      layout_.header().doorbell.notify_all();
+  } catch (...) {
+  }
+  throw CorruptFrameError(message);
 }
 
 void WorkerEndpoint::send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload) {

@@ -6,12 +6,15 @@
 // exists (creating it first); "sleep:<ms>" sleeps, then returns "slept";
 // "ppid" returns the parent's pid (a forked worker's: the fork server's);
 // "spill-gone" publishes a result spilled into a segment of its own whose name
-// is removed before the parent can read it (as another process's cleanup may).
+// is removed before the parent can read it (as another process's cleanup may);
+// "spill-name:<name>" publishes a result that claims to be spilled into <name>.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <string>
 #include <thread>
 
@@ -49,7 +52,10 @@ int serve(const std::string& segment, uint32_t slot) {
   WorkerEndpoint ep(segment, slot);
   for (;;) {
     try {
-      ep.wait(Deadline::never());
+      // In slices, as the Python worker waits: a wake-up lost to garbage in
+      // the ring's notifier words costs a slice, not the worker.
+      while (!ep.wait(Deadline::after(std::chrono::milliseconds(100)))) {
+      }
     } catch (const ClosedError&) {
       return 0;
     }
@@ -65,13 +71,17 @@ int serve(const std::string& segment, uint32_t slot) {
     }
     if (h.kind != proto::Kind::job) continue;
     if (payload == "spill-gone") {
-      std::string name;
-      {
-        Blob result(std::string(1 << 20, 'r'));
-        name = std::string(result.wire(0));
-      }  // the segment's owner unlinks it here
+      // A well-formed spill, named for the pool as results are, whose name
+      // is gone by the time the parent reads it.
+      const std::string name = spill_for(ep.spill_owner(), std::string(1 << 20, 'r'));
+      shm_unlink(("/" + name).c_str());
       ep.send_result(h.id, static_cast<proto::Status>(static_cast<uint32_t>(proto::Status::ok) | proto::kSpilled),
                      1000, name);
+      continue;
+    }
+    if (payload.starts_with("spill-name:")) {
+      ep.send_result(h.id, static_cast<proto::Status>(static_cast<uint32_t>(proto::Status::ok) | proto::kSpilled),
+                     1000, payload.substr(11));
       continue;
     }
     ep.send_result(h.id, proto::Status::ok, 1000, run(payload));
@@ -80,12 +90,23 @@ int serve(const std::string& segment, uint32_t slot) {
 
 }  // namespace
 
+// A worker that finds its shared memory corrupt says why on stderr and exits
+// (as the Python worker does, with a traceback), never with std::terminate.
+int serve_or_explain(const std::string& segment, uint32_t slot) {
+  try {
+    return serve(segment, slot);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shoal_test_worker: %s\n", e.what());
+    return 4;
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "forkserver") {
     ForkedWorker w = run_fork_server(3, {});
-    return serve(w.context, w.slot);
+    return serve_or_explain(w.context, w.slot);
   }
   if (argc < 3) return 2;
   die_with_parent(getppid());
-  return serve(argv[1], static_cast<uint32_t>(std::stoul(argv[2])));
+  return serve_or_explain(argv[1], static_cast<uint32_t>(std::stoul(argv[2])));
 }

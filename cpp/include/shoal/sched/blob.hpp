@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,8 +44,21 @@ class Blob {
 // throws std::system_error (ENOSPC) here instead of a SIGBUS later.
 std::string spill_for(pid_t owner, std::string_view bytes);
 
+// A spilled payload's segment: kSpillMagic, the payload's length n (both
+// 8-byte words), then the n bytes; whole pages, no more than it needs.
+inline constexpr uint64_t kSpillMagic = 0x73686f616c53504cULL;  // "shoalSPL"
+inline constexpr std::size_t kSpillHeader = 2 * sizeof(uint64_t);
+
+// Whether `name` has the form of a segment spilled for `owner`:
+// `shoal-<owner pid>-<16 lowercase hex digits>`. A frame's spilled payload is
+// a name read from shared memory: one of any other form is never opened.
+bool is_spill_name(std::string_view name, pid_t owner);
+
 // Copies a payload another process spilled into a segment into alloc(n);
 // removes the segment's name afterwards if asked (the receiver is its last user).
+// Throws NotFoundError if it is gone, CorruptFrameError if the segment is not a
+// spilled payload (no magic word: then its name is left alone) or its length
+// does not match its size.
 void read_spilled(std::string_view segment_name, bool unlink_after,
                   const std::function<std::byte*(std::size_t)>& alloc);
 std::string take_spilled(std::string_view segment_name, bool unlink_after);

@@ -7,6 +7,7 @@
 // their inboxes themselves; the engine thread reacts to worker deaths and
 // limits, and drains only when no such thread will.
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -166,6 +167,15 @@ class Engine {
     std::optional<KillReason> kill_reason;
     bool retired = false;  // inbox closed: no more jobs for this incarnation
     bool needs_init = true;
+    // Its rings or its frames were found corrupt: the worker is being killed,
+    // its jobs were failed over, and its rings are left alone until it exits.
+    bool quarantined = false;
+    // in_flight was emptied while the worker lived (a broken pool, terminate):
+    // results for jobs it no longer holds are expected, and dropped.
+    bool jobs_forgotten = false;
+    // Whether its outbox is drained (a worker is there or starting, and it is
+    // not quarantined); mirrors state and quarantined for readers without mu_.
+    std::atomic<bool> outbox_live{false};
   };
 
   void run();
@@ -179,11 +189,17 @@ class Engine {
   // An unexpected error on one of the pool's own threads: logged, and the
   // pool breaks with it (every waiter is woken with the reason).
   void thread_fault_locked(const char* thread, const std::string& what) noexcept;
+  // Garbage found in a slot's rings or frames (`what`): the worker is killed and
+  // replaced, its jobs are retried or fail with worker_lost; the pool goes on.
+  void corrupt_slot_locked(uint32_t slot, const std::string& what);
+  // Compares the pool's header with what was created; a corrupt one breaks the
+  // pool. Returns whether it is intact.
+  bool check_header_locked();
   void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
   void start_slot_locked(uint32_t slot);
   void dispatch_locked();
   bool send_job_locked(uint32_t slot, Job& job);
-  bool push_frame_locked(Slot& s, proto::FrameHeader h, Blob* payload);
+  bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload);
   std::size_t prefetch_depth() const;
   void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
   void log_locked(LogLevel level, std::string message);
@@ -234,6 +250,9 @@ class Engine {
   std::optional<std::string> broken_;
   std::atomic<bool> is_broken_{false};  // broken_ has a value; readable without mu_
   uint32_t failures_without_progress_ = 0;
+  uint32_t corruptions_without_progress_ = 0;  // slots found corrupt since the last result
+  bool header_corrupt_ = false;
+  const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid
   // The launcher or supervisor failed: no exit will be reported any more.
   bool launcher_failed_ = false;
   bool lose_next_spill_ = false;                // TestFault::lose_next_spilled_result

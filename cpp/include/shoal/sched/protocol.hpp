@@ -15,7 +15,8 @@ enum class Kind : uint32_t {
   job = 4,              // id = job id, arg = function id, tag = call mode, payload = pickled args
   // worker -> parent
   result = 16,          // id = job id, tag = Status, arg = run time in ns, payload = pickled outcome
-  init_failed = 17,     // payload = pickled exception
+  init_failed = 17,     // payload = UTF-8 text: why the worker cannot run tasks
+  inbox_corrupt = 18,   // payload = UTF-8 text: what the worker found wrong in its inbox; it exits next
 };
 
 // How a job ended; the Python front turns each into a value or an exception.
@@ -33,6 +34,22 @@ enum class Status : uint32_t {
 // Set in FrameHeader::tag when the payload is the name of a shared-memory
 // segment that holds the real payload (too big for the ring).
 inline constexpr uint32_t kSpilled = 0x80000000u;
+
+// What each side accepts from the other, frame by frame (anything else is
+// treated as corruption of the shared memory, never acted on):
+//  * parent -> worker: kind one of the four above; a job's id is non-zero and
+//    names a function defined before it (and not dropped since); the other
+//    kinds carry no tag bits but kSpilled.
+//  * worker -> parent: a result's status is ok or error (the only ones a
+//    worker makes) and its id is the oldest job the engine sent that worker
+//    and has not seen finish (a worker runs its jobs in order); init_failed
+//    only before the worker's first result; the text payloads are UTF-8.
+//  * a spilled payload's name is `shoal-<the pool owner's pid>-<16 hex>`.
+inline constexpr bool is_parent_kind(uint32_t k) {
+  return k == uint32_t(Kind::define_function) || k == uint32_t(Kind::drop_function) ||
+         k == uint32_t(Kind::initialize) || k == uint32_t(Kind::job);
+}
+inline constexpr bool is_worker_status(uint32_t s) { return s == uint32_t(Status::ok) || s == uint32_t(Status::error); }
 
 // Payloads larger than this (a quarter of the ring's largest frame) are
 // spilled, so one big frame never blocks the small ones behind it.

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
 #include "shoal/ipc/deadline.hpp"
+#include "shoal/ipc/errors.hpp"
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/pool_layout.hpp"
 #include "shoal/sched/protocol.hpp"
@@ -28,20 +30,34 @@ class WorkerEndpoint {
   // Takes the ready frame: header into `h`, payload into alloc(n) (a payload
   // that was spilled into its own segment is fetched from there). A job frame
   // marks the job as running before anything else happens to it.
+  // A frame that breaks the protocol's rules (protocol.hpp), or a ring whose
+  // positions or frame headers are garbage, is never acted on: the worker
+  // tells the parent (an inbox_corrupt frame, if the outbox has room) and this
+  // throws CorruptFrameError saying so; the worker is then to exit.
   template <class Alloc>
   void take(proto::FrameHeader& h, Alloc&& alloc) {
+    if (corrupt_) inbox_corrupt("it was found corrupt before");
     std::string spilled_name;
-    inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
-      if (!(h.tag & proto::kSpilled)) return alloc(n);
-      spilled_name.resize(n);
-      return reinterpret_cast<std::byte*>(spilled_name.data());
-    });
+    try {
+      inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
+        if (!(h.tag & proto::kSpilled)) return alloc(n);
+        spilled_name.resize(n);
+        return reinterpret_cast<std::byte*>(spilled_name.data());
+      });
+      check_frame(h, spilled_name);
+    } catch (const CorruptFrameError& e) {
+      inbox_corrupt(e.what());
+    }
     if (h.kind == proto::Kind::job) mark_running(h.id);
     if (h.tag & proto::kSpilled) {
       h.tag &= ~proto::kSpilled;
       // The parent owns job payload segments (it may re-send them on retry);
       // an initialisation payload is read once, so the worker removes it.
-      read_spilled(spilled_name, h.kind == proto::Kind::initialize, alloc);
+      try {
+        read_spilled(spilled_name, h.kind == proto::Kind::initialize, alloc);
+      } catch (const CorruptFrameError& e) {
+        inbox_corrupt(e.what());
+      }
     }
   }
 
@@ -56,11 +72,19 @@ class WorkerEndpoint {
   void send(proto::FrameHeader h, std::string_view payload);
   void mark_running(uint64_t job_id);
   static pid_t owner_of(const std::string& segment_name);
+  std::string worker_name() const;
+  // Throws CorruptFrameError if `h` (and the spilled name) break the protocol;
+  // keeps track of the functions defined.
+  void check_frame(const proto::FrameHeader& h, const std::string& spilled_name);
+  // Tells the parent (best effort) and throws CorruptFrameError with a message for the worker's stderr.
+  [[noreturn]] void inbox_corrupt(const std::string& what);
 
   PoolLayout layout_;
   uint32_t slot_;
   pid_t owner_pid_ = 0;
   SpscRing inbox_, outbox_;
+  std::unordered_set<uint64_t> functions_;  // defined and not dropped: what a job may name
+  bool corrupt_ = false;                    // inbox_corrupt() ran: nothing more is taken
 };
 
 }  // namespace shoal
