@@ -87,7 +87,7 @@ bool SpscRing::push_span(std::span<const Bytes> parts, const Deadline* deadline)
   copy_in(head, reinterpret_cast<const std::byte*>(header), kFrameHeader);
   uint64_t pos = head + kFrameHeader;
   for (const Bytes& p : parts) {
-    copy_in(pos, p.data(), p.size());
+    if (!p.empty()) copy_in(pos, p.data(), p.size());  // an empty part may have no data pointer
     pos += p.size();
   }
   hdr_->head.store(head + need, std::memory_order_seq_cst);
