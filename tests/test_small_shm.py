@@ -160,6 +160,7 @@ OWNER = textwrap.dedent(
 
 def test_once_a_shared_arrays_owner_is_killed_mappings_stay_and_new_attaches_fail_cleanly(tmp_path):
     import pickle
+    import select
     import signal
 
     import shoal  # noqa: F401 - the package, as the unpickler needs it
@@ -170,6 +171,8 @@ def test_once_a_shared_arrays_owner_is_killed_mappings_stay_and_new_attaches_fai
         [sys.executable, str(script)], env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
+        ready, _, _ = select.select([owner.stdout], [], [], 60)  # bounded: a hung owner fails the test
+        assert ready, "the owner did not start within 60 s"
         line = owner.stdout.readline()
         assert line, "the owner did not start"
         small_payload, big_payload = (bytes.fromhex(part) for part in line.split())
