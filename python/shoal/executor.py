@@ -34,7 +34,9 @@ class Executor(futures.Executor):
             of it after a task is replaced before its next one.
         shm_limit: the most shared memory (bytes or ``"4GB"``) the pool's arena
             may hold for big arguments and results in flight; default: half
-            of /dev/shm's free space. Past it, submit raises MemoryError.
+            of the available memory (of /dev/shm's free space where the arena
+            lives there). Maps wait for room or send buffers in-band; a single
+            submit that does not fit raises MemoryError.
         start_method: ``"forkserver"`` (default: workers forked from a helper
             that holds none of the caller's file descriptors, so a replacement
             costs milliseconds), ``"fork"`` (the same, but workers inherit the

@@ -22,8 +22,9 @@ SharedArray must be unpickled by its receivers while its creator lives. In a
 pool worker the default is the pool's arena instead, owned by the pool's
 process: an array a task creates and returns lives on in the caller, and can
 be sent to other tasks, after the worker has exited.
-Limits: the default arena may use up to half of the space free in /dev/shm
-when it is created; past its limit, allocation raises MemoryError.
+Limits: the default arena may use up to half of the available memory when it
+is created (half of /dev/shm's free space where it lives there); past its
+limit, allocation raises MemoryError.
 
 Sending a SharedArray to another process does not keep it alive by itself:
 keep the sender's array until the receiver has unpickled it (a pool's
