@@ -8,6 +8,7 @@
 // program would (and out of the sanitizers' sight, as that program would be).
 #include <gtest/gtest.h>
 #include <stddef.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -393,6 +394,33 @@ TEST(Garbage, CorruptOutboxWithSpawnedWorkersWakesTheWaiter) {
   c.jobs(e, {next});
   ASSERT_TRUE(c.done.count(next));
   EXPECT_EQ(c.done[next].payload, "next");
+  EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
+}
+
+// A ring header overwritten (magic, capacity) changes nothing for the two
+// ends already attached, but a worker attaching to it would refuse it: when
+// the slot's worker dies, the pool blames the garbage, not a worker that
+// cannot start, and the slot gets freshly formatted rings.
+TEST(Garbage, GarbageRingHeaderIsBlamedWhenItsWorkerDies) {
+  Engine e(options(1));
+  const uint64_t fn = e.define_function("f");
+  const uint64_t job = e.submit(fn, 0, "sleep:20000");
+  ASSERT_TRUE(eventually([&] { return e.worker_pids().size() == 1; }));
+  std::this_thread::sleep_for(50ms);
+  const RingOffsets at = ring_offsets(e.segment_name(), 0);
+  scribble(e.segment_name(), [&](std::byte* base, std::size_t) { put_u64(base + at.inbox, 0x0123456789abcdefULL); });
+  kill(e.worker_pids().front(), SIGKILL);
+  Collected c;
+  c.jobs(e, {job});
+  ASSERT_TRUE(c.done.count(job));
+  EXPECT_EQ(c.done[job].status, Status::worker_lost);
+  EXPECT_TRUE(contains(c.done[job].payload, kCorrupted)) << c.done[job].payload;
+  EXPECT_TRUE(contains(c.done[job].payload, "inbox header")) << c.done[job].payload;
+  const uint64_t next = e.submit(fn, 0, "echo:next");
+  c.jobs(e, {next});
+  ASSERT_TRUE(c.done.count(next));
+  EXPECT_EQ(c.done[next].payload, "next");
+  EXPECT_FALSE(e.broken().has_value());
   EXPECT_TRUE(returns_within(30s, [&] { e.shutdown(true, false); }));
 }
 

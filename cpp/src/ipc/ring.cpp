@@ -42,6 +42,13 @@ SpscRing SpscRing::attach(void* mem, std::size_t mem_bytes, std::size_t expected
   return SpscRing(hdr, static_cast<std::byte*>(mem) + kDataOffset, static_cast<std::size_t>(cap));
 }
 
+std::optional<std::string> SpscRing::header_fault() const {
+  if (hdr_->magic.load(std::memory_order_relaxed) != RingHeader::kMagic) return "its magic number was overwritten";
+  const uint64_t cap = reinterpret_cast<volatile const uint64_t&>(hdr_->capacity);
+  if (cap != cap_) return "its capacity says " + std::to_string(cap) + " bytes, not " + std::to_string(cap_);
+  return std::nullopt;
+}
+
 void SpscRing::positions_corrupt(uint64_t head, uint64_t tail) const {
   throw CorruptFrameError("ring positions are inconsistent (head " + std::to_string(head) + ", tail " +
                           std::to_string(tail) + ", capacity " + std::to_string(cap_) + ")");

@@ -638,6 +638,14 @@ void Engine::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   // close it, the closed word was overwritten, and the worker left its jobs.
   if (!s.quarantined && !s.retired && s.state != SlotState::stopping && s.inbox.is_closed())
     corrupt_slot_locked(slot, worker_name(slot) + "'s inbox is marked closed, which the pool did not do");
+  // A worker that attaches to a ring with a garbage header refuses it and exits:
+  // that is corruption, not a worker that cannot start.
+  if (!s.quarantined) {
+    if (auto fault = s.inbox.header_fault()) corrupt_slot_locked(slot, worker_name(slot) + "'s inbox header: " + *fault);
+  }
+  if (!s.quarantined) {
+    if (auto fault = s.outbox.header_fault()) corrupt_slot_locked(slot, worker_name(slot) + "'s outbox header: " + *fault);
+  }
   // Its jobs went elsewhere when its shared memory was found corrupt, and that was logged.
   const bool quarantined = s.quarantined;
   // Only compared with the ids of jobs this worker held: garbage blames no job.

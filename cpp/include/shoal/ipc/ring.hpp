@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -142,6 +143,9 @@ class SpscRing {
   bool consumer_sleeping() const { return hdr_->readable.sleepers.load(std::memory_order_relaxed) != 0; }
 
   RingHeader* header() const { return hdr_; }
+  // What is wrong with the header's magic or capacity now (what a process
+  // attaching would read), compared with this ring's; nullopt while intact.
+  std::optional<std::string> header_fault() const;
 
  private:
   SpscRing(RingHeader* hdr, std::byte* data, std::size_t cap) : hdr_(hdr), data_(data), cap_(cap) {}
