@@ -15,6 +15,7 @@
 
 #include "shoal/ipc/errors.hpp"
 #include "shoal/sched/engine.hpp"
+#include "engine_options.hpp"
 
 using namespace std::chrono_literals;
 using shoal::Completion;
@@ -25,15 +26,8 @@ using Status = shoal::proto::Status;
 
 namespace {
 
-EngineOptions options(uint32_t workers, bool fork_server) {
-  EngineOptions o;
-  o.workers = workers;
-  o.fork_server = fork_server;
-  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
-                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
-  o.ring_bytes = 64 * 1024;
-  return o;
-}
+using shoal_test::contains;
+using shoal_test::options;
 
 // Collects into `done` while keep_going() holds and the engine runs; a job
 // delivered twice fails the test.

@@ -24,6 +24,7 @@
 #include "shoal/proc/launcher.hpp"
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/sched/engine.hpp"
+#include "engine_options.hpp"
 
 using namespace std::chrono_literals;
 using shoal::Completion;
@@ -36,17 +37,8 @@ using Status = shoal::proto::Status;
 
 namespace {
 
-EngineOptions options(uint32_t workers, bool fork_server) {
-  EngineOptions o;
-  o.workers = workers;
-  o.fork_server = fork_server;
-  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
-                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
-  o.ring_bytes = 64 * 1024;
-  return o;
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using shoal_test::contains;
+using shoal_test::options;
 
 // Collects until `count` jobs finished (or 30 s passed); log records go to `logs`.
 std::map<uint64_t, Completion> collect(Engine& e, std::size_t count, std::vector<std::string>* logs = nullptr) {

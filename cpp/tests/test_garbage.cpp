@@ -30,6 +30,7 @@
 #include "shoal/ipc/segment.hpp"
 #include "shoal/sched/blob.hpp"
 #include "shoal/sched/engine.hpp"
+#include "engine_options.hpp"
 #include "shoal/sched/pool_layout.hpp"
 
 using namespace std::chrono_literals;
@@ -44,20 +45,11 @@ namespace proto = shoal::proto;
 
 namespace {
 
+using shoal_test::contains;
+using shoal_test::options;
+
 constexpr uint32_t kCheck = 0x5a17f00dU;  // the ring's frame check word (ring.cpp)
 constexpr const char* kCorrupted = "the pool's shared memory was corrupted";
-
-EngineOptions options(uint32_t workers, bool fork_server = true) {
-  EngineOptions o;
-  o.workers = workers;
-  o.fork_server = fork_server;
-  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
-                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
-  o.ring_bytes = 64 * 1024;
-  return o;
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // What a test collected from an engine: finished jobs by id, and log records.
 struct Collected {

@@ -26,6 +26,7 @@
 #include "shoal/proc/pidfd.hpp"
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/sched/engine.hpp"
+#include "engine_options.hpp"
 #include "shoal/sched/pool_layout.hpp"
 
 using namespace std::chrono_literals;
@@ -37,6 +38,9 @@ using shoal::ProcessEvent;
 using Status = shoal::proto::Status;
 
 namespace {
+
+using shoal_test::contains;
+using shoal_test::options;
 
 // Sets SIGCHLD's disposition for the test's lifetime and restores the old one.
 class SigchldDisposition {
@@ -64,16 +68,6 @@ bool returns_within(std::chrono::seconds limit, F f) {
   if (done.wait_for(limit) == std::future_status::ready) return true;
   ADD_FAILURE() << "call did not return within " << limit.count() << " s";
   std::_Exit(1);
-}
-
-EngineOptions options(uint32_t workers, bool fork_server) {
-  EngineOptions o;
-  o.workers = workers;
-  o.fork_server = fork_server;
-  o.argv = fork_server ? std::vector<std::string>{SHOAL_TEST_WORKER, "forkserver"}
-                       : std::vector<std::string>{SHOAL_TEST_WORKER, "{segment}"};
-  o.ring_bytes = 64 * 1024;
-  return o;
 }
 
 // Collects until `count` jobs finished (or 30 s passed); log records go to `logs`.
