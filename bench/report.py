@@ -43,7 +43,7 @@ _PER_TASK_COPY = (
     "so the 100 MB image is shipped 20 times, where the winners share it once (fork inheritance "
     "through the initializer for mp.Pool and PPE, a memory map for joblib, `shared_objects` for "
     "mpire, the object store for Ray). Each shipment is one copy into arena pages, on the caller's "
-    "CPU, which the two workers need on this 2-core machine. (Until 2ab8a2f `_oob.pack()` copied the "
+    "CPU, which the two workers need on this 2-core machine. (Until 2ab8a2f `pack()` copied the "
     "buffer twice.) With `shoal.SharedArray` (column shoal+SA) the image is copied once. "
 )
 CAUSES: dict = {

@@ -44,7 +44,7 @@
 #include <string>
 #include <vector>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/ring.hpp"
 #include "shoal/ipc/segment.hpp"
 

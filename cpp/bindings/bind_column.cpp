@@ -1,4 +1,4 @@
-// Number columns (shoal/ser/number_column.hpp) to and from Python lists:
+// Number columns (shoal/wire/number_column.hpp) to and from Python lists:
 // _core.encode_numbers(list) and _core.decode_numbers(buffer), used by
 // python/shoal/_oob.py for map chunks and their results.
 //
@@ -9,7 +9,7 @@
 #include <span>
 
 #include "common.hpp"
-#include "shoal/ser/number_column.hpp"
+#include "shoal/wire/number_column.hpp"
 
 namespace shoal::py {
 namespace {

@@ -6,7 +6,7 @@
 // came from it and are freed through it, so arenas allocated before the cache
 // was installed are handled alike.
 #include "common.hpp"
-#include "shoal/mem/region_cache.hpp"
+#include "mem/region_cache.hpp"
 
 namespace shoal::py {
 namespace {

@@ -16,7 +16,7 @@
 #include <optional>
 
 #include "common.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/mem/arena.hpp"
 
 namespace shoal::py {
@@ -263,7 +263,7 @@ void bind_mem(nb::module_& m) {
                return nb::make_tuple(nb::module_::import_("builtins").attr("bytearray"),
                                      nb::make_tuple(nb::bytes(reinterpret_cast<const char*>(v.data), v.length)));
              // A Python function, so that pickle can name it.
-             return nb::make_tuple(nb::module_::import_("shoal._oob").attr("attach_view"),
+             return nb::make_tuple(nb::module_::import_("shoal.shm.arena").attr("attach_view"),
                                    nb::make_tuple(descriptor(v)));
            })
       .def("__repr__", [](const BlockView& v) {

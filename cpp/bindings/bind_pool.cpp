@@ -5,13 +5,13 @@
 #include <utility>
 
 #include "common.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/mem/arena.hpp"
 #include "shoal/proc/launcher.hpp"
-#include "shoal/sched/blob.hpp"
-#include "shoal/sched/engine.hpp"
-#include "shoal/sched/protocol.hpp"
-#include "shoal/sched/worker_endpoint.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/engine/engine.hpp"
+#include "shoal/wire/protocol.hpp"
+#include "shoal/engine/worker_endpoint.hpp"
 
 namespace shoal::py {
 namespace {
@@ -86,9 +86,9 @@ nb::tuple serve_forks(int sock) {
 }  // namespace
 
 void bind_pool(nb::module_& m) {
-  // The protocol's constants, defined once (sched/protocol.hpp): Python reads
+  // The protocol's constants, defined once (wire/protocol.hpp): Python reads
   // them from here, never from a copy of its own.
-  auto protocol = m.def_submodule("protocol", "Frame kinds and job statuses of the pool protocol.");
+  auto protocol = m.def_submodule("protocol", "Frame kinds, job statuses and call modes of the pool protocol.");
   using proto::Kind;
   using proto::Status;
   for (auto [name, kind] : {std::pair{"DEFINE_FUNCTION", Kind::define_function}, {"DROP_FUNCTION", Kind::drop_function},
@@ -99,6 +99,10 @@ void bind_pool(nb::module_& m) {
                               {"BROKEN", Status::broken}, {"TIMED_OUT", Status::timed_out},
                               {"MEMORY_EXCEEDED", Status::memory_exceeded}, {"LOG", Status::log}})
     protocol.attr(name) = static_cast<uint32_t>(status);
+  using proto::CallMode;
+  for (auto [name, mode] : {std::pair{"CALL", CallMode::call}, {"MAP_ONE", CallMode::map_one},
+                            {"MAP_STAR", CallMode::map_star}})
+    protocol.attr(name) = static_cast<uint32_t>(mode);
   nb::class_<Engine>(m, "Engine", "The pool engine: central queue, dispatch to worker rings, supervision.")
       .def(
           "__init__",

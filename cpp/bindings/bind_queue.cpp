@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "common.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/queue.hpp"
 
 namespace shoal::py {
@@ -137,7 +137,7 @@ nb::object get(SharedQueue& q, bool block, std::optional<double> timeout) {
 void bind_queue(nb::module_& m) {
   nb::class_<SharedQueue>(m, "SharedQueue",
                           "A bounded multi-producer multi-consumer queue of byte messages in shared memory.\n\n"
-                          "Low level: shoal.queues.Queue adds pickling and the multiprocessing.Queue API.")
+                          "Low level: shoal.Queue adds pickling and the multiprocessing.Queue API.")
       .def_static(
           "create",
           [](std::size_t capacity_bytes, std::size_t maxsize) { return SharedQueue::create(capacity_bytes, maxsize); },

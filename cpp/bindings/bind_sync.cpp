@@ -23,8 +23,8 @@ namespace shoal::py {
 namespace {
 
 // Python exception types created at import (module attributes keep them alive).
-PyObject* owner_died_warning = nullptr;    // shoal.sync.OwnerDiedWarning
-PyObject* lock_not_owned_error = nullptr;  // shoal.sync.LockNotOwnedError
+PyObject* owner_died_warning = nullptr;    // shoal.OwnerDiedWarning
+PyObject* lock_not_owned_error = nullptr;  // shoal.LockNotOwnedError
 PyObject* broken_barrier_error = nullptr;  // threading.BrokenBarrierError
 
 bool block_for_python(const Deadline& deadline, const Attempt& attempt) {
@@ -264,7 +264,7 @@ struct PyBarrier {
 
 void register_exceptions(nb::module_& m) {
   owner_died_warning = PyErr_NewExceptionWithDoc(
-      "shoal.sync.OwnerDiedWarning",
+      "shoal.OwnerDiedWarning",
       "A lock was acquired after its previous holder died while holding it (the data it protects may be "
       "half-updated).",
       PyExc_RuntimeWarning, nullptr);
@@ -274,7 +274,7 @@ void register_exceptions(nb::module_& m) {
   // Both a RuntimeError (as threading raises) and a ValueError (as multiprocessing.Lock raises).
   nb::object bases = nb::make_tuple(nb::handle(PyExc_RuntimeError), nb::handle(PyExc_ValueError));
   lock_not_owned_error = PyErr_NewExceptionWithDoc(
-      "shoal.sync.LockNotOwnedError",
+      "shoal.LockNotOwnedError",
       "Releasing, waiting on or notifying through a lock the calling thread does not hold. A subclass of "
       "both RuntimeError (like threading) and ValueError (like multiprocessing.Lock).",
       bases.ptr(), nullptr);
@@ -301,7 +301,7 @@ void register_exceptions(nb::module_& m) {
 void bind_sync(nb::module_& m) {
   register_exceptions(m);
 
-  auto lock_class = nb::class_<PyLock>(m, "_Lock", "A robust process-shared lock in shared memory (base of shoal.sync.Lock/RLock).")
+  auto lock_class = nb::class_<PyLock>(m, "_Lock", "A robust process-shared lock in shared memory (base of shoal.Lock/RLock).")
       .def("__init__", &init_lock, nb::arg("recursive"), nb::arg("attach") = nb::none(),
            "Create a lock, or attach to the one in the shared-memory segment named `attach`.")
       .def("_is_owned", [](const PyLock& l) { return l.lock->held_by_me(); },
@@ -317,7 +317,7 @@ void bind_sync(nb::module_& m) {
   add_acquire_methods<PyLock>(lock_class);
   lock_class.def_static("_add_fast_methods", &add_acquire_methods<PyLock>, nb::arg("cls"));
 
-  auto semaphore_class = nb::class_<PySemaphore>(m, "_Semaphore", "A process-shared counting semaphore (base of shoal.sync.Semaphore).")
+  auto semaphore_class = nb::class_<PySemaphore>(m, "_Semaphore", "A process-shared counting semaphore (base of shoal.Semaphore).")
       .def("__init__", &init_semaphore, nb::arg("value"), nb::arg("bounded"), nb::arg("attach") = nb::none())
       .def("get_value", [](const PySemaphore& s) { return s.sem->value(); })
       .def_prop_ro("name", [](const PySemaphore& s) { return s.sem.name(); })
@@ -325,7 +325,7 @@ void bind_sync(nb::module_& m) {
   add_acquire_methods<PySemaphore>(semaphore_class);
   semaphore_class.def_static("_add_fast_methods", &add_acquire_methods<PySemaphore>, nb::arg("cls"));
 
-  nb::class_<PyEvent>(m, "_Event", "A process-shared event flag (base of shoal.sync.Event).")
+  nb::class_<PyEvent>(m, "_Event", "A process-shared event flag (base of shoal.Event).")
       .def(
           "__init__",
           [](PyEvent* self, std::optional<std::string> attach) {
@@ -345,7 +345,7 @@ void bind_sync(nb::module_& m) {
           "Block until the flag is set; False if the timeout passed first.")
       .def_prop_ro("name", [](const PyEvent& e) { return e.event.name(); });
 
-  nb::class_<PyCondition>(m, "_Condition", "A process-shared condition variable (base of shoal.sync.Condition).")
+  nb::class_<PyCondition>(m, "_Condition", "A process-shared condition variable (base of shoal.Condition).")
       .def(
           "__init__",
           [](PyCondition* self, PyLock* lock, std::optional<std::string> attach) {
@@ -373,7 +373,7 @@ void bind_sync(nb::module_& m) {
       .def("notify_all", [](PyCondition& c) { c.cond->notify_all(*c.lock->lock); })
       .def_prop_ro("name", [](const PyCondition& c) { return c.cond.name(); });
 
-  nb::class_<PyBarrier>(m, "_Barrier", "A process-shared reusable barrier (base of shoal.sync.Barrier).")
+  nb::class_<PyBarrier>(m, "_Barrier", "A process-shared reusable barrier (base of shoal.Barrier).")
       .def(
           "__init__",
           [](PyBarrier* self, long long parties, std::optional<std::string> attach) {

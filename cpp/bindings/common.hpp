@@ -6,7 +6,7 @@
 #include <chrono>
 #include <optional>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 
 namespace shoal::py {
 

@@ -3,7 +3,7 @@
 #include <system_error>
 
 #include "common.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/segment.hpp"
 
 namespace nb = nanobind;

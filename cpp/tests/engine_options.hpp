@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "shoal/sched/engine.hpp"
+#include "shoal/engine/engine.hpp"
 
 namespace shoal_test {
 

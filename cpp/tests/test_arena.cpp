@@ -20,10 +20,10 @@
 #include <thread>
 #include <vector>
 
-#include "../src/mem/arena_layout.hpp"
-#include "../src/mem/shm_file.hpp"
+#include "mem/arena_layout.hpp"
+#include "mem/shm_file.hpp"
 #include "child_process.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/mem/arena.hpp"
 
 namespace shoal {

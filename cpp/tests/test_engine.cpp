@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "shoal/ipc/errors.hpp"
-#include "shoal/sched/engine.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
 
 using namespace std::chrono_literals;

@@ -23,7 +23,7 @@
 
 #include "shoal/proc/launcher.hpp"
 #include "shoal/proc/supervisor.hpp"
-#include "shoal/sched/engine.hpp"
+#include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
 
 using namespace std::chrono_literals;

@@ -28,10 +28,10 @@
 
 #include "child_process.hpp"
 #include "shoal/ipc/segment.hpp"
-#include "shoal/sched/blob.hpp"
-#include "shoal/sched/engine.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
-#include "shoal/sched/pool_layout.hpp"
+#include "shoal/engine/pool_layout.hpp"
 
 using namespace std::chrono_literals;
 using shoal::Completion;

@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-#include "shoal/ser/number_column.hpp"
+#include "shoal/wire/number_column.hpp"
 
 namespace shoal::column {
 namespace {

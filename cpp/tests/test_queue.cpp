@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "child_process.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/queue.hpp"
 #include "shoal/ipc/segment.hpp"
 

@@ -6,7 +6,7 @@
 #include <thread>
 #include <vector>
 
-#include "shoal/mem/region_cache.hpp"
+#include "mem/region_cache.hpp"
 
 namespace shoal {
 namespace {

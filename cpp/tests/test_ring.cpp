@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "child_process.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/ring.hpp"
 #include "shoal/ipc/segment.hpp"
 

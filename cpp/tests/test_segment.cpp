@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "child_process.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/segment.hpp"
 
 using shoal::SharedSegment;

@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "shoal/ipc/notifier.hpp"
-#include "shoal/ipc/spin.hpp"
+#include "shoal/base/spin.hpp"
 
 using shoal::AdaptiveSpin;
 using shoal::Deadline;

@@ -23,11 +23,11 @@
 #include <vector>
 
 #include "shoal/proc/launcher.hpp"
-#include "shoal/proc/pidfd.hpp"
+#include "shoal/base/pidfd.hpp"
 #include "shoal/proc/supervisor.hpp"
-#include "shoal/sched/engine.hpp"
+#include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
-#include "shoal/sched/pool_layout.hpp"
+#include "shoal/engine/pool_layout.hpp"
 
 using namespace std::chrono_literals;
 using shoal::Completion;

@@ -13,7 +13,7 @@
 #include "child_process.hpp"
 #include "shoal/ipc/barrier.hpp"
 #include "shoal/ipc/condition.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/event.hpp"
 #include "shoal/ipc/lock.hpp"
 #include "shoal/ipc/semaphore.hpp"

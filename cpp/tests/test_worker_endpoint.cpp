@@ -12,10 +12,10 @@
 
 #include "child_process.hpp"
 #include "shoal/ipc/segment.hpp"
-#include "shoal/sched/blob.hpp"
-#include "shoal/sched/pool_layout.hpp"
-#include "shoal/sched/protocol.hpp"
-#include "shoal/sched/worker_endpoint.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/engine/pool_layout.hpp"
+#include "shoal/wire/protocol.hpp"
+#include "shoal/engine/worker_endpoint.hpp"
 
 using shoal::PoolLayout;
 using shoal::WorkerEndpoint;

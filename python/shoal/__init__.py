@@ -5,13 +5,13 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 (locks, semaphores, events, barriers, queues) that live in shared memory.
 """
 from ._core import SharedSegment
-from . import _oob  # noqa: F401 - first: its exit hook must run after the pools stop
-from ._worker import worker_id
+from .shm import arena as _arena  # noqa: F401 - first: its exit hook must run after the pools stop
+from .worker.loop import worker_id
 from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceback, TransferError, WorkerLostError
-from .executor import Executor
-from .pool import AsyncResult, Pool
-from .queues import Queue
-from .sync import (
+from .api.executor import Executor
+from .api.pool import AsyncResult, Pool
+from .shm.queue import Queue
+from .shm.sync import (
     Barrier,
     BoundedSemaphore,
     Condition,
@@ -55,7 +55,7 @@ def __getattr__(name: str):
     # SharedArray needs numpy; importing it lazily keeps `import shoal` (and so
     # every fresh worker interpreter) fast for code that never uses it.
     if name in ("SharedArray", "share"):
-        from . import shared
+        from .shm import shared_array
 
-        return getattr(shared, name)
+        return getattr(shared_array, name)
     raise AttributeError(f"module 'shoal' has no attribute {name!r}")

@@ -10,7 +10,7 @@ def main() -> int:
     demo.add_argument("--quick", action="store_true", help="a smaller job (a few seconds)")
     args = parser.parse_args()
     if args.command == "demo":
-        from .demo import main as demo_main
+        from .cli.demo import main as demo_main
 
         return demo_main(quick=args.quick)
     return 2

@@ -3,7 +3,7 @@
 #include <climits>
 #include <exception>
 
-#include "shoal/ipc/futex.hpp"
+#include "shoal/base/futex.hpp"
 
 namespace shoal {
 

@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/notifier.hpp"
 #include "shoal/ipc/robust_mutex.hpp"
 

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <ctime>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 
 namespace shoal {
 

@@ -67,8 +67,8 @@
 #include <utility>
 #include <vector>
 
-#include "shoal/ipc/errors.hpp"
-#include "shoal/proc/fd.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/base/fd.hpp"
 
 namespace shoal {
 namespace {

@@ -20,7 +20,7 @@
 #include "arena_layout.hpp"
 #include "arena_lock.hpp"
 #include "shm_file.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 
 namespace shoal {
 

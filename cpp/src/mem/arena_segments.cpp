@@ -93,8 +93,8 @@
 
 #include "arena_layout.hpp"
 #include "shm_file.hpp"
-#include "shoal/ipc/errors.hpp"
-#include "shoal/ipc/futex.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/base/futex.hpp"
 #include "shoal/mem/arena.hpp"
 
 namespace shoal {

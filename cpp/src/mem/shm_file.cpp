@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 
 namespace shoal::arena_detail {
 

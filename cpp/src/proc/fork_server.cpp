@@ -22,10 +22,10 @@
 #include <thread>
 #include <unordered_map>
 
-#include "shoal/ipc/errors.hpp"
-#include "shoal/proc/fd.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/base/fd.hpp"
 #include "shoal/proc/launcher.hpp"
-#include "shoal/proc/pidfd.hpp"
+#include "shoal/base/pidfd.hpp"
 #include "spawn.hpp"
 
 namespace shoal {

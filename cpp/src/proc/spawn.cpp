@@ -5,7 +5,7 @@
 
 #include <cerrno>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 
 extern char** environ;
 

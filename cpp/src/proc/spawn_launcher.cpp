@@ -7,9 +7,9 @@
 #include <cerrno>
 #include <map>
 
-#include "shoal/proc/fd.hpp"
+#include "shoal/base/fd.hpp"
 #include "shoal/proc/launcher.hpp"
-#include "shoal/proc/pidfd.hpp"
+#include "shoal/base/pidfd.hpp"
 #include "spawn.hpp"
 
 namespace shoal {

@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 
 namespace shoal {
 

@@ -18,10 +18,10 @@
 #include <string>
 #include <thread>
 
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/proc/launcher.hpp"
-#include "shoal/sched/blob.hpp"
-#include "shoal/sched/worker_endpoint.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/engine/worker_endpoint.hpp"
 
 using namespace shoal;
 

@@ -16,7 +16,7 @@
 #include <stdexcept>
 
 #include "shoal/ipc/blocker.hpp"
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/robust_mutex.hpp"
 
 namespace shoal {

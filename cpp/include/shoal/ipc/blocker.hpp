@@ -5,7 +5,7 @@
 // in between. Keeping the two apart lets one algorithm serve both.
 #include <functional>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 
 namespace shoal {
 

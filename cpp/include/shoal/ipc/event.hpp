@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "shoal/ipc/blocker.hpp"
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/notifier.hpp"
 
 namespace shoal {

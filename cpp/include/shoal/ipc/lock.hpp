@@ -14,7 +14,7 @@
 #include <sys/types.h>
 
 #include "shoal/ipc/blocker.hpp"
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/robust_mutex.hpp"
 
 namespace shoal {

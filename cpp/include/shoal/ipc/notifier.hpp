@@ -6,9 +6,9 @@
 #include <climits>
 #include <cstdint>
 
-#include "shoal/ipc/deadline.hpp"
-#include "shoal/ipc/futex.hpp"
-#include "shoal/ipc/spin.hpp"
+#include "shoal/base/deadline.hpp"
+#include "shoal/base/futex.hpp"
+#include "shoal/base/spin.hpp"
 
 namespace shoal {
 

@@ -28,7 +28,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/segment.hpp"
 
 namespace shoal {

@@ -35,8 +35,8 @@
 #include <string>
 #include <vector>
 
-#include "shoal/ipc/deadline.hpp"
-#include "shoal/ipc/errors.hpp"
+#include "shoal/base/deadline.hpp"
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/notifier.hpp"
 
 namespace shoal {

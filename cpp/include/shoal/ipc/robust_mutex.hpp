@@ -4,7 +4,7 @@
 // is told so (LockResult::previous_owner_died) instead of deadlocking.
 #include <pthread.h>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 
 namespace shoal {
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 
-#include "shoal/ipc/deadline.hpp"
+#include "shoal/base/deadline.hpp"
 #include "shoal/ipc/notifier.hpp"
 
 namespace shoal {

@@ -77,7 +77,7 @@
 
 #include "shoal/ipc/segment.hpp"
 #include "shoal/mem/block.hpp"
-#include "shoal/proc/fd.hpp"
+#include "shoal/base/fd.hpp"
 
 namespace shoal {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "shoal/proc/pidfd.hpp"
+#include "shoal/base/pidfd.hpp"
 
 namespace shoal {
 

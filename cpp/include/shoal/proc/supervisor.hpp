@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "shoal/proc/fd.hpp"
+#include "shoal/base/fd.hpp"
 #include "shoal/proc/launcher.hpp"
 
 namespace shoal {

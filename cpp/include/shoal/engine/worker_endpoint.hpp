@@ -1,0 +1,90 @@
+#pragma once
+// A worker's end of its slot: frames in from the inbox, results out through
+// the outbox, and the status word that tells the parent which job is running.
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+
+#include "shoal/base/deadline.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/engine/pool_layout.hpp"
+#include "shoal/wire/protocol.hpp"
+
+namespace shoal {
+
+class WorkerEndpoint {
+ public:
+  WorkerEndpoint(const std::string& segment_name, uint32_t slot);
+
+  uint32_t slot() const { return slot_; }
+  // Waits until a frame is ready (true) or the deadline passes (false); throws
+  // ClosedError once the pool has closed this worker's inbox and it is drained.
+  bool wait(const Deadline& deadline) { return inbox_.wait_readable(deadline); }
+  // Whether a frame is waiting now (no wait, no system call).
+  bool frame_ready() const { return !inbox_.empty(); }
+
+  // Takes the ready frame: header into `h`, payload into alloc(n) (a payload
+  // that was spilled into its own segment is fetched from there). A job frame
+  // marks the job as running before anything else happens to it.
+  // A frame that breaks the protocol's rules (protocol.hpp), or a ring whose
+  // positions or frame headers are garbage, is never acted on: the worker
+  // tells the parent (an inbox_corrupt frame, if the outbox has room) and this
+  // throws CorruptFrameError saying so; the worker is then to exit.
+  template <class Alloc>
+  void take(proto::FrameHeader& h, Alloc&& alloc) {
+    if (corrupt_) inbox_corrupt("it was found corrupt before");
+    std::string spilled_name;
+    try {
+      inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
+        if (!(h.tag & proto::kSpilled)) return alloc(n);
+        spilled_name.resize(n);
+        return reinterpret_cast<std::byte*>(spilled_name.data());
+      });
+      check_frame(h, spilled_name);
+    } catch (const CorruptFrameError& e) {
+      inbox_corrupt(e.what());
+    }
+    if (h.kind == proto::Kind::job) mark_running(h.id);
+    if (h.tag & proto::kSpilled) {
+      h.tag &= ~proto::kSpilled;
+      // The parent owns job payload segments (it may re-send them on retry);
+      // an initialisation payload is read once, so the worker removes it.
+      try {
+        read_spilled(spilled_name, h.kind == proto::Kind::initialize, alloc);
+      } catch (const CorruptFrameError& e) {
+        inbox_corrupt(e.what());
+      }
+    }
+  }
+
+  // Publishes a job's outcome and rings the parent's doorbell.
+  void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload);
+  void send_init_failed(std::string_view reason);
+
+  // The pool's owner (the parent), whose pid spilled results are named after.
+  pid_t spill_owner() const { return owner_pid_; }
+
+ private:
+  void send(proto::FrameHeader h, std::string_view payload);
+  void mark_running(uint64_t job_id);
+  static pid_t owner_of(const std::string& segment_name);
+  std::string worker_name() const;
+  // Throws CorruptFrameError if `h` (and the spilled name) break the protocol;
+  // keeps track of the functions defined.
+  void check_frame(const proto::FrameHeader& h, const std::string& spilled_name);
+  // Tells the parent (best effort) and throws CorruptFrameError with a message for the worker's stderr.
+  [[noreturn]] void inbox_corrupt(const std::string& what);
+
+  PoolLayout layout_;
+  uint32_t slot_;
+  pid_t owner_pid_ = 0;
+  SpscRing inbox_, outbox_;
+  std::unordered_set<uint64_t> functions_;  // defined and not dropped: what a job may name
+  bool corrupt_ = false;                    // inbox_corrupt() ran: nothing more is taken
+};
+
+}  // namespace shoal

@@ -1,0 +1,229 @@
+"""``shoal.Executor``: a drop-in ``concurrent.futures.ProcessPoolExecutor``."""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
+
+from ..runtime.lifecycle import interpreter_exiting
+from ..runtime.options import check_chunksize, check_start_method, check_timeout
+from ..runtime.progress import progress_bar
+from ..runtime.serial import make_runtime
+from .future import Future
+
+__all__ = ["Executor"]
+
+
+class Executor(futures.Executor):
+    """A process pool with the ``concurrent.futures`` API, on shoal's engine.
+
+    Differences from ProcessPoolExecutor that only add: ``map`` reads its input
+    lazily (a generator of any length runs in bounded memory) and picks its
+    chunk size from the measured task time; ``progress=True`` shows a bar;
+    ``retries=N`` re-runs a task whose worker died.
+
+    Args:
+        max_workers: worker processes; default: the CPUs this process may use.
+        mp_context: a multiprocessing context: its start method is used.
+        initializer: called as ``initializer(*initargs)`` once in each worker.
+        max_tasks_per_child: replace a worker after this many tasks.
+        max_memory_per_worker: resident memory limit per worker (bytes or a
+            string like ``"2GB"``): a task that drives its worker past it is
+            killed and raises ``shoal.MemoryLimitError``; a worker above 80 %
+            of it after a task is replaced before its next one.
+        shm_limit: the most shared memory (bytes or ``"4GB"``) the pool's arena
+            may hold for big arguments and results in flight; default: half
+            of the available memory (of /dev/shm's free space where the arena
+            lives there). Maps wait for room or send buffers in-band; a single
+            submit that does not fit raises MemoryError.
+        start_method: ``"forkserver"`` (default: workers forked from a helper
+            that holds none of the caller's file descriptors, so a replacement
+            costs milliseconds), ``"fork"`` (the same, but workers inherit the
+            caller's file descriptors, as multiprocessing's fork children do),
+            ``"spawn"`` (a fresh interpreter per worker), or ``"inline"``
+            (debug mode: every task runs in the caller, as does the
+            environment variable ``SHOAL_SERIAL=1``).
+    """
+
+    def __init__(
+        self,
+        max_workers: Optional[int] = None,
+        mp_context: Any = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: Optional[int] = None,
+        max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        start_method = check_start_method(start_method, mp_context)
+        self._runtime = make_runtime(
+            max_workers,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child,
+            start_method=start_method,
+            max_memory_per_worker=max_memory_per_worker,
+            shm_limit=shm_limit,
+        )
+        self._max_tasks_per_child = max_tasks_per_child
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+
+    @property
+    def workers(self) -> int:
+        """How many worker processes the pool runs."""
+        return self._runtime.workers
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: Optional[float] = None, **kwargs: Any
+    ) -> futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
+
+        ``retries``: re-run the task up to this many times if its worker dies
+        under it (else it fails with ``shoal.WorkerLostError``). ``timeout``:
+        seconds the task may run; past it its worker is stopped and replaced
+        and the future raises ``TimeoutError``. Both names are taken by shoal,
+        so ``fn`` cannot receive keyword arguments called ``retries`` or ``timeout``.
+        """
+        with self._shutdown_lock:
+            self._check_open()
+            fut = Future(self._runtime)
+            fut._job_id = self._runtime.submit_call(fn, args, kwargs, fut, retries, timeout)
+            return fut
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: Optional[int] = None,
+        progress: bool = False,
+        retries: int = 0,
+        task_timeout: Optional[float] = None,
+    ) -> Iterator[Any]:
+        """Like ``builtins.map(fn, *iterables)``, run in the workers, results in order.
+
+        The input is read lazily with bounded read-ahead. ``timeout`` (seconds,
+        from this call) bounds the wait for each result: TimeoutError after it.
+        An exception raised by ``fn`` is raised when its result is reached.
+        ``chunksize=None`` sizes chunks from the measured task time.
+        ``task_timeout`` limits each task's run time (``timeout`` keeps its
+        stdlib meaning); ``retries`` re-runs tasks whose worker died.
+        """
+        check_chunksize(chunksize, "chunksize must be >= 1.")
+        check_timeout(task_timeout)
+        with self._shutdown_lock:
+            self._check_open()
+        if chunksize is None and self._max_tasks_per_child:
+            chunksize = 1  # a worker is replaced after so many tasks: items, as the stdlib counts them
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = _common_length(iterables)
+        feed = self._runtime.map(
+            fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries, timeout=task_timeout
+        )
+        return _MapIterator(feed, deadline, progress_bar(progress, total))
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if interpreter_exiting():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        self._runtime.check_usable()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; with wait, return once running tasks are done and workers have exited."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._runtime.shutdown(wait, cancel_futures)
+
+    def __del__(self) -> None:
+        # As ProcessPoolExecutor: a pool nobody holds stops once its tasks are done.
+        try:
+            if not self._shutdown:
+                self.shutdown(wait=False)
+        except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
+            pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: drop what is queued and stop the workers now, not after their tasks.
+            with self._shutdown_lock:
+                self._shutdown = True
+            self._runtime.terminate()
+        else:
+            self.shutdown(wait=True)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return self._runtime.worker_pids()
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the engine: tasks submitted/completed, workers started/lost, retries."""
+        return self._runtime.stats()
+
+
+def _common_length(iterables: tuple) -> Optional[int]:
+    try:
+        return min(len(it) for it in iterables) if iterables else 0
+    except TypeError:
+        return None
+
+
+class _MapIterator:
+    """``Executor.map``'s results. As the stdlib's: an iterator that is never
+    started still has every item run (its results are dropped once it is
+    gone); one closed or dropped part way cancels the items not yet running."""
+
+    def __init__(self, feed, deadline: Optional[float], bar) -> None:
+        self._feed = feed
+        self._deadline, self._bar = deadline, bar
+        self._results: Generator[Any, None, None] = self._generate()
+
+    def __iter__(self) -> Iterator[Any]:
+        # The generator itself: `for`, list() and sum() then run at C speed,
+        # without a call of ours per result.
+        return self._results
+
+    def __next__(self) -> Any:
+        return next(self._results)
+
+    def _generate(self) -> Iterator[Any]:
+        feed, bar = self._feed, self._bar
+        try:
+            for values, failures, count in feed.chunks(self._deadline):
+                end = min(failures) if failures else len(values)
+                del values[end:]
+                values.reverse()
+                pop = values.pop
+                while values:
+                    yield pop()  # held by nobody here once yielded, as the stdlib's map
+                if failures:
+                    raise failures[end]
+                if bar is not None:
+                    bar.update(count)
+        finally:
+            feed.close()
+            if bar is not None:
+                bar.close()
+
+    def close(self) -> None:
+        if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:
+            self._feed.close()  # its finally would not run: the generator never started
+        self._results.close()
+
+    def __del__(self) -> None:
+        if inspect.getgeneratorstate(self._results) == inspect.GEN_CREATED:
+            self._feed.abandon()

@@ -1,0 +1,352 @@
+"""``shoal.Pool``: a drop-in ``multiprocessing.Pool`` on shoal's engine."""
+from __future__ import annotations
+
+import threading
+import time
+from multiprocessing import TimeoutError as MpTimeoutError
+from typing import Any, Callable, Iterable, Optional, Union
+
+from multiprocessing.pool import MaybeEncodingError
+
+from ..runtime.outcome import decode
+from ..runtime.options import check_chunksize, check_start_method, check_timeout
+from ..runtime.progress import progress_bar
+from ..runtime.serial import make_runtime
+
+__all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+class _Repr:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def _pool_error(exc: BaseException) -> BaseException:
+    """A result the worker could not pickle is multiprocessing's MaybeEncodingError."""
+    text = getattr(exc, "shoal_unpicklable_result", None)
+    if text is None:
+        return exc
+    error = MaybeEncodingError(exc, _Repr(text))
+    error.__cause__ = exc
+    return error
+
+
+def _pool_decode(status: int, payload: bytes) -> tuple:
+    ok, value = decode(status, payload)
+    return (True, value) if ok else (False, _pool_error(value))
+
+
+class AsyncResult:
+    """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None) -> None:
+        self._runtime: Any = None  # with _job_id: the job whose result wait() may take directly
+        self._job_id = 0
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def _set(self, success: bool, value: Any) -> None:
+        self._success, self._value = success, value
+        try:
+            if success and self._callback is not None:
+                self._callback(value)
+            elif not success and self._error_callback is not None:
+                self._error_callback(value)
+        finally:
+            self._event.set()
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        if self._job_id and not self._event.is_set():
+            # Take the result straight from the workers in this thread (no
+            # hop through the pool's result thread); callbacks then run here.
+            timeout = self._runtime.wait_for_job(self._job_id, timeout)
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The result; re-raises the task's exception; multiprocessing.TimeoutError after `timeout`."""
+        self.wait(timeout)
+        if not self.ready():
+            raise MpTimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The result of ``map_async``/``starmap_async``: a list in input order."""
+
+    def __init__(self, feed_factory: Callable[..., Any], callback, error_callback, bar) -> None:
+        super().__init__(callback, error_callback)
+        self._bar = bar
+        feed_factory(on_chunk=bar.update if bar is not None else None, on_complete=self._finish)
+
+    def _finish(self, feed) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        try:
+            results, failures = feed.gathered()
+        except BaseException as exc:  # the input iterable itself failed
+            self._set(False, exc)
+            return
+        if failures:
+            self._set(False, _pool_error(failures[min(failures)]))  # the first failing item, as mp.Pool
+        else:
+            self._set(True, results)
+
+
+class IMapIterator:
+    """Iterator over ``imap``/``imap_unordered`` results; ``next(timeout)`` as in multiprocessing.
+
+    A task's exception is raised when its item is reached; iteration can go on after it.
+    """
+
+    def __init__(self, feed, bar) -> None:
+        self._feed = feed
+        self._bar = bar
+        self._chunks = feed.chunks()
+        self._buffer: list = []
+        self._failures: dict[int, BaseException] = {}
+        self._pos = 0
+
+    def __iter__(self) -> "IMapIterator":
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> Any:
+        while self._pos >= len(self._buffer):
+            values, failures, count = self._next_chunk(timeout)
+            self._buffer, self._failures, self._pos = values, failures, 0
+            if self._bar is not None:
+                self._bar.update(count)
+        pos = self._pos
+        self._pos += 1
+        if pos in self._failures:
+            raise _pool_error(self._failures[pos])
+        value = self._buffer[pos]
+        self._buffer[pos] = None  # held by nobody here once handed out
+        return value
+
+    __next__ = next
+
+    def __del__(self) -> None:
+        # As multiprocessing: every item runs, whether or not its result is read.
+        self._feed.abandon()
+
+    def _next_chunk(self, timeout: Optional[float]):
+        if timeout is not None:
+            self._chunks = self._feed.chunks(time.monotonic() + timeout) if self._chunks is None else self._chunks
+        try:
+            return next(self._chunks)
+        except TimeoutError:
+            self._chunks = self._feed.chunks()
+            raise MpTimeoutError from None
+        except StopIteration:
+            if self._bar is not None:
+                self._bar.close()
+            raise
+
+
+class Pool:
+    """A process pool with the ``multiprocessing.Pool`` API, on shoal's engine.
+
+    ``chunksize=None`` (the default everywhere) sizes chunks from the measured
+    task time; ``progress=True`` on the map methods shows a tqdm bar. As in
+    multiprocessing, leaving a ``with Pool() as p:`` block calls terminate().
+
+    Beyond multiprocessing: ``retries=N`` re-runs a task whose worker died;
+    ``timeout=`` (seconds, on apply_async and the map methods) limits each
+    task's run time; ``max_memory_per_worker`` limits resident memory (see
+    ``shoal.Executor``); ``start_method`` as for ``shoal.Executor`` (``context=``
+    takes a multiprocessing context's); ``start_method="inline"`` or
+    ``SHOAL_SERIAL=1`` runs tasks inline.
+    """
+
+    def __init__(
+        self,
+        processes: Optional[int] = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: Optional[int] = None,
+        context: Any = None,
+        *,
+        max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
+        start_method: str = "forkserver",
+    ) -> None:
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        start_method = check_start_method(start_method, context)
+        self._runtime = make_runtime(
+            processes,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks_per_child=maxtasksperchild,
+            start_method=start_method,
+            cancel_at_exit=True,
+            max_memory_per_worker=max_memory_per_worker,
+            shm_limit=shm_limit,
+        )
+        self._state = _RUN
+
+    @property
+    def _processes(self) -> int:
+        return self._runtime.workers
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+        self._runtime.check_usable()
+
+    # -- single calls ---------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: tuple = (), kwds: Optional[dict] = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; blocks for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: tuple = (),
+        kwds: Optional[dict] = None,
+        callback: Optional[Callable[[Any], None]] = None,
+        error_callback: Optional[Callable[[BaseException], None]] = None,
+        *,
+        retries: int = 0,
+        timeout: Optional[float] = None,
+    ) -> AsyncResult:
+        """Schedule ``func(*args, **kwds)``. Callbacks run in the thread that
+        receives the result: the pool's result thread, or a thread blocked in
+        ``get()``/``wait()`` on this result."""
+        self._check_running()
+        result = AsyncResult(callback, error_callback)
+        result._runtime = self._runtime
+        result._job_id = self._runtime.submit_call(
+            func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, timeout
+        )
+        return result
+
+    # -- maps -----------------------------------------------------------------
+
+    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, timeout) -> MapResult:
+        self._check_running()
+        check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
+        check_timeout(timeout)
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        total = len(iterable)
+        bar = progress_bar(progress, total)
+
+        def start(on_chunk, on_complete):
+            return self._runtime.map(
+                func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
+                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout, gather=True,
+            )
+
+        return MapResult(start, callback, error_callback, bar)
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+            *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
+        """``list(map(func, iterable))``, run in the workers."""
+        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries, timeout).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
+                  *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries, timeout)
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
+                *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
+        """Like map, calling ``func(*args)`` for each args tuple."""
+        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries, timeout).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
+                      *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries, timeout)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+             *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
+        """Lazy, ordered map: reads the input as results are consumed."""
+        return self._imap(func, iterable, chunksize, True, progress, retries, timeout)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
+                       *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
+        """Like imap, yielding results as they finish."""
+        return self._imap(func, iterable, chunksize, False, progress, retries, timeout)
+
+    def _imap(self, func, iterable, chunksize, ordered, progress, retries, timeout) -> IMapIterator:
+        self._check_running()
+        check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
+        check_timeout(timeout)
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        feed = self._runtime.map(
+            func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=timeout
+        )
+        return IMapIterator(feed, progress_bar(progress, total))
+
+    # -- life cycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; workers exit once the submitted ones are done."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+            self._runtime.shutdown(wait=False)
+
+    def terminate(self) -> None:
+        """Stop the workers now; unfinished tasks are cancelled."""
+        self._state = _TERMINATE
+        self._runtime.terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call close() or terminate() first."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        self._runtime.shutdown(wait=True)
+
+    def __del__(self) -> None:
+        # As multiprocessing.Pool: a warning for a pool left running, then it is stopped.
+        if getattr(self, "_state", None) == _RUN:
+            import warnings
+
+            warnings.warn(f"unclosed running shoal pool {self!r}", ResourceWarning, source=self)
+            try:
+                self.terminate()
+            except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
+                pass
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return self._runtime.worker_pids()
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the engine, as ``Executor.stats()``: tasks submitted and
+        completed, workers started and lost, retries, ``shm_used_bytes``."""
+        return self._runtime.stats()

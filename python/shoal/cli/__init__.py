@@ -1,0 +1,1 @@
+"""``python -m shoal``: the command-line entry points (the live demo)."""

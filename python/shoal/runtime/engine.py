@@ -1,0 +1,404 @@
+"""The engine's Python face, shared by Executor and Pool.
+
+A Runtime owns one C++ engine (and so the workers), a table of callables
+already sent to workers, and one thread that takes finished jobs from the
+engine in batches (waiting with the GIL released) and hands each to the
+handler registered for it.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Optional, Union
+
+from .. import _core
+from ..errors import BrokenPoolError
+from ..wire.payload import MAGIC as _PACKED
+from ..wire.payload import pack, pack_call, release
+from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
+from ..wire.protocol import CALL, LOG, MAP_ONE, MAP_STAR
+from ..worker.bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
+from . import lifecycle
+from .map_feed import MapFeed
+from .options import check_timeout, default_workers, parse_bytes
+from .outcome import INLINE_ERROR, Handler, log, run_handler, report_handler_failure
+
+_FUNCTION_CACHE = 256
+# A worker whose resident memory passes this share of max_memory_per_worker
+# after a task is replaced before it takes the next one.
+MEMORY_SOFT_FRACTION = 0.8
+_RING_BYTES = 1 << 20
+
+
+_init_tokens = itertools.count(1)
+
+_IMPORTING_MAIN = """
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable."""
+
+
+class Prepared:
+    """A callable pickled once, for the many jobs of one map: its state is the
+    one it had when the map was called (as the stdlib pickles it with every
+    task it submits at that moment)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+class _ReleasingHandler:
+    """Calls a job's handler, then drops the arena blocks its arguments used."""
+
+    __slots__ = ("arena", "payload", "handler")
+
+    def __init__(self, arena: Any, payload: bytes, handler: Handler) -> None:
+        self.arena, self.payload, self.handler = arena, payload, handler
+
+    def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
+        try:
+            self.handler(status, run_ns, payload)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        release(self.payload, self.arena)
+
+
+class Runtime:
+    """Runs tasks in worker processes through the C++ engine."""
+
+    def __init__(
+        self,
+        workers: Optional[int],
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Iterable[Any] = (),
+        max_tasks_per_child: Optional[int] = None,
+        start_method: str = "forkserver",
+        *,
+        cancel_at_exit: bool = False,
+        max_memory_per_worker: Union[int, str, None] = None,
+        shm_limit: Union[int, str, None] = None,
+    ) -> None:
+        if importing_main():
+            raise RuntimeError(_IMPORTING_MAIN)
+        if workers is None:
+            workers = default_workers()
+        initargs = tuple(initargs)
+        # The fork server imports what the parent already uses, so workers start warm.
+        preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
+        hard_limit = parse_bytes(max_memory_per_worker)
+        # Buffers of 64 KiB and more (numpy arrays, bytes) travel through this
+        # arena as zero-copy views instead of inside the pickles.
+        self._arena = _core.Arena.create(parse_bytes(shm_limit) or None)
+        config = {"preload": preload, "arena": self._arena.name}
+        self.workers = workers
+        forked = start_method in ("forkserver", "fork")
+        init = (initializer, initargs) if initializer is not None else None
+        token = next(_init_tokens)
+        server = fork_fork_server(config, start_method == "fork", init, token) if forked else None
+        init_payload = b""
+        if server is not None and init is not None:
+            # Inherited as multiprocessing's fork children inherit it: an
+            # mp.Queue, Lock or Event works, and nothing is pickled.
+            init_payload = dumps((run_inherited_initializer, (token,)))
+        elif init is not None:
+            try:
+                init_payload = dumps(init, "the initializer and initargs")
+            except RuntimeError as error:  # e.g. "Queue objects should only be shared ... through inheritance"
+                if hasattr(error, "add_note"):
+                    error.add_note(
+                        "a fresh worker interpreter cannot inherit it: pass shoal.Queue / shoal.Lock / shoal.Event "
+                        "(they travel by name under every start method), or use start_method='forkserver' or 'fork' "
+                        "and create the pool before other threads start"
+                    )
+                raise
+        self._engine = _core.Engine(
+            workers=workers,
+            fork_server=forked,
+            argv=child_argv("forkserver" if forked else "spawn", config),
+            ring_bytes=_RING_BYTES,
+            init_payload=init_payload,
+            max_tasks_per_child=max_tasks_per_child or 0,
+            fork_server_pid=server[0] if server else -1,
+            fork_server_fd=server[1] if server else -1,
+            memory_hard_limit=hard_limit,
+            memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
+        )
+        self._lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
+        self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
+        self._engine_closing = False  # shutdown began: the last feed to finish closes the engine
+        self._handlers: dict[int, Handler] = {}
+        self._job_ids = itertools.count(1)
+        self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._last_function: tuple[Any, int] = (None, 0)  # (fn, id) of the latest submit
+        self._cancel_at_exit = cancel_at_exit
+        self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
+        self._collector.start()
+        lifecycle.register(self)
+        lifecycle.clean_up_on_sigterm()
+
+    # -- submitting -----------------------------------------------------------
+
+    @staticmethod
+    def prepare(fn: Callable[..., Any]) -> Any:
+        """What a map hands to submit() for each of its chunks: ``fn`` itself
+        if it travels by reference, else its bytes, pickled once now."""
+        return fn if by_reference(fn) else Prepared(dumps_callable(fn))
+
+    def _function_id(self, fn: Any) -> int:
+        """The engine's id for ``fn``'s pickle, defined on first use.
+
+        Module-level functions and classes are keyed by identity (their pickle
+        is their name). Everything else (bound methods, partials, closures) is
+        keyed by its pickled bytes: a changed object is a new function for the
+        workers, never a stale cached one.
+        """
+        last = self._last_function
+        if fn is last[0]:  # task after task of the same function (or map)
+            return last[1]
+        if type(fn) is Prepared:
+            key: Any = fn.blob
+            blob = fn.blob
+            keep: Any = fn
+        elif by_reference(fn):
+            key, blob, keep = id(fn), None, fn  # holding fn keeps its id() unique
+        else:
+            key = blob = dumps_callable(fn)
+            keep = None
+        entry = self._functions.get(key)
+        if entry is None:
+            entry = (keep, self._engine.define_function(blob if blob is not None else dumps_callable(fn)))
+            with self._lock:
+                self._functions[key] = entry
+                while len(self._functions) > _FUNCTION_CACHE:  # the least recently used goes first
+                    _, (_, old_id) = self._functions.popitem(last=False)
+                    self._engine.drop_function(old_id)
+        else:
+            with self._lock:
+                if key in self._functions:
+                    self._functions.move_to_end(key)
+        if keep is not None:
+            self._last_function = (keep, entry[1])
+        return entry[1]
+
+    def check_usable(self) -> None:
+        reason = self._engine.broken()
+        if reason is not None:
+            raise BrokenPoolError(reason)
+
+    def submit(
+        self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
+        return self.submit_as(self._function_id(fn), tag, payload, handler, retries, timeout)
+
+    def submit_as(
+        self, fn_id: int, tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
+        if payload[:8] == _PACKED:  # it holds arena blocks: free them when the job ends
+            handler = _ReleasingHandler(self._arena, payload, handler)
+        job_id = next(self._job_ids)  # atomic under the GIL
+        self._handlers[job_id] = handler  # filed before the job can finish
+        try:
+            limit = 0.0 if timeout is None else check_timeout(timeout)
+            self._engine.submit_as(job_id, fn_id, tag, payload, retries, limit)
+        except BaseException:
+            del self._handlers[job_id]
+            raise
+        return job_id
+
+    def submit_call(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
+        """Submits ``fn(*args, **kwargs)``. A callable or argument that cannot
+        be pickled fails the job (through ``handler``, as the stdlib fails the
+        future), not the call; a full arena raises MemoryError here."""
+        if timeout is not None:
+            check_timeout(timeout)
+        try:
+            fn_id = self._function_id(fn)
+            payload = pack_call(args, kwargs, self._arena)
+        except MemoryError:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the pickler's error, for the caller's result
+            handler(INLINE_ERROR, 0, as_pickling_error(exc))
+            return 0
+        return self.submit_as(fn_id, CALL, payload, handler, retries, timeout)
+
+    @property
+    def inline_payload_limit(self) -> int:
+        """The largest payload that travels inside a ring frame (larger ones are spilled)."""
+        return self._engine.inline_payload_limit
+
+    def pack_chunk(self, chunk: list, inband: bool = False) -> bytes:
+        """A map chunk's payload; ``inband``: its buffers inside the pickle (the arena is full)."""
+        if inband:
+            return pack(chunk, self._arena, threshold=sys.maxsize, what="map item")
+        return pack(chunk, self._arena, what="map item")
+
+    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
+        """Waits until job `job_id` finished (or `timeout` passed) and runs its
+        handler in this thread: the result goes from the worker's outbox to the
+        caller without a hop through the engine and collector threads.
+        Returns at once if another thread already took the job's result.
+        Returns what is left of `timeout`, for the caller's own wait."""
+        if threading.current_thread() is self._collector:
+            return timeout  # a callback waiting on another future: the collector must keep collecting
+        deadline = None if timeout is None else time.monotonic() + timeout
+        got = self._engine.wait_for(job_id, timeout)
+        if got:  # None: timed out; False: the collector has it
+            handler = self._handlers.pop(job_id, None)
+            if handler is not None:
+                run_handler(handler, *got)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def queued(self, job_id: int) -> bool:
+        """Whether the job still waits for a worker."""
+        return self._engine.queued(job_id)
+
+    def cancel(self, job_id: int) -> bool:
+        if self._engine.cancel(job_id):
+            handler = self._handlers.pop(job_id, None)
+            if isinstance(handler, _ReleasingHandler):
+                handler.release()
+            return True
+        return False
+
+    # -- results --------------------------------------------------------------
+
+    def _collect(self) -> None:
+        engine = self._engine
+        backoff = 0.0
+        while True:
+            try:
+                batch = engine.collect(None)
+                backoff = 0.0
+            except Exception:  # noqa: BLE001 - this thread must outlive any fault, or waiters hang
+                log.exception("shoal's result thread could not collect results; retrying")
+                backoff = min(1.0, backoff * 2 or 0.01)
+                time.sleep(backoff)
+                continue
+            if batch is None:
+                # Every worker is gone: the arena's names go too (blocks that
+                # results still use stay mapped until those objects die).
+                self._arena.close()
+                return
+            pop = self._handlers.pop
+            handlers = [pop(job[0], None) for job in batch]
+            for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
+                if handler is not None:
+                    try:  # as _run_handler, without a call per result
+                        handler(status, run_ns, payload)
+                    except BaseException:  # noqa: BLE001 - SystemExit from a callback must not end this thread
+                        report_handler_failure()
+                elif status == LOG:
+                    log.log(run_ns, "%s", payload.decode(errors="replace"))
+            # This thread sleeps in collect() next: it must not keep the last
+            # batch's handlers (futures, maps and their results) alive meanwhile.
+            batch = handlers = handler = payload = None  # type: ignore[assignment]
+
+    # -- life cycle -----------------------------------------------------------
+
+    def _register_feed(self, feed: "MapFeed") -> None:
+        with self._lock:
+            self._feeds.add(feed)
+
+    def _feed_done(self, feed: "MapFeed") -> None:
+        with self._lock:
+            self._feeds.discard(feed)
+            last = not self._feeds and self._engine_closing
+        if last:  # shutdown(wait=False) left the engine open for this map
+            with self._shutdown_lock:
+                self._engine.shutdown(False, False)
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stops taking tasks. Maps already running read the rest of their
+        input first (every item runs, as with the stdlib, whether or not its
+        results are read), unless ``cancel_pending``."""
+        with self._lock:
+            feeds = list(self._feeds)
+            self._engine_closing = True
+        for feed in feeds:
+            if cancel_pending:
+                feed.close(force=True)
+            else:
+                feed.drain()
+        if wait:
+            for feed in feeds:
+                feed.wait_read()
+        with self._lock:
+            open_feeds = bool(self._feeds)
+        if wait or cancel_pending or not open_feeds:
+            with self._shutdown_lock:
+                self._engine.shutdown(wait, cancel_pending)
+        if wait and threading.current_thread() is not self._collector:
+            self._collector.join()
+
+    def at_exit(self) -> None:
+        if self._cancel_at_exit:
+            self.terminate()
+        else:
+            self.shutdown(wait=True)
+
+    def terminate(self) -> None:
+        with self._lock:
+            feeds = list(self._feeds)
+            self._engine_closing = True
+        for feed in feeds:
+            feed.close(force=True)
+        with self._shutdown_lock:
+            self._engine.terminate()
+        if threading.current_thread() is not self._collector:
+            self._collector.join()
+
+    def worker_pids(self) -> list[int]:
+        return list(self._engine.worker_pids())
+
+    def stats(self) -> dict[str, int]:
+        stats = dict(self._engine.stats())
+        stats["shm_used_bytes"] = 0 if self._arena.closed else self._arena.used_bytes()
+        return stats
+
+    # -- maps -----------------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        star: bool,
+        chunksize: Optional[int] = None,
+        ordered: bool = True,
+        retries: int = 0,
+        total: Optional[int] = None,
+        bounded: bool = True,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[Callable[[int], None]] = None,
+        on_complete: Optional[Callable[["MapFeed"], None]] = None,
+        gather: bool = False,
+    ) -> "MapFeed":
+        """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
+        ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did.
+        ``gather``: the results are wanted whole (``feed.gathered()``), not chunk by chunk."""
+        if timeout is not None and chunksize is None:
+            chunksize = 1  # a time limit is per task: one task per job
+        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
+        feed.timeout = timeout
+        return feed.start(on_chunk, on_complete, gather)
+

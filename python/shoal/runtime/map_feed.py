@@ -1,0 +1,364 @@
+"""A map's flow through the engine: lazy input, adaptive chunks, bounded read-ahead."""
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+from ..wire.payload import unpack
+from ..wire.pickling import as_pickling_error, loads_exception, transfer_error
+from ..wire.protocol import ERROR, OK
+from .outcome import INLINE_OK, decode, log
+
+if TYPE_CHECKING:
+    from .engine import Runtime
+
+
+class MapFeed:
+    """One map's flow: reads the input lazily, in chunks sized to the measured
+    task time, keeps a bounded number of chunks in flight, and yields results
+    (in input order, or as they finish).
+
+    Refills happen both when a chunk finishes (collector thread) and when the
+    consumer takes results, so a map runs to completion even if nobody reads
+    it yet (map_async), while memory stays bounded by the read-ahead.
+    """
+
+    TARGET_CHUNK_NS = 5_000_000  # ~5 ms of work per chunk amortises the per-chunk cost
+    # Chunks and their results stay this far under the size that travels
+    # inline in the ring: a spilled payload gets a segment of its own, and
+    # both processes fault in every page of it.
+    INLINE_SHARE = 0.8
+    # Weight kept by the older samples of task time and size at each new chunk.
+    DECAY = 0.7
+
+    def __init__(
+        self, runtime: Runtime, fn, items: Iterator[Any], tag: int, chunksize, ordered: bool, retries: int, total, bounded: bool
+    ):
+        self._runtime = runtime
+        self._fn = fn
+        self._items = items
+        self._tag = tag
+        self._fixed_chunk = chunksize
+        self._ordered = ordered
+        self._retries = retries
+        self._remaining = total
+        self._cond = threading.Condition()
+        self._next_chunk = 0  # index of the next chunk to submit
+        self._next_yield = 0  # ordered: index of the next chunk to hand out
+        self._finished: dict[int, tuple[list, dict[int, BaseException], int]] = {}
+        # Gathering maps put each chunk's values in place as it finishes (mp.Pool
+        # does too): no list of the whole result is built after the last one.
+        self._gathered: Optional[list] = None
+        self._gather_failures: dict[int, BaseException] = {}  # by item index
+        self._items_read = 0
+        self._in_flight: dict[int, int] = {}  # chunk index -> job id
+        self._held_items = 0  # submitted but not yet handed out
+        self._exhausted = False
+        self._input_error: Optional[BaseException] = None
+        self._closed = False
+        # Decayed sums of the finished chunks' run time and items: big chunks
+        # weigh more than the first tiny ones, whose fixed costs would
+        # otherwise pass for a slow task.
+        self._run_ns = 0.0
+        self._run_items = 0.0
+        self._bytes_per_item = 0.0  # the larger of arguments and results, recently
+        self._inline_bytes = runtime.inline_payload_limit * self.INLINE_SHARE
+        self._growth = 1
+        self._max_in_flight = 2 * runtime.workers + 2
+        self._bounded = bounded
+        self._refilling = False
+        self._completion_reported = False
+        self._abandoned = False  # nobody will read the results: discard them as they come
+        self._stalled: Optional[list] = None  # a chunk read but waiting for room in the arena
+        self.timeout: Optional[float] = None
+        self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
+        self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
+        try:
+            self._fn = runtime.prepare(fn)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable callable fails the map's results
+            self._input_error = exc
+            self._exhausted = True
+
+    def start(self, on_chunk=None, on_complete=None, gather: bool = False) -> "MapFeed":
+        self.on_chunk, self.on_complete = on_chunk, on_complete
+        if gather:
+            self._gathered = [None] * self._remaining if self._remaining is not None else []
+        register = getattr(self._runtime, "_register_feed", None)
+        if register is not None and not self._exhausted:
+            register(self)
+        with self._cond:
+            self._refill_locked()
+        self._report_if_complete()
+        return self
+
+    # -- when nobody reads, and at shutdown ---------------------------------------
+
+    def drain(self) -> None:
+        """The pool is shutting down: read the rest of the input now, whatever
+        the consumer's pace (the stdlib has submitted every item by now)."""
+        with self._cond:
+            self._bounded = False
+            self._refill_locked()
+        self._report_if_complete()
+
+    def abandon(self) -> None:
+        """The consumer is gone: every item still runs, its result is dropped,
+        and an input error is logged (no one is left to raise it to)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._abandoned = True
+            self._bounded = False
+            self._finished.clear()
+            self._refill_locked()
+            error = self._input_error
+        if error is not None:
+            log.error("the input of an unread map failed: %r", error, exc_info=error)
+        self._report_if_complete()
+
+    def wait_read(self) -> None:
+        """Waits until every input item is submitted (or the map was closed)."""
+        with self._cond:
+            while not ((self._exhausted and self._stalled is None) or self._closed):
+                self._cond.wait(0.1)
+
+    def _report_if_complete(self) -> None:
+        with self._cond:
+            if self._completion_reported or not (self._exhausted and self._stalled is None and not self._in_flight):
+                return
+            self._completion_reported = True
+        done = getattr(self._runtime, "_feed_done", None)
+        if done is not None:
+            done(self)
+        if self.on_complete is not None:
+            self.on_complete(self)
+
+    # -- feeding --------------------------------------------------------------
+
+    def _chunk_size(self) -> int:
+        if self._fixed_chunk:
+            return self._fixed_chunk
+        if not self._run_items:
+            size = self._growth  # 1, 2, 4, ... until a chunk reports its time
+            self._growth = min(self._growth * 2, 64)
+        else:
+            size = int(self.TARGET_CHUNK_NS * self._run_items / max(self._run_ns, 1.0))
+        if self._bytes_per_item:
+            size = min(size, int(self._inline_bytes / self._bytes_per_item))
+        if self._remaining is not None:
+            # Leave enough chunks for every worker near the end of a known input.
+            size = min(size, -(-self._remaining // (2 * self._runtime.workers)))
+        return max(1, min(size, 100_000))
+
+    def _refill_locked(self) -> None:
+        if self._refilling:  # a serial runtime finishes jobs inside submit(): no recursion
+            return
+        self._refilling = True
+        try:
+            self._refill_loop()
+        finally:
+            self._refilling = False
+
+    def _refill_loop(self) -> None:
+        while (self._stalled is not None or not self._exhausted) and not self._closed and len(self._in_flight) < self._max_in_flight:
+            if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
+                return  # the consumer is behind: stop reading ahead
+            chunk, self._stalled = self._stalled, None
+            if chunk is None:
+                chunk = self._read_chunk()
+                if not chunk:
+                    self._cond.notify_all()
+                    return
+            try:
+                try:
+                    payload = self._runtime.pack_chunk(chunk)
+                except MemoryError:
+                    if self._in_flight:  # the arena is full of this map's own chunks: wait for one to finish
+                        self._stalled = chunk
+                        return
+                    payload = self._runtime.pack_chunk(chunk, inband=True)  # slower, but it goes
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - an item that cannot be pickled fails its chunk
+                self._fail_chunk(chunk, as_pickling_error(exc))
+                continue
+            index, start = self._file_chunk(chunk)
+            if type(payload) is bytes:  # the serial runtime hands over the list itself
+                self._note_size(len(payload), len(chunk))
+            self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
+            try:
+                job_id = self._runtime.submit(
+                    self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)),
+                    self._retries, self.timeout,
+                )
+            except MemoryError as exc:  # the arena is full: the map fails at this item
+                del self._in_flight[index]
+                self._input_error = exc
+                self._exhausted = True
+                self._cond.notify_all()
+                return
+            except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
+                del self._in_flight[index]
+                self._input_error = RuntimeError(f"the pool stopped before this map finished: {exc}")
+                self._exhausted = True
+                self._cond.notify_all()
+                return
+            if index in self._in_flight:
+                self._in_flight[index] = job_id
+
+    def _read_chunk(self) -> list:
+        size = self._chunk_size()
+        chunk: list = []
+        try:
+            chunk.extend(islice(self._items, size))  # keeps the items read before a failure
+        except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
+            self._input_error = exc
+            self._exhausted = True
+            if self._abandoned:
+                log.error("the input of an unread map failed: %r", exc, exc_info=exc)
+        if len(chunk) < size:
+            self._exhausted = True
+        return chunk
+
+    def _file_chunk(self, chunk: list) -> tuple[int, int]:
+        """Numbers a chunk about to be submitted: (chunk index, index of its first item)."""
+        index = self._next_chunk
+        self._next_chunk += 1
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        self._held_items += len(chunk)
+        start = self._items_read
+        self._items_read += len(chunk)
+        return index, start
+
+    def _fail_chunk(self, chunk: list, error: BaseException) -> None:
+        """Every item of ``chunk`` fails with ``error`` (as the stdlib fails each
+        future whose arguments it could not pickle); the map goes on."""
+        index, start = self._file_chunk(chunk)
+        count = len(chunk)
+        failures = {i: error for i in range(count)}
+        if self._abandoned:
+            log.error("items of an unread map could not be pickled: %r", error)
+        elif self._gathered is not None:
+            self._gather(start, [None] * count, failures)
+        else:
+            self._finished[index] = ([None] * count, failures, count)
+        self._cond.notify_all()
+
+    def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
+        if status == OK and count:
+            self._run_ns = self.DECAY * self._run_ns + run_ns
+            self._run_items = self.DECAY * self._run_items + count
+            self._note_size(len(payload), count)
+        values, failures = self._decode_chunk(status, payload, count)  # frees its blocks if dropped
+        if self._gathered is not None and not self._abandoned:
+            self._gather(start, values, failures)
+        with self._cond:
+            self._in_flight.pop(index, None)
+            if self._gathered is None and not self._abandoned:
+                self._finished[index] = (values, failures, count)
+            self._refill_locked()
+            self._cond.notify_all()
+        if self.on_chunk is not None:
+            self.on_chunk(count)
+        self._report_if_complete()
+
+    def _note_size(self, payload_bytes: int, count: int) -> None:
+        sample = payload_bytes / count
+        if sample >= self._bytes_per_item:
+            self._bytes_per_item = sample  # growing items: follow at once
+        else:
+            self._bytes_per_item = self.DECAY * self._bytes_per_item + (1 - self.DECAY) * sample
+
+    @staticmethod
+    def _decode_chunk(status: int, payload: Any, count: int) -> tuple[list, dict[int, BaseException]]:
+        if status == INLINE_OK:
+            return payload
+        if status == ERROR:
+            try:
+                values, failed = unpack(payload, adopt=True)
+                return values, {i: loads_exception(p) for i, p in failed.items()}
+            except BaseException:  # noqa: BLE001 - not a per-item report: the whole chunk failed
+                try:
+                    exc = loads_exception(payload)
+                except BaseException as error:  # noqa: BLE001 - nor an exception this process can load
+                    exc = transfer_error("the map's results", error)
+                return [None] * count, {i: exc for i in range(count)}
+        ok, value = decode(status, payload)
+        if ok:
+            return value, {}
+        return [None] * count, {i: value for i in range(count)}
+
+    def complete(self) -> bool:
+        """True once every chunk has finished (all input read)."""
+        with self._cond:
+            return self._exhausted and not self._in_flight
+
+    def _gather(self, start: int, values: list, failures: dict[int, BaseException]) -> None:
+        gathered = self._gathered
+        end = start + len(values)
+        if end > len(gathered):  # an input of unknown length
+            gathered.extend([None] * (end - len(gathered)))
+        gathered[start:end] = values  # chunks cover disjoint slices: no lock needed
+        for i, exc in failures.items():
+            self._gather_failures[start + i] = exc
+
+    def gathered(self) -> tuple[list, dict[int, BaseException]]:
+        """A gathering map's results in input order, and its failures by item
+        index; raises what the input iterable raised, if it failed."""
+        with self._cond:
+            if self._input_error is not None:
+                raise self._input_error
+            return self._gathered, self._gather_failures
+
+    # -- consuming ------------------------------------------------------------
+
+    def chunks(self, deadline: Optional[float] = None) -> Iterator[tuple[list, dict[int, BaseException], int]]:
+        """Yields (values, failures by index, count) per chunk, ordered or as finished."""
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if self._ordered:
+                            ready = self._next_yield in self._finished
+                            key = self._next_yield
+                        else:
+                            ready = bool(self._finished)
+                            key = next(iter(self._finished)) if ready else None
+                        if ready:
+                            break
+                        if self._exhausted and not self._in_flight and not self._finished:
+                            if self._input_error is not None:
+                                raise self._input_error
+                            return
+                        timeout = None
+                        if deadline is not None:
+                            timeout = deadline - time.monotonic()
+                            if timeout <= 0:
+                                raise TimeoutError("map results did not arrive within the timeout")
+                        self._cond.wait(min(timeout, 0.1) if timeout is not None else 0.1)
+                    values, failures, count = self._finished.pop(key)
+                    if self._ordered:
+                        self._next_yield += 1
+                    self._held_items -= count
+                    self._refill_locked()
+                yield values, failures, count
+        finally:
+            if not self._exhausted or self._in_flight:
+                self.close()
+
+    def close(self, force: bool = False) -> None:
+        """Stops reading input and cancels the chunks no worker took yet
+        (``force``: even if the map was abandoned to run to its end)."""
+        with self._cond:
+            if self._abandoned and not force:
+                return
+            self._closed = True
+            in_flight = list(self._in_flight.values())
+            self._cond.notify_all()
+        for job_id in in_flight:
+            self._runtime.cancel(job_id)
+        done = getattr(self._runtime, "_feed_done", None)
+        if done is not None:
+            done(self)

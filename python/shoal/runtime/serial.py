@@ -1,0 +1,109 @@
+"""The debug mode: every task runs inline in the caller, with the pools' API.
+
+``start_method="inline"`` or ``SHOAL_SERIAL=1`` select it.
+Nothing is pickled and no process is started, so breakpoints, pdb and
+profilers see the task code directly; exceptions keep their real tracebacks.
+Per-task time and memory limits and retries do not apply here.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+from ..wire.protocol import CALL, MAP_ONE, MAP_STAR
+from .outcome import INLINE_ERROR, INLINE_OK
+from .map_feed import MapFeed
+
+
+class SerialRuntime:
+    workers = 1
+    inline_payload_limit = sys.maxsize  # nothing travels: chunks are the lists themselves
+
+    def __init__(self, initializer: Optional[Callable[..., Any]] = None, initargs: Iterable[Any] = ()) -> None:
+        self._job_ids = itertools.count(1)
+        self._closed = False
+        if initializer is not None:
+            initializer(*initargs)  # once, as in each worker
+
+    def _function_id(self, fn: Callable[..., Any]) -> int:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return 0
+
+    def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self._function_id(fn)
+        return fn
+
+    def check_usable(self) -> None:
+        pass
+
+    @staticmethod
+    def pack_chunk(chunk: list, inband: bool = False) -> list:
+        return chunk
+
+    def submit(self, fn, tag: int, payload: Any, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        job_id = next(self._job_ids)
+        if tag == CALL:
+            args, kwargs = payload
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - delivered like a worker's exception
+                handler(INLINE_ERROR, 0, exc)
+            else:
+                handler(INLINE_OK, 0, result)
+            return job_id
+        results: list = []
+        failures: dict[int, BaseException] = {}
+        for index, item in enumerate(payload):
+            try:
+                results.append(fn(*item) if tag == MAP_STAR else fn(item))
+            except Exception as exc:  # noqa: BLE001
+                results.append(None)
+                failures[index] = exc
+        handler(INLINE_OK, 0, (results, failures))
+        return job_id
+
+    def submit_call(self, fn, args: tuple, kwargs: dict, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+        return self.submit(fn, CALL, (args, kwargs), handler, retries, timeout)
+
+    def cancel(self, job_id: int) -> bool:
+        return False  # every job has already run
+
+    def queued(self, job_id: int) -> bool:
+        return False
+
+    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
+        return timeout  # every job has already run
+
+    def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
+            bounded=True, timeout=None, on_chunk=None, on_complete=None, gather=False) -> MapFeed:
+        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
+        return feed.start(on_chunk, on_complete, gather)
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        self._closed = True
+
+    def terminate(self) -> None:
+        self._closed = True
+
+    at_exit = terminate
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def make_runtime(workers: Optional[int], **options: Any):
+    """The serial runtime for ``start_method="inline"`` or ``SHOAL_SERIAL=1``, else worker processes."""
+    import os
+
+    from .engine import Runtime
+
+    if options.get("start_method") == "inline" or os.environ.get("SHOAL_SERIAL", "") not in ("", "0"):
+        return SerialRuntime(options.get("initializer"), options.get("initargs", ()))
+    return Runtime(workers, **options)

@@ -1,0 +1,436 @@
+"""Pickle protocol 5 with the big buffers in a shared-memory arena.
+
+``pack(obj, arena)`` pickles ``obj``; every out-of-band buffer (numpy arrays,
+bytearrays, anything that pickles through ``PickleBuffer``) of at least
+``threshold`` bytes is copied once into a block of ``arena`` and left out of
+the pickle. ``unpack(payload, arena)`` rebuilds the object over zero-copy,
+copy-on-write views of those blocks (a private ``MAP_PRIVATE`` mapping of the
+block's pages in the receiving process): a numpy array comes back writable,
+as from a plain pickle, its unwritten pages those of the arena; a write
+copies the page it touches into the receiver's own memory and never reaches
+the block, so the sender and every other receiver of the payload keep the
+original. A buffer the sender had read-only comes back read-only (pickle's
+own rule). Smaller buffers stay in the pickle. Non-contiguous arrays are
+pickled in-band by numpy itself, and object arrays pickle their elements
+normally. A ``shoal.SharedArray`` is not copied at all: it pickles by
+reference, and the payload keeps it alive.
+
+Payload layout (little-endian). A list of 16 or more numbers, all ints
+within 64 bits or all floats, is a number column (magic ``b"shoalNC1"``, see
+cpp/include/shoal/wire/number_column.hpp), not a pickle. Any other payload
+without a block is the plain pickle (starting with the PROTO opcode
+``b"\\x80"``). Otherwise::
+
+    magic b"shoalOB1" | u32 names | u32 entries | u64 pickle length
+    names x (u16 length, UTF-8 arena name)         # names[0]: the arena given to pack()
+    entries x (u16 arena index, u8 kind, u8 block flags, u32 segment,
+               u64 offset, u64 size, u64 generation, u64 view offset, u64 view length)
+    the pickle
+
+``kind`` is ``BUFFER`` (an out-of-band buffer, handed to the unpickler in
+order) or ``HELD`` (a SharedArray's block the payload keeps alive).
+
+References: who releases what
+-----------------------------
+* A payload returned by ``pack()`` OWNS one reference on every block it lists,
+  and nobody else holds those references. The packing process keeps no
+  mapping bookkeeping for them, so the payload may be released anywhere.
+  Such a reference is dropped with ``Arena.release_disowned`` (never
+  ``Arena.release``, which also takes back a pin of this process: that of a
+  live view of the same block, whose huge segment would be unmapped under it).
+* ``unpack(payload, arena)`` (``adopt=False``): the objects it builds take
+  references of their own (dropped when they are garbage-collected, in
+  whatever process); the payload's stay. Use this where the same payload may
+  be unpacked again (a job's arguments: a retry re-sends them), and call
+  ``release(payload)`` exactly once when the payload is done with. A pool
+  releases a job's argument payload when the job's result arrives, or when
+  the job is cancelled or fails for good.
+* ``unpack(payload, arena, adopt=True)``: the objects take over the payload's
+  references (the HELD ones are released once the SharedArrays they keep
+  alive have taken their own). The payload is spent: never unpack or release
+  it again. Use this for a result, in the process that receives it; the
+  blocks are then freed when the caller's objects die.
+* A payload that is never unpacked (a result nobody wants, a job cancelled
+  before it ran) must be ``release()``-d.
+* A process that dies holding references (a worker killed in the middle of a
+  task) leaks those blocks until the arena's owner destroys the arena; a
+  result payload lost with its worker, likewise.
+
+Every view ``unpack()`` makes is remembered (weakly, ``shm.arena.track``); when
+the interpreter exits normally, the references it still holds on arenas that
+other processes own are dropped, so that a short-lived child does not pin its
+parent's memory.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from typing import Any, List, Sequence, Tuple
+
+from .. import _core
+from ..shm.arena import attach_all, default_arena, track
+from .pickling import cloudpickle_dumps
+
+__all__ = ["DEFAULT_THRESHOLD", "pack", "unpack", "release", "blocks", "is_packed"]
+
+#: Buffers of at least this many bytes go to the arena; smaller ones stay in the pickle.
+DEFAULT_THRESHOLD: int = 64 * 1024
+
+PROTOCOL = 5
+MAGIC = b"shoalOB1"
+BUFFER, HELD = 0, 1
+NUMBER_COLUMN = _core.NUMBER_COLUMN_MAGIC
+# Lists this long or longer whose items are all ints (within 64 bits) or all
+# floats travel as a column of 8-byte words instead of a pickle: several times
+# cheaper to write and to read back. Shorter ones gain nothing.
+_COLUMN_MIN = 16
+
+_HEAD = struct.Struct("<8sIIQ")
+_NAME_LEN = struct.Struct("<H")
+_ENTRY = struct.Struct("<HBBIQQQQQ")
+
+Entry = Tuple[int, int, Any, int, int]  # arena index, kind, Block, view offset, view length
+
+# --- packing -----------------------------------------------------------------
+
+_local = threading.local()
+
+
+class _ArenaFailure(Exception):
+    """Carries an arena's error (MemoryError, a closed arena) out of pickling,
+    so that it is not mistaken for an object that cannot be pickled."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Probe:
+    """Stands in for _Packing during pack()'s fast pass: notes whether anything
+    needs the arena (a big buffer, a SharedArray to hold)."""
+
+    __slots__ = ("clean", "threshold")
+
+    def __init__(self) -> None:
+        self.clean = True
+
+    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        # Any buffer at all sends pack() down the full path, which decides by
+        # size; False keeps this pass from copying the buffer into its pickle.
+        self.clean = False
+        return False
+
+    def hold(self, view: Any) -> None:
+        self.clean = False
+
+
+class _Packing:
+    """One pack() call: the blocks it made and the references it took."""
+
+    def __init__(self, arena: Any, threshold: int) -> None:
+        self.arena = arena
+        self.threshold = threshold
+        self.views: List[Any] = []  # BlockViews holding the copies
+        self.held: List[Tuple[Any, Any]] = []  # (arena, Block): references taken for SharedArrays
+
+    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        # Returning True keeps the buffer in the pickle; False leaves it out of band.
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in-band (pickle itself says if it cannot)
+            return True
+        if raw.nbytes < self.threshold:
+            return True
+        try:
+            self.views.append(self.arena.store(raw))
+        except Exception as error:  # noqa: BLE001
+            raise _ArenaFailure(error) from None
+        return False
+
+    def hold(self, view: Any) -> None:
+        arena, block = view.arena, view.block
+        arena.retain(block)
+        arena.disown(block)  # the reference belongs to the payload, not to this process
+        self.held.append((arena, block))
+
+    def discard(self) -> None:
+        self.views.clear()  # each view releases its block
+        held, self.held = self.held, []
+        for arena, block in held:
+            # Disowned in hold(): release() would take the pin of the SharedArray being pickled.
+            arena.release_disowned(block)
+
+    def finish(self, pickled: bytes) -> bytes:
+        if not self.views and not self.held:
+            return pickled
+        names = [self.arena.name]
+        index = {self.arena.name: 0}
+        entries: List[Entry] = []
+        for view in self.views:
+            offset, length = view.offset, view.nbytes
+            entries.append((0, BUFFER, view.detach(), offset, length))
+        self.views.clear()
+        for arena, block in self.held:
+            i = index.setdefault(arena.name, len(names))
+            if i == len(names):
+                names.append(arena.name)
+            entries.append((i, HELD, block, 0, block.size))
+        self.held.clear()
+        return _encode(names, entries, pickled)
+
+
+def hold_for_payload(view: Any) -> bool:
+    """Called by objects that pickle by reference (SharedArray): if a pack() is
+    under way in this thread, the payload takes a reference on the view's block
+    so the block outlives its sender. Returns whether one was taken."""
+    stack = getattr(_local, "stack", None)
+    if not stack:
+        return False
+    stack[-1].hold(view)
+    return True
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: Types whose values never hold an out-of-band buffer or a SharedArray: plain pickles.
+SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _only_scalars(obj: Any, depth: int = 2) -> bool:
+    """Whether ``obj`` is a scalar, or a small tuple/list/dict nesting scalars:
+    a payload that cannot hold an out-of-band buffer or a SharedArray (the
+    common ``((x,), {})`` of a submit), so it needs no probing pass."""
+    kind = type(obj)
+    if kind in SCALAR_TYPES:
+        return True
+    if depth == 0:
+        return False
+    if kind is tuple or kind is list:
+        if len(obj) > 8:
+            return False
+        for item in obj:
+            if not _only_scalars(item, depth - 1):
+                return False
+        return True
+    if kind is dict:
+        if len(obj) > 8:
+            return False
+        for key, value in obj.items():
+            if type(key) not in SCALAR_TYPES or not _only_scalars(value, depth - 1):
+                return False
+        return True
+    return False
+
+
+def pack_call(args: tuple, kwargs: dict, arena: Any = None) -> bytes:
+    """``pack((args, kwargs), arena)`` for a task's arguments; the common
+    ``f(x, ...)`` with scalar arguments is pickled at once (this is on the
+    path of every submit, where even the generic check's calls show)."""
+    if not kwargs:
+        for arg in args:
+            if type(arg) not in SCALAR_TYPES:
+                break
+        else:
+            return pickle.dumps((args, kwargs), PROTOCOL)
+    return pack((args, kwargs), arena)
+
+
+def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, what: str = "argument") -> bytes:
+    """Pickles ``obj`` (protocol 5; cloudpickle where plain pickle cannot),
+    moving every out-of-band buffer of at least ``threshold`` bytes into
+    ``arena`` (the process's default arena if None). Returns the payload, which
+    owns one reference on each block it lists (see the module's docs).
+
+    Raises:
+        whatever the pickler raised (PicklingError, TypeError, ...) if ``obj``
+        cannot be pickled, with a note naming ``what`` it is;
+        MemoryError: if the arena's limit does not leave room for the buffers.
+    """
+    if type(obj) is list and len(obj) >= _COLUMN_MIN:
+        column = _core.encode_numbers(obj)  # a map's chunk or results, often all ints or all floats
+        if column is not None:
+            return column
+    if _only_scalars(obj):
+        return pickle.dumps(obj, PROTOCOL)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    # Fast path, for the many small payloads: one plain pickling pass that only
+    # watches for out-of-band buffers and SharedArrays; if there are none, the
+    # result is the plain pickle and no arena is touched.
+    probe = _Probe()
+    stack.append(probe)
+    try:
+        pickled = pickle.dumps(obj, PROTOCOL, buffer_callback=probe.buffer_callback)
+    except Exception:  # noqa: BLE001 - the full path below tries cloudpickle and explains
+        probe.clean = False
+    finally:
+        stack.pop()
+    if probe.clean:
+        return pickled
+    if arena is None:
+        arena = default_arena()
+    state = _Packing(arena, threshold)
+    stack.append(state)
+    try:
+        try:
+            pickled = pickle.dumps(obj, PROTOCOL, buffer_callback=state.buffer_callback)
+        except _ArenaFailure:
+            raise
+        except Exception:  # noqa: BLE001 - cloudpickle may still manage
+            state.discard()
+            try:
+                pickled = cloudpickle_dumps(obj, state.buffer_callback)
+            except _ArenaFailure:
+                raise
+            except Exception as error:  # noqa: BLE001 - the pickler's own error, explained
+                if hasattr(error, "add_note"):
+                    error.add_note(f"shoal could not pickle {what} {_describe(obj)} to send it to another process")
+                raise
+        return state.finish(pickled)
+    except _ArenaFailure as failure:
+        state.discard()
+        raise failure.error from None
+    except BaseException:
+        state.discard()
+        raise
+    finally:
+        stack.pop()
+
+
+# --- the payload format ------------------------------------------------------
+
+
+def _encode(names: Sequence[str], entries: Sequence[Entry], pickled: bytes) -> bytes:
+    parts = [_HEAD.pack(MAGIC, len(names), len(entries), len(pickled))]
+    for name in names:
+        raw = name.encode()
+        parts.append(_NAME_LEN.pack(len(raw)) + raw)
+    for arena_index, kind, block, offset, length in entries:
+        parts.append(
+            _ENTRY.pack(
+                arena_index, kind, block.flags, block.segment, block.offset, block.size, block.generation, offset, length
+            )
+        )
+    parts.append(pickled)
+    return b"".join(parts)
+
+
+def _starts_with(payload: Any, magic: bytes) -> bool:
+    if type(payload) is bytes:  # the common case, without a memoryview
+        return payload.startswith(magic)
+    return bytes(memoryview(payload)[: len(magic)]) == magic
+
+
+def is_packed(payload: Any) -> bool:
+    """Whether ``payload`` lists blocks (else it is a plain pickle or a number column)."""
+    return _starts_with(payload, MAGIC)
+
+
+def is_number_column(payload: Any) -> bool:
+    """Whether ``payload`` is a list of numbers packed as a column (see
+    cpp/include/shoal/wire/number_column.hpp), not a pickle."""
+    return _starts_with(payload, NUMBER_COLUMN)
+
+
+def _decode(payload: Any) -> Tuple[List[str], List[Entry], memoryview]:
+    view = memoryview(payload).cast("B")
+    magic, n_names, n_entries, pickle_len = _HEAD.unpack_from(view)
+    if magic != MAGIC:
+        raise ValueError("not a shoal out-of-band payload")
+    pos = _HEAD.size
+    names = []
+    for _ in range(n_names):
+        (n,) = _NAME_LEN.unpack_from(view, pos)
+        pos += _NAME_LEN.size
+        names.append(bytes(view[pos : pos + n]).decode())
+        pos += n
+    entries: List[Entry] = []
+    for _ in range(n_entries):
+        arena_index, kind, flags, segment, offset, size, generation, voffset, vlength = _ENTRY.unpack_from(view, pos)
+        pos += _ENTRY.size
+        entries.append((arena_index, kind, _core.Block(segment, flags, offset, size, generation), voffset, vlength))
+    if pos + pickle_len != len(view):
+        raise ValueError("truncated shoal out-of-band payload")
+    return names, entries, view[pos:]
+
+
+def blocks(payload: Any) -> List[Tuple[str, Any]]:
+    """The (arena name, Block) pairs a payload holds references on."""
+    if not is_packed(payload):
+        return []
+    names, entries, _ = _decode(payload)
+    return [(names[e[0]], e[2]) for e in entries]
+
+
+# --- unpacking ---------------------------------------------------------------
+
+def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
+    """Rebuilds the object ``pack()`` pickled into ``payload``, over zero-copy,
+    copy-on-write views of its blocks (kept alive by the objects built on
+    them): writable where the sender's buffer was, and writes stay in this
+    process, in the view written to (each unpack() gets views of its own).
+
+    ``arena``: the arena the payload was packed with (it is attached by name
+    if None or another one). ``adopt``: take over the payload's references
+    instead of adding new ones (see the module's docs); the payload is spent.
+    """
+    if not is_packed(payload):
+        if is_number_column(payload):
+            return _core.decode_numbers(payload)
+        return pickle.loads(payload)
+    names, entries, pickled = _decode(payload)
+    arenas = attach_all(names, arena)
+    buffers: List[Any] = []
+    made = 0  # entries done with: a BUFFER's reference now belongs to its view
+    try:
+        for arena_index, kind, block, offset, length in entries:
+            if kind == BUFFER:
+                # Copy-on-write: writable as a pickle's copy, copied only where written.
+                view = arenas[arena_index].view(
+                    block, adopt=adopt, copy_on_write=True, offset=offset, length=length
+                )
+                buffers.append(track(view))
+            made += 1
+        return pickle.loads(pickled, buffers=buffers)
+    except BaseException:
+        if adopt:  # references no view took over are still the payload's: drop them
+            for arena_index, kind, block, _, _ in entries[made + 1 :]:
+                if kind == BUFFER:
+                    _release_quietly(arenas[arena_index], block)
+        raise
+    finally:
+        if adopt:  # the SharedArrays took their own references while unpickling
+            for arena_index, kind, block, _, _ in entries:
+                if kind == HELD:
+                    _release_quietly(arenas[arena_index], block)
+
+
+def _release_quietly(arena: Any, block: Any) -> None:
+    """Drops one of a payload's references: disowned by its sender, never
+    adopted here. Not release(): that would also take a pin of this process's
+    own views of the block (the SharedArray just rebuilt over it), and the last
+    pin going unmaps a huge block under the array."""
+    try:
+        arena.release_disowned(block)
+    except Exception:  # noqa: BLE001 - already gone: nothing left to free
+        pass
+
+
+def release(payload: Any, arena: Any = None) -> None:
+    """Drops the references ``payload`` holds (once; never after adopt=True)."""
+    if not is_packed(payload):
+        return
+    names, entries, _ = _decode(payload)
+    arenas = attach_all(names, arena)
+    for arena_index, _, block, _, _ in entries:
+        # The payload's references are disowned (not this process's): this
+        # process's own mappings and references on the same block (a live
+        # SharedArray) stay intact, and a huge block is not mapped to do it.
+        arenas[arena_index].release_disowned(block)
+
+

@@ -1,0 +1,173 @@
+"""The worker process: takes frames from its inbox ring, runs tasks, sends results.
+
+Everything that waits or touches shared memory happens in the C++ endpoint
+(with the GIL released); this loop only calls the user's functions.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from itertools import starmap
+from pickle import dumps
+from time import perf_counter_ns
+from typing import Any, Callable, Optional
+
+from .. import _core
+from ..shm.arena import pin_arenas, set_worker_arena
+from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, unpack
+from ..wire.pickling import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
+from ..wire.protocol import CALL, DEFINE_FUNCTION, DROP_FUNCTION, ERROR, INITIALIZE, JOB, MAP_STAR, OK
+from .stdio import text_stream
+
+
+_worker_id: Optional[int] = None
+_arena: Any = None  # the pool's shared-memory arena: big buffers travel through it
+# Freed 1 MiB heap arenas a busy worker keeps for reuse (given back when idle).
+_HEAP_CACHE_ARENAS = 32
+
+
+def worker_id() -> Optional[int]:
+    """The index (0..workers-1) of the worker running the current task; None outside workers."""
+    return _worker_id
+
+
+def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
+    if tag == CALL:
+        try:
+            # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
+            args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
+            return ERROR, dumps_exception(transfer_error("the task's arguments", exc))
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure travels home
+            return ERROR, dumps_exception(exc)
+        if type(result) in SCALAR_TYPES:
+            return OK, dumps(result, PROTOCOL)
+        return _pickled_result(result)
+    try:
+        items = iter(unpack(payload, _arena))
+    except BaseException as exc:  # noqa: BLE001 - the whole chunk fails, the worker goes on
+        return ERROR, dumps_exception(transfer_error("the map's items", exc))
+    results: list = []
+    failures: dict[int, bytes] = {}
+    calls = starmap(fn, items) if tag == MAP_STAR else map(fn, items)
+    while True:
+        try:
+            # At C speed; a failing call leaves the results before it in the
+            # list and the input iterator just past the item that failed.
+            results.extend(calls)
+            break
+        except BaseException as exc:  # noqa: BLE001 - reported per item, the chunk goes on
+            failures[len(results)] = dumps_exception(exc)
+            results.append(None)
+    if failures:
+        return ERROR, pack((results, failures), _arena, what="result")
+    return _pickled_result(results)
+
+
+def _pickled_result(result: Any) -> tuple[int, bytes]:
+    try:
+        try:
+            return OK, pack(result, _arena, what="result")
+        except MemoryError:  # the arena is full (unread results, other maps): in the pickle instead
+            return OK, pack(result, _arena, threshold=sys.maxsize, what="result")
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too: it fails this task only
+        exc = as_pickling_error(exc)
+        try:
+            exc.shoal_unpicklable_result = _short_repr(result)  # type: ignore[attr-defined] # for Pool's MaybeEncodingError
+        except Exception:  # noqa: BLE001 - an exception that takes no attributes
+            pass
+        return ERROR, dumps_exception(exc)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
+    """Run tasks from the pool's ring until the pool closes it (at shutdown, or
+    when this worker has used up max_tasks_per_child)."""
+    global _worker_id, _arena
+    _worker_id = slot
+    _arena = _core.Arena.attach(arena)  # held for the worker's life: mappings stay warm
+    set_worker_arena(_arena)  # SharedArrays its tasks make live in the pool's arena
+    # A SharedArray handed to task after task stays mapped (and its pages
+    # faulted in) between tasks; recv() unmaps it once the array is freed.
+    _core.Arena.cache_idle_mappings(True)
+    # Likewise the object heap: a map's chunks build and free many objects each,
+    # and fresh arenas would be faulted in page by page for every chunk.
+    _core.cache_heap_arenas(_HEAP_CACHE_ARENAS)
+    pin_arenas()  # likewise for arenas that SharedArray arguments live in
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Workers share the parent's stdout/stderr: write whole lines, each in one
+    # write(2), so lines from different workers never tear into each other.
+    # The caller's own sys.stdout may be no file at all (redirect_stdout to a
+    # StringIO, pytest's capture): write to the descriptors, not to that object.
+    sys.stdout = text_stream(1)
+    sys.stderr = text_stream(2)
+    endpoint = _core.WorkerEndpoint(segment, slot)
+    if startup_error:  # the interpreter could not become a worker: the pool breaks, saying why
+        endpoint.send_init_failed(startup_error)
+        sys.stdout.flush()
+        os._exit(3)
+    functions: dict[int, Callable[..., Any]] = {}
+    while True:
+        frame = endpoint.recv()
+        if frame is None:
+            return
+        kind, tag, ident, arg, payload = frame
+        if kind == JOB:
+            start = perf_counter_ns()
+            status, out = _run_job(functions[arg], tag, payload)
+            endpoint.send_result(ident, status, perf_counter_ns() - start, out)
+        elif kind == DEFINE_FUNCTION:
+            functions[ident] = loads(payload)
+        elif kind == DROP_FUNCTION:
+            functions.pop(ident, None)
+        elif kind == INITIALIZE:
+            try:
+                initializer, initargs = loads(payload)
+                initializer(*initargs)
+            except BaseException as exc:  # noqa: BLE001
+                import traceback
+
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                endpoint.send_init_failed(f"the pool's initializer failed in worker {slot}:\n{text}")
+                sys.stdout.flush()
+                os._exit(3)
+
+
+def main(segment: str, slot: int, config: dict) -> None:
+    try:
+        serve(segment, slot, config["arena"], config.get("startup_error", ""))
+    finally:
+        _exit_hooks()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # Skip interpreter teardown: the hooks above did what it would have to.
+    os._exit(0)
+
+
+def _exit_hooks() -> None:
+    """What interpreter exit would run that matters to others: pools a task
+    left open are shut down and their shared-memory names removed (shoal's
+    own exit hooks), and multiprocessing's finalizers run (mp.Queue feeders
+    flush), as in multiprocessing's children."""
+    from ..runtime import lifecycle
+    from ..shm import arena
+
+    hooks = [lifecycle.stop_live_runtimes, arena.at_exit, _core.release_owner_token]
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        hooks.append(util._exit_function)
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
