@@ -129,7 +129,7 @@ def stdout_state(_=None):
 
 def describe_array(arr):
     """What a worker sees of an array argument."""
-    from shoal.shared import in_shared_memory
+    from shoal.shm.shared_array import in_shared_memory
 
     return arr.shape, str(arr.dtype), bool(arr.flags.writeable), in_shared_memory(arr), float(arr.sum())
 

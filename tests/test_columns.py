@@ -9,7 +9,8 @@ import struct
 import pytest
 
 import shoal
-from shoal import _core, _oob
+from shoal import _core
+from shoal.wire import payload as wire
 
 import tasks
 
@@ -20,7 +21,7 @@ class Colour(enum.IntEnum):
 
 
 def round_trip(value):
-    return _oob.unpack(_oob.pack(value))
+    return wire.unpack(wire.pack(value))
 
 
 @pytest.mark.parametrize(
@@ -33,9 +34,9 @@ def round_trip(value):
     ],
 )
 def test_int_and_float_lists_travel_as_columns_and_come_back_equal(items):
-    payload = _oob.pack(items)
-    assert payload.startswith(_oob.NUMBER_COLUMN)
-    back = _oob.unpack(payload)
+    payload = wire.pack(items)
+    assert payload.startswith(wire.NUMBER_COLUMN)
+    back = wire.unpack(payload)
     assert back == items
     assert [type(x) for x in back] == [type(x) for x in items]
     assert [math.copysign(1, x) for x in back if x == 0] == [math.copysign(1, x) for x in items if x == 0]
@@ -61,8 +62,8 @@ def test_nan_keeps_its_bits():
     ],
 )
 def test_other_lists_are_pickled_and_keep_their_types(items):
-    payload = _oob.pack(items)
-    assert not payload.startswith(_oob.NUMBER_COLUMN)
+    payload = wire.pack(items)
+    assert not payload.startswith(wire.NUMBER_COLUMN)
     back = round_trip(items)
     assert back == items
     assert [type(x) for x in back] == [type(x) for x in items]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import shoal
-from shoal.shared import Arena, SharedArray
+from shoal.shm.shared_array import Arena, SharedArray
 
 SHM = "/dev/shm"
 TOKEN_BYTES = 64

@@ -8,7 +8,7 @@ import pytest
 import shoal
 import tasks
 from conftest import rss_kib
-from shoal.shared import in_shared_memory
+from shoal.shm.shared_array import in_shared_memory
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""shoal.queues.Queue: the multiprocessing.Queue API over shared memory."""
+"""shoal.Queue: the multiprocessing.Queue API over shared memory."""
 import gc
 import multiprocessing as mp
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shoal.queues import Queue
+from shoal import Queue
 
 try:
     import numpy as np

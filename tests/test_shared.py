@@ -1,4 +1,4 @@
-"""shoal.shared (SharedArray, share) and shoal._oob (pack/unpack over a shared-memory arena)."""
+"""shoal.shm.shared_array (SharedArray, share) and shoal.wire.payload (pack/unpack over a shared-memory arena)."""
 import gc
 import multiprocessing as mp
 import os
@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from shoal import _oob, shared
-from shoal.shared import Arena, SharedArray, in_shared_memory, share
+from shoal.shm import shared_array as shared
+from shoal.wire import payload as wire
+from shoal.shm.shared_array import Arena, SharedArray, in_shared_memory, share
 
 spawn = mp.get_context("spawn")
 JOIN_TIMEOUT = 60
@@ -84,12 +85,12 @@ def make_own_shared_array(results):
 def work_on_payload(payload, arena_name, results):
     # As a pool worker: unpack the arguments zero-copy, pack a result into the same arena.
     arena = Arena.attach(arena_name)
-    args = _oob.unpack(payload, arena)
+    args = wire.unpack(payload, arena)
     x = args["x"]
     assert in_shared_memory(x, arena) and x.flags.writeable  # copy-on-write: a write stays here
-    result = _oob.pack({"doubled": x * 2, "first": x[:10].copy()}, arena)
+    result = wire.pack({"doubled": x * 2, "first": x[:10].copy()}, arena)
     x[:] = -1.0
-    assert _oob.is_packed(result)
+    assert wire.is_packed(result)
     results.put(result)
 
 
@@ -246,34 +247,34 @@ def same(x, y):
 def test_every_dtype_and_shape_round_trips_exactly(arena, dtype):
     arrays = [sample(dtype, shape) for shape in SHAPES]
     arrays.append(sample(dtype, (250, 300), order="F"))
-    payload = _oob.pack(arrays, arena)
-    back = _oob.unpack(payload, arena)
+    payload = wire.pack(arrays, arena)
+    back = wire.unpack(payload, arena)
     for x, y in zip(arrays, back):
         assert same(x, y), (dtype, x.shape)
         assert y.flags.f_contiguous == x.flags.f_contiguous or x.ndim < 2
         # numpy pickles datetime and timedelta arrays in-band (no buffer protocol for them).
-        big = x.nbytes >= _oob.DEFAULT_THRESHOLD and x.dtype.kind not in "mM"
+        big = x.nbytes >= wire.DEFAULT_THRESHOLD and x.dtype.kind not in "mM"
         assert in_shared_memory(y, arena) == big, (dtype, x.shape)
         if big:
             assert y.flags.writeable  # a private copy-on-write view, as a pickle's copy would be
     del back, x, y
-    _oob.release(payload, arena)
+    wire.release(payload, arena)
     gc.collect()
     assert arena.used_bytes() == 0
 
 
 def test_unpacked_arrays_are_writable_copy_on_write_views(arena):
     x = np.arange(100_000, dtype=np.float64)
-    payload = _oob.pack({"x": x}, arena)
+    payload = wire.pack({"x": x}, arena)
     assert len(payload) < 1000  # the 800 kB went to the arena
-    y = _oob.unpack(payload, arena)["x"]
+    y = wire.unpack(payload, arena)["x"]
     assert np.array_equal(x, y) and in_shared_memory(y, arena)
     assert shared.arena_of(y).name == arena.name
     view = shared._view_of(y)
     assert view.copy_on_write and not view.readonly
     assert y.flags.writeable
     # A second unpack of the payload: the same block, a mapping of its own.
-    z = _oob.unpack(payload, arena)["x"]
+    z = wire.unpack(payload, arena)["x"]
     assert shared._view_of(z).block == view.block
     assert z.__array_interface__["data"][0] != y.__array_interface__["data"][0]
     y[0] = -1.0
@@ -286,7 +287,7 @@ def test_unpacked_arrays_are_writable_copy_on_write_views(arena):
     assert y[1] == 0.0 and y[0] == 0.0
     # Nothing written reached the block: the other view and a new one see the original.
     assert np.array_equal(z, x)
-    assert np.array_equal(_oob.unpack(payload, arena)["x"], x)
+    assert np.array_equal(wire.unpack(payload, arena)["x"], x)
     assert np.array_equal(x, np.arange(100_000, dtype=np.float64))
     with pytest.raises(ValueError, match="copy-on-write"):
         view.descriptor()  # its bytes are this process's own: no sending by reference
@@ -294,7 +295,7 @@ def test_unpacked_arrays_are_writable_copy_on_write_views(arena):
     del y, z, view
     gc.collect()
     assert arena.used_bytes() > 0  # the payload still holds it
-    _oob.release(payload, arena)
+    wire.release(payload, arena)
     assert arena.used_bytes() == 0
 
 
@@ -302,9 +303,9 @@ def test_small_non_contiguous_and_object_arrays_stay_in_band(arena):
     big = np.arange(200_000, dtype=np.int64)
     obj = np.array([{"a": 1}, "text", None, 3.5] * 1000, dtype=object)
     things = {"small": np.arange(10), "strided": big[::3], "object": obj, "bytes": b"x" * 100_000}
-    payload = _oob.pack(things, arena)
-    assert not _oob.is_packed(payload)  # nothing went out of band: a plain pickle
-    back = _oob.unpack(payload, arena)
+    payload = wire.pack(things, arena)
+    assert not wire.is_packed(payload)  # nothing went out of band: a plain pickle
+    back = wire.unpack(payload, arena)
     assert np.array_equal(back["strided"], big[::3]) and back["strided"].flags.writeable
     assert list(back["object"]) == list(obj)
     assert back["bytes"] == things["bytes"]
@@ -314,9 +315,9 @@ def test_small_non_contiguous_and_object_arrays_stay_in_band(arena):
 def test_adopted_payloads_are_freed_when_the_objects_die(arena):
     x = np.ones((512, 512))
     b = np.arange(30_000, dtype=np.int32)
-    payload = _oob.pack((x, b), arena)
-    assert len(_oob.blocks(payload)) == 2
-    y, c = _oob.unpack(payload, arena, adopt=True)
+    payload = wire.pack((x, b), arena)
+    assert len(wire.blocks(payload)) == 2
+    y, c = wire.unpack(payload, arena, adopt=True)
     assert np.array_equal(x, y) and np.array_equal(b, c)
     assert arena.refcount(shared._view_of(y).block) == 1  # took over the payload's reference
     del y
@@ -330,12 +331,12 @@ def test_adopted_payloads_are_freed_when_the_objects_die(arena):
 def test_a_shared_array_in_a_payload_travels_by_reference_and_is_kept_alive(arena):
     a = SharedArray(500_000, np.int32, arena=arena)
     a[:] = 4
-    payload = _oob.pack({"a": a[100:], "x": np.zeros(100_000)}, arena)
+    payload = wire.pack({"a": a[100:], "x": np.zeros(100_000)}, arena)
     assert len(payload) < 2000
     address = a.__array_interface__["data"][0]
     del a
     gc.collect()  # the sender let go: the payload's reference keeps the memory
-    got = _oob.unpack(payload, arena, adopt=True)["a"]
+    got = wire.unpack(payload, arena, adopt=True)["a"]
     assert isinstance(got, SharedArray) and got.flags.writeable
     assert got.__array_interface__["data"][0] == address + 400
     assert (got == 4).all()
@@ -349,14 +350,14 @@ def test_a_payload_can_name_blocks_of_another_arena(arena):
     other = Arena.create(limit=64 * MiB)
     try:
         a = SharedArray(10, arena=other)
-        payload = _oob.pack([a, np.zeros(20_000)], arena)
-        names = {name for name, _ in _oob.blocks(payload)}
+        payload = wire.pack([a, np.zeros(20_000)], arena)
+        names = {name for name, _ in wire.blocks(payload)}
         assert names == {arena.name, other.name}
-        back = _oob.unpack(payload, arena)
+        back = wire.unpack(payload, arena)
         back[0][:] = 1
         assert (a == 1).all()
         del back
-        _oob.release(payload, arena)
+        wire.release(payload, arena)
         del a
         gc.collect()
         assert other.used_bytes() == 0 and arena.used_bytes() == 0
@@ -368,15 +369,15 @@ def test_a_tiny_limit_raises_memory_error_naming_sizes_and_the_remedy():
     arena = Arena.create(limit=MiB)
     try:
         with pytest.raises(MemoryError) as info:
-            _oob.pack(np.zeros(2 * MiB, dtype=np.uint8), arena)
+            wire.pack(np.zeros(2 * MiB, dtype=np.uint8), arena)
         text = str(info.value)
         assert "2097152" in text and "1048576" in text and "shm_limit=" in text
         with pytest.raises(MemoryError):
             SharedArray((1024, 1024), np.float64, arena=arena)
         assert arena.used_bytes() == 0  # nothing half-made was left behind
-        payload = _oob.pack(np.ones(100_000, dtype=np.uint8), arena)  # still usable
-        assert _oob.unpack(payload, arena).sum() == 100_000
-        _oob.release(payload, arena)
+        payload = wire.pack(np.ones(100_000, dtype=np.uint8), arena)  # still usable
+        assert wire.unpack(payload, arena).sum() == 100_000
+        wire.release(payload, arena)
         gc.collect()
         assert arena.used_bytes() == 0
     finally:
@@ -385,14 +386,14 @@ def test_a_tiny_limit_raises_memory_error_naming_sizes_and_the_remedy():
 
 def test_unpicklable_objects_raise_the_picklers_error_and_leak_nothing(arena):
     with pytest.raises(TypeError, match="cannot pickle"):
-        _oob.pack([np.zeros(100_000), threading.Lock()], arena)
+        wire.pack([np.zeros(100_000), threading.Lock()], arena)
     assert arena.used_bytes() == 0
     square = lambda v: v * v  # noqa: E731 - cloudpickle carries it
-    payload = _oob.pack((square, np.full(50_000, 3.0)), arena)
-    fn, arr = _oob.unpack(payload, arena)
+    payload = wire.pack((square, np.full(50_000, 3.0)), arena)
+    fn, arr = wire.unpack(payload, arena)
     assert fn(arr)[0] == 9.0
     del fn, arr
-    _oob.release(payload, arena)
+    wire.release(payload, arena)
     gc.collect()
     assert arena.used_bytes() == 0
 
@@ -401,11 +402,11 @@ def test_everything_released_and_closed_leaves_no_names():
     before = own_segments()
     arena = Arena.create(limit=256 * MiB)
     keep = [SharedArray(n, arena=arena) for n in (10, 100_000, 5_000_000)]  # the last one is huge
-    payloads = [_oob.pack(np.arange(n, dtype=np.float64), arena) for n in (10_000, 3_000_000)]
-    objs = [_oob.unpack(p, arena) for p in payloads]
+    payloads = [wire.pack(np.arange(n, dtype=np.float64), arena) for n in (10_000, 3_000_000)]
+    objs = [wire.unpack(p, arena) for p in payloads]
     assert len(own_segments() - before) >= 3
     for p in payloads:
-        _oob.release(p, arena)
+        wire.release(p, arena)
     del keep, objs, payloads
     gc.collect()
     assert arena.used_bytes() == 0
@@ -419,12 +420,12 @@ def test_everything_released_and_closed_leaves_no_names():
 
 def test_a_spawned_worker_unpacks_arguments_and_packs_a_result(arena):
     x = np.arange(1_000_000, dtype=np.float64)
-    payload = _oob.pack({"x": x}, arena)
+    payload = wire.pack({"x": x}, arena)
     results = spawn.Queue()
     run_child(work_on_payload, payload, arena.name, results)
     result = results.get(timeout=10)
-    _oob.release(payload, arena)  # the job is done: its arguments go
-    back = _oob.unpack(result, arena, adopt=True)
+    wire.release(payload, arena)  # the job is done: its arguments go
+    back = wire.unpack(result, arena, adopt=True)
     assert np.array_equal(back["doubled"], x * 2) and in_shared_memory(back["doubled"], arena)
     assert np.array_equal(back["first"], x[:10])
     del back
@@ -436,4 +437,4 @@ def test_packing_into_a_closed_arena_says_so():
     arena = Arena.create(limit=64 * MiB)
     arena.close()
     with pytest.raises(ValueError, match="closed"):
-        _oob.pack(np.zeros(100_000), arena)
+        wire.pack(np.zeros(100_000), arena)

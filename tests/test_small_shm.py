@@ -21,13 +21,13 @@ SCRIPT = textwrap.dedent(
     import os, sys
     import numpy as np
     import shoal
-    import shoal.shared
+    import shoal.shm.shared_array
 
     def total(block):
         return float(block.sum())
 
     def zero_copy(block):
-        return shoal.shared.in_shared_memory(block)
+        return shoal.shm.shared_array.in_shared_memory(block)
 
     def make(i):
         return np.full(512 * 1024, i, dtype=np.float64)  # 4 MiB
@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent(
             # A map returning 64 results of 4 MB.
             for i, arr in enumerate(ex.map(make, range(64))):
                 assert arr.shape == (512 * 1024,) and arr[0] == i and arr[-1] == i, i
-                assert shoal.shared.in_shared_memory(arr), i
+                assert shoal.shm.shared_array.in_shared_memory(arr), i
             # A 128 MB SharedArray written by the workers, read here.
             out = shoal.SharedArray((16_000_000,), dtype=np.float64)
             assert sorted(ex.map(fill, [out] * 8, range(8), [8] * 8)) == list(range(8))
@@ -84,7 +84,7 @@ SCRIPT = textwrap.dedent(
         assert arr.min() == arr.max() == 4.0
         arr.close()
         del arr
-        shoal.shared.default_arena().close()  # where the SharedArrays lived
+        shoal.shm.shared_array.default_arena().close()  # where the SharedArrays lived
         mine = [n for n in shm_names() if n.startswith("shoal-%d-" % os.getpid())]
         assert mine == [], mine
         print("OK", flush=True)

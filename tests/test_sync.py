@@ -1,4 +1,4 @@
-"""shoal.sync primitives, shared with processes started by multiprocessing's spawn.
+"""shoal.shm.sync primitives, shared with processes started by multiprocessing's spawn.
 
 Every wait has a timeout, so a broken primitive fails a test instead of hanging it.
 Child functions are module-level so that spawned processes can import them.
@@ -14,7 +14,7 @@ import multiprocessing as mp
 
 import pytest
 
-from shoal.sync import (
+from shoal.shm.sync import (
     Barrier,
     BoundedSemaphore,
     BrokenBarrierError,
@@ -426,7 +426,7 @@ def test_attaching_needs_the_creator_alive_and_the_right_kind():
     gc.collect()
     with pytest.raises(FileNotFoundError):
         pickle.loads(data)
-    from shoal.sync import _attach_lock
+    from shoal.shm.sync import _attach_lock
 
     sem = Semaphore()
     with pytest.raises(ValueError, match="does not hold a shoal Lock"):

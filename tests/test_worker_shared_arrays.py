@@ -16,8 +16,8 @@ import pytest
 
 import shoal
 import worker_shared_tasks as wst
-from shoal import _oob
-from shoal.shared import Arena, _view_of, in_shared_memory
+from shoal.wire import payload as wire
+from shoal.shm.shared_array import Arena, _view_of, in_shared_memory
 
 TIMEOUT = 60
 KiB, MiB = 1 << 10, 1 << 20
@@ -164,7 +164,7 @@ def test_a_failed_pack_leaves_the_shared_arrays_it_held_mapped_and_referenced(si
         a[:] = 9
         block = _view_of(a).block
         with pytest.raises(TypeError):
-            _oob.pack([a, Unpicklable()], arena)
+            wire.pack([a, Unpicklable()], arena)
         assert arena.refcount(block) == 1
         assert in_shared_memory(a)
         assert int(a[-1]) == 9 and int(a.sum()) == 9 * size
@@ -182,12 +182,12 @@ def test_unpacking_a_result_that_holds_a_shared_array_keeps_the_array_mapped(siz
     try:
         a = shoal.SharedArray((size,), dtype=np.uint8, arena=arena)
         a[:] = 5
-        payload = _oob.pack(a, arena)
+        payload = wire.pack(a, arena)
         block = _view_of(a).block
         a.close()  # as the worker lets go of it: the payload's reference keeps the block
         del a
         assert arena.refcount(block) == 1
-        b = _oob.unpack(payload, arena, adopt=True)
+        b = wire.unpack(payload, arena, adopt=True)
         assert arena.refcount(block) == 1
         assert in_shared_memory(b) and int(b[0]) == 5 and int(b.sum()) == 5 * size
         b[:] = 6

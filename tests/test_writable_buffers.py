@@ -9,8 +9,8 @@ import pytest
 
 import shoal
 import writable_tasks as wt
-from shoal import _oob
-from shoal.shared import in_shared_memory
+from shoal.wire import payload as wire
+from shoal.shm.shared_array import in_shared_memory
 
 TIMEOUT = 60
 MiB = 1 << 20
@@ -65,7 +65,7 @@ def big_arange():
 def test_a_task_can_sort_its_big_argument_in_place_and_the_caller_keeps_its_own(runner):
     arr = big_arange()
     keep = arr.copy()
-    assert arr.nbytes >= _oob.DEFAULT_THRESHOLD  # big enough for the arena
+    assert arr.nbytes >= wire.DEFAULT_THRESHOLD  # big enough for the arena
     back = runner.run(wt.sort_in_place, arr)
     assert np.array_equal(back, np.sort(keep))
     assert np.array_equal(arr, keep)  # the caller's array is untouched

@@ -24,6 +24,49 @@ void on_fresh_thread(Body body) {
 
 void relax() { shoal::cpu_relax(); }
 
+// Polls `cond` until it holds or `limit` passes; true if it held.
+template <class Cond>
+bool eventually(Cond cond, std::chrono::seconds limit = 30s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(100us);
+  }
+  return true;
+}
+
+// While in scope, a thread that sets `flag` and wakes the waiters after 30 s:
+// a wait that must end on its own cannot hang the test; if it needed the
+// rescue, it returns true where the test expects false.
+class Rescuer {
+ public:
+  Rescuer(Notifier& n, std::atomic<bool>& flag)
+      : thread_([this, &n, &flag] {
+          if (eventually([this] { return stop_.load(); })) return;
+          flag.store(true, std::memory_order_seq_cst);
+          n.notify_all();
+        }) {}
+  ~Rescuer() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Sets `flag` and wakes the waiters once one of them counts itself among the
+// sleepers: it no longer polls, it sleeps (or is about to) on the futex.
+// `saw_sleeper` says whether that happened within 30 s (it notifies anyway).
+std::thread notify_once_asleep(Notifier& n, std::atomic<bool>& flag, std::atomic<bool>& saw_sleeper) {
+  return std::thread([&n, &flag, &saw_sleeper] {
+    saw_sleeper.store(eventually([&n] { return n.sleepers.load(std::memory_order_seq_cst) != 0; }));
+    flag.store(true, std::memory_order_seq_cst);
+    n.notify_all();
+  });
+}
+
 }  // namespace
 
 TEST(AdaptiveSpin, LongWaitsShrinkTheBudgetAndAPollThatCatchesRestoresIt) {
@@ -40,21 +83,26 @@ TEST(AdaptiveSpin, LongWaitsShrinkTheBudgetAndAPollThatCatchesRestoresIt) {
 
 TEST(AdaptiveSpin, APollReturnsAsSoonAsReadyHolds) {
   on_fresh_thread([] {
+    // Ready at the 16th check, the last before the poll first reads the clock:
+    // neither the budget nor a preemption (a loaded machine) can end it sooner.
     int checks = 0;
     const auto start = AdaptiveSpin::Clock::now();
-    EXPECT_TRUE(AdaptiveSpin::poll([&] { return ++checks == 100; }, start, start + 1s, relax));
-    EXPECT_EQ(checks, 100);
+    EXPECT_TRUE(AdaptiveSpin::poll([&] { return ++checks == 16; }, start, start + 1s, relax));
+    EXPECT_EQ(checks, 16);
   });
 }
 
 TEST(AdaptiveSpin, APollGivesUpWhenItsBudgetOrDeadlineRunsOut) {
   on_fresh_thread([] {
+    // No deadline: only the budget (20 µs), or a preemption, ends the poll. Were
+    // the budget ignored, the condition would hold after 30 s: the poll true.
     auto start = AdaptiveSpin::Clock::now();
-    EXPECT_FALSE(AdaptiveSpin::poll([] { return false; }, start, start + 1s, relax));
-    EXPECT_LT(AdaptiveSpin::Clock::now() - start, 5ms);  // the budget (20 µs), not the deadline
+    auto never = AdaptiveSpin::Clock::time_point::max();
+    auto rescue = [&start] { return AdaptiveSpin::Clock::now() - start > 30s; };
+    EXPECT_FALSE(AdaptiveSpin::poll(rescue, start, never, relax));
+    // A deadline already passed ends it too, whatever the budget.
     start = AdaptiveSpin::Clock::now();
-    EXPECT_FALSE(AdaptiveSpin::poll([] { return false; }, start, start, relax));
-    EXPECT_LT(AdaptiveSpin::Clock::now() - start, 5ms);
+    EXPECT_FALSE(AdaptiveSpin::poll(rescue, start, start, relax));
   });
 }
 
@@ -74,32 +122,32 @@ TEST(AdaptiveSpin, APollerThatLosesItsCpuSleepsAtOnceAndPollsBrieflyAfterwards) 
 TEST(Notifier, AWaitWithAnExpiredDeadlineReturnsAtOnceAndASleeperIsWoken) {
   Notifier n;
   std::atomic<bool> flag{false};
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_FALSE(n.wait_until([&] { return flag.load(); }, Deadline::after(0ns)));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 5ms);
+  {
+    Rescuer rescuer(n, flag);  // only if the wait ignored its deadline
+    EXPECT_FALSE(n.wait_until([&] { return flag.load(); }, Deadline::after(0ns)));
+  }
 
-  std::thread notifier([&] {
-    std::this_thread::sleep_for(20ms);  // long past any poll: the waiter sleeps on the futex
-    flag.store(true, std::memory_order_seq_cst);
-    n.notify_all();
-  });
-  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(10s)));
+  std::atomic<bool> saw_sleeper{false};
+  std::thread notifier = notify_once_asleep(n, flag, saw_sleeper);
+  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(60s)));
   notifier.join();
+  EXPECT_TRUE(saw_sleeper.load());  // woken from its sleep, not caught while polling
 }
 
 TEST(Notifier, AWaiterThatDoesNotPollSleepsAndIsWoken) {
   Notifier n;
   std::atomic<bool> flag{false};
-  std::thread notifier([&] {
-    std::this_thread::sleep_for(5ms);
-    flag.store(true, std::memory_order_seq_cst);
-    n.notify_all();
-  });
-  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(10s), /*poll=*/false));
+  std::atomic<bool> saw_sleeper{false};
+  std::thread notifier = notify_once_asleep(n, flag, saw_sleeper);
+  EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(60s), /*poll=*/false));
   notifier.join();
+  EXPECT_TRUE(saw_sleeper.load());
   EXPECT_TRUE(n.wait_until([&] { return flag.load(); }, Deadline::after(0ns), /*poll=*/false));  // already true
   flag.store(false);
-  const auto start = std::chrono::steady_clock::now();
-  EXPECT_FALSE(n.wait_until([&] { return flag.load(); }, Deadline::after(20ms), /*poll=*/false));
-  EXPECT_GE(std::chrono::steady_clock::now() - start, 18ms);  // it slept until the deadline
+  const Deadline deadline = Deadline::after(20ms);
+  {
+    Rescuer rescuer(n, flag);  // only if the wait ignored its deadline
+    EXPECT_FALSE(n.wait_until([&] { return flag.load(); }, deadline, /*poll=*/false));
+  }
+  EXPECT_TRUE(deadline.expired());  // it slept until the deadline, not less
 }
