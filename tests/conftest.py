@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from shm_segments import shoal_segments_of
+
 
 def rss_kib() -> int:
     """This process's resident set size in KiB."""
@@ -10,10 +12,6 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def shoal_segments_of(pid: int) -> set:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")}
 
 
 def _is_resource_tracker(pid: str) -> bool:

@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shm_segments import shoal_segments_of
 
 ROOT = Path(__file__).resolve().parents[1]
 IPC_BENCH = ROOT / "build" / "dev" / "cpp" / "bench" / "ipc_bench"
 TIMEOUT = 120
-
-
-def _segments_of(pid: int) -> list:
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")]
 
 
 def _run(cmd: list, env: dict = None) -> tuple:
@@ -65,7 +62,7 @@ def test_python_ipc_bench_quick(tmp_path):
         for lib in ("shoal.Lock", "multiprocessing.Lock"):
             assert _positive(per_lib[lib]["best"]), (form, lib)
     assert all(_positive(v) for v in res["ratios"].values() if v is not None)
-    assert _segments_of(pid) == [], "the benchmark left shared-memory segments behind"
+    assert shoal_segments_of(pid) == set(), "the benchmark left shared-memory segments behind"
 
 
 @pytest.mark.skipif(not IPC_BENCH.exists(), reason=f"{IPC_BENCH} is not built")
@@ -86,4 +83,4 @@ def test_cpp_ipc_bench_quick(tmp_path):
     assert {64, 4096, 1 << 20} <= frames
     for r in res["throughput"]:
         assert _positive(r["gbps_median"]) and _positive(r["frames_per_s"]), r
-    assert _segments_of(pid) == [], "the benchmark left shared-memory segments behind"
+    assert shoal_segments_of(pid) == set(), "the benchmark left shared-memory segments behind"

@@ -22,7 +22,8 @@ import pytest
 
 import crash_tasks as ct
 import shoal
-from conftest import child_pids, shoal_segments_of
+from conftest import child_pids
+from shm_segments import shoal_segments_of
 
 DIES = ("os_exit", "segv", "sigkill")
 IN_WORKER = ("unpickle_args", "run", "pickle_result")

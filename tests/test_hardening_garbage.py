@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+from shm_segments import shoal_segments_of
+
 SHM = "/dev/shm"
 POOL_MAGIC = struct.pack("<Q", 0x73686F616C504F4F)  # PoolHeader::kMagic
 RING_MAGIC = struct.pack("<Q", 0x73686F616C52494E)  # RingHeader::kMagic
@@ -92,9 +94,7 @@ def pool_segment(pid, timeout=30):
     `shoal-<pid>-<hex>` in /dev/shm whose first 8 bytes are the pool's magic."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for name in os.listdir(SHM):
-            if not name.startswith(f"shoal-{pid}-"):
-                continue
+        for name in shoal_segments_of(pid):
             path = os.path.join(SHM, name)
             try:
                 with open(path, "rb") as f:

@@ -11,7 +11,8 @@ import pytest
 
 import shoal
 import tasks
-from conftest import child_pids, shoal_segments_of
+from conftest import child_pids
+from shm_segments import shoal_segments_of
 
 
 def _wait_until(predicate, timeout=60.0):
@@ -105,13 +106,11 @@ def test_a_done_callback_raising_system_exit_does_not_stop_later_results(no_leak
 
 
 def test_a_pool_left_open_inside_a_worker_is_cleaned_up_when_the_worker_exits(no_leaks):
-    import re
-
     with shoal.Executor(1, max_tasks_per_child=1) as ex:
         worker = ex.submit(tasks.leave_a_pool_open).result(timeout=60)
         ex.submit(tasks.square, 1).result(timeout=60)  # the first worker has exited by now
     def left():
-        return [n for n in os.listdir("/dev/shm") if re.match(rf"shoal-(lock-)?{worker}-", n)]
+        return sorted(shoal_segments_of(worker, locks=True))
     assert _wait_until(lambda: not left()), f"the worker's inner pool left {left()}"
 
 
@@ -149,7 +148,7 @@ def test_default_sigterm_still_kills_but_removes_the_shared_memory_names(tmp_pat
         assert shoal_segments_of(child.pid), "the pool should have named segments while it runs"
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == -signal.SIGTERM  # it still dies of the signal
-        leftover = [n for n in os.listdir("/dev/shm") if n.startswith((f"shoal-{child.pid}-", f"shoal-lock-{child.pid}-"))]
+        leftover = shoal_segments_of(child.pid, locks=True)
         assert not leftover, leftover
     finally:
         child.kill()

@@ -17,6 +17,7 @@ import pytest
 
 import shoal
 from shoal.shm.shared_array import Arena, SharedArray
+from shm_segments import shoal_segments_of
 
 SHM = "/dev/shm"
 TOKEN_BYTES = 64
@@ -25,10 +26,6 @@ TOKEN_BYTES = 64
 def dead_pid(k: int) -> int:
     """A pid no process can have (above PID_MAX_LIMIT, 2**22), unique to this test process."""
     return 1_000_000_000 + os.getpid() * 16 + 8 + k
-
-
-def names_of(pid: int) -> set:
-    return {n for n in os.listdir(SHM) if n.startswith((f"shoal-{pid}-", f"shoal-lock-{pid}-"))}
 
 
 def lexists(name: str) -> bool:
@@ -152,7 +149,7 @@ def test_import_in_another_pid_namespace_leaves_a_live_pool_alone(no_leaks):
         a[:] = 1.0
         with shoal.Executor(2) as ex:
             assert ex.submit(np.sum, a).result(timeout=30) == 1 << 20
-            ours = names_of(me)
+            ours = shoal_segments_of(me, locks=True)
             assert any(n.startswith(f"shoal-{me}-") for n in ours)
             # From inside the namespace our pid does not exist: the old cleanup took that as death.
             code = (f"import os\ntry:\n    os.kill({me}, 0)\n    print('alive')\n"

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from shoal import Queue
+from shm_segments import shoal_segments_of
 
 try:
     import numpy as np
@@ -19,10 +20,6 @@ except ImportError:  # pragma: no cover - numpy is optional
 needs_numpy = pytest.mark.skipif(np is None, reason="numpy is not installed")
 spawn = mp.get_context("spawn")
 JOIN_TIMEOUT = 60
-
-
-def shm_names_of_this_process() -> set:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{os.getpid()}-")}
 
 
 def run(target, *args):
@@ -294,7 +291,7 @@ def test_attach_to_a_missing_queue_raises_file_not_found():
 
 
 def test_deleting_the_queue_unlinks_its_shared_memory():
-    before = shm_names_of_this_process()
+    before = shoal_segments_of()
     q = Queue()
     name = q.name
     assert name.startswith(f"shoal-{os.getpid()}-")
@@ -310,7 +307,7 @@ def test_deleting_the_queue_unlinks_its_shared_memory():
     assert twin.get(timeout=1) == "attached objects keep working"
     del twin
     gc.collect()
-    assert shm_names_of_this_process() - before == set()
+    assert shoal_segments_of() - before == set()
 
 
 def test_invalid_capacity_is_refused():

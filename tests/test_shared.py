@@ -11,15 +11,11 @@ import pytest
 from shoal.shm import shared_array as shared
 from shoal.wire import payload as wire
 from shoal.shm.shared_array import Arena, SharedArray, in_shared_memory, share
+from shm_segments import shoal_segments_of
 
 spawn = mp.get_context("spawn")
 JOIN_TIMEOUT = 60
 MiB = 1 << 20
-
-
-def shm_names(pid=None) -> set:
-    pid = os.getpid() if pid is None else pid
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{pid}-")}
 
 
 def own_segments() -> set:
@@ -32,7 +28,7 @@ def own_segments() -> set:
             continue
         if target.startswith(f"/memfd:shoal-{os.getpid()}-"):
             held.add(target)
-    return shm_names() | held
+    return shoal_segments_of() | held
 
 
 def run_child(target, *args) -> None:
@@ -130,7 +126,7 @@ def test_a_child_s_default_arena_is_gone_when_it_exits():
     run_child(make_own_shared_array, results)
     pid, names_while_alive = results.get(timeout=10)
     assert names_while_alive >= 2  # control and one segment
-    assert shm_names(pid) == set()
+    assert shoal_segments_of(pid) == set()
 
 
 def test_share_copies_once_keeping_dtype_shape_and_order(arena):
@@ -412,7 +408,7 @@ def test_everything_released_and_closed_leaves_no_names():
     assert arena.used_bytes() == 0
     assert arena.check() == ""
     arena.close()
-    assert shm_names() - before == set()
+    assert shoal_segments_of() - before == set()
     del arena  # its handle kept a descriptor for private windows of the pooled segment
     gc.collect()
     assert own_segments() - before == set()

@@ -16,12 +16,15 @@ import textwrap
 
 import pytest
 
+from shm_segments import shoal_segments_of
+
 SCRIPT = textwrap.dedent(
     """
     import os, sys
     import numpy as np
     import shoal
     import shoal.shm.shared_array
+    from shm_segments import shoal_segments_of
 
     def total(block):
         return float(block.sum())
@@ -39,9 +42,6 @@ SCRIPT = textwrap.dedent(
 
     def scale(arr, factor):
         arr *= factor
-
-    def shm_names():
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("shoal"))
 
     def main():
         free = os.statvfs("/dev/shm")
@@ -85,8 +85,8 @@ SCRIPT = textwrap.dedent(
         arr.close()
         del arr
         shoal.shm.shared_array.default_arena().close()  # where the SharedArrays lived
-        mine = [n for n in shm_names() if n.startswith("shoal-%d-" % os.getpid())]
-        assert mine == [], mine
+        mine = shoal_segments_of()
+        assert mine == set(), mine
         print("OK", flush=True)
 
     if __name__ == "__main__":
@@ -97,7 +97,8 @@ SCRIPT = textwrap.dedent(
 
 def _env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    tests = os.path.dirname(os.path.abspath(__file__))  # for shm_segments
+    env["PYTHONPATH"] = os.pathsep.join([tests] + [p for p in sys.path if p])
     return env
 
 
@@ -192,5 +193,4 @@ def test_once_a_shared_arrays_owner_is_killed_mappings_stay_and_new_attaches_fai
             owner.wait(timeout=60)
     # The killed owner's control segment and token go with the next shoal start.
     subprocess.run([sys.executable, "-c", "import shoal"], env=_env(), check=True, timeout=60)
-    left = [n for n in os.listdir("/dev/shm") if n.startswith((f"shoal-{owner.pid}-", f"shoal-lock-{owner.pid}-"))]
-    assert left == []
+    assert shoal_segments_of(owner.pid, locks=True) == set()

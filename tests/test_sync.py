@@ -26,6 +26,7 @@ from shoal.shm.sync import (
     RLock,
     Semaphore,
 )
+from shm_segments import shoal_segments_of
 
 ctx = mp.get_context("spawn")
 JOIN = 30  # seconds: generous, only reached when something is broken
@@ -55,10 +56,6 @@ def eventually(ready, timeout=10.0):
             return False
         time.sleep(0.005)
     return True
-
-
-def my_segments():
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{os.getpid()}-")}
 
 
 # ---------------------------------------------------------------- child functions
@@ -437,10 +434,10 @@ def test_attaching_needs_the_creator_alive_and_the_right_kind():
 
 
 def test_no_shared_memory_left_behind():
-    before = my_segments()
+    before = shoal_segments_of()
     objs = [Lock(), RLock(), Semaphore(2), BoundedSemaphore(), Event(), Condition(), Condition(Lock()), Barrier(2)]
     copies = [pickle.loads(pickle.dumps(o)) for o in objs]
-    assert len(my_segments() - before) == 10  # a default Condition brings its own RLock
+    assert len(shoal_segments_of() - before) == 10  # a default Condition brings its own RLock
     del objs, copies
     gc.collect()
-    assert my_segments() - before == set()
+    assert shoal_segments_of() - before == set()
