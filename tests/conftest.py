@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 
@@ -40,13 +41,36 @@ def child_pids() -> list:
     return found
 
 
+def _thread_state(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def wait_until_asleep(pid: int, tid: int = None, timeout: float = 30.0) -> bool:
+    """Waits until thread `tid` of process `pid` (its main thread by default)
+    sleeps in a wait: state S at two looks a millisecond apart (a thread
+    waiting for the GIL is asleep too, but this one's sleep between the looks
+    hands the GIL over). False if that did not happen within `timeout`."""
+    tid = pid if tid is None else tid
+    deadline = time.monotonic() + timeout
+    looks = 0
+    while time.monotonic() < deadline:
+        looks = looks + 1 if _thread_state(pid, tid) == "S" else 0
+        if looks == 2:
+            return True
+        time.sleep(0.001)
+    return False
+
+
 @pytest.fixture
 def no_leaks():
     """Fails the test if it leaves shared memory or child processes behind."""
     before = shoal_segments_of(os.getpid())
     yield
     import gc
-    import time
 
     gc.collect()
     deadline = time.monotonic() + 5

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from shoal import Queue
+from conftest import wait_until_asleep
 from shm_segments import shoal_segments_of
 
 try:
@@ -27,6 +28,15 @@ def run(target, *args):
     p = spawn.Process(target=target, args=args)
     p.start()
     return p
+
+
+def eventually(cond, timeout=JOIN_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def join_ok(p) -> None:
@@ -122,10 +132,10 @@ def test_empty_raises_queue_empty_with_timeout_and_nowait():
         q.get_nowait()
     with pytest.raises(queue.Empty):
         q.get(block=False)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 0.1
     with pytest.raises(queue.Empty):
         q.get(timeout=0.1)
-    assert 0.09 <= time.monotonic() - t0 < 2
+    assert time.monotonic() >= deadline  # it waited out its timeout, not less
     with pytest.raises(queue.Empty):
         q.get(timeout=-1)  # a negative timeout does not wait
 
@@ -139,10 +149,10 @@ def test_full_raises_queue_full_with_timeout_and_nowait():
         q.put_nowait(3)
     with pytest.raises(queue.Full):
         q.put(3, block=False)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 0.1
     with pytest.raises(queue.Full):
         q.put(3, timeout=0.1)
-    assert 0.09 <= time.monotonic() - t0 < 2
+    assert time.monotonic() >= deadline  # it waited out its timeout, not less
     assert q.get() == 1
     q.put(3, timeout=1)
     assert [q.get(), q.get()] == [2, 3]
@@ -252,23 +262,47 @@ def test_close_wakes_a_consumer_in_another_process():
     p = run(get_until_closed, q, results)
     q.put(1)
     q.put(2)
-    time.sleep(0.3)  # let the consumer drain and fall asleep
+    assert eventually(q.empty), "the consumer did not take the two items"
+    assert wait_until_asleep(p.pid), "the consumer did not fall asleep waiting for more"
     q.close()
     assert results.get(timeout=30) == ("closed", [1, 2])
     join_ok(p)
 
 
+def once_this_thread_sleeps(action):
+    """Starts a thread that runs `action` once the calling thread is asleep (in
+    the blocking call it makes next); join() it for whether it saw that."""
+    caller, ready = threading.get_native_id(), threading.Event()
+
+    class Helper(threading.Thread):
+        saw_the_caller_asleep = False
+
+        def run(self):
+            ready.wait(JOIN_TIMEOUT)
+            self.saw_the_caller_asleep = wait_until_asleep(os.getpid(), caller)
+            action()
+
+    helper = Helper()
+    helper.start()
+    ready.set()  # past start()'s own wait: the next sleep is the blocking call's
+    return helper
+
+
 def test_blocked_get_releases_the_gil():
     q = Queue()
-    threading.Timer(0.1, q.put, args=("from a thread",)).start()
-    assert q.get(timeout=10) == "from a thread"
+    helper = once_this_thread_sleeps(lambda: q.put("from a thread"))
+    assert q.get(timeout=JOIN_TIMEOUT) == "from a thread"  # only if get let the helper run
+    helper.join(JOIN_TIMEOUT)
+    assert helper.saw_the_caller_asleep
 
 
 def test_blocked_put_releases_the_gil():
     q = Queue(1)
     q.put("first")
-    threading.Timer(0.1, q.get).start()
-    q.put("second", timeout=10)
+    helper = once_this_thread_sleeps(q.get)
+    q.put("second", timeout=JOIN_TIMEOUT)  # room only if put let the helper run
+    helper.join(JOIN_TIMEOUT)
+    assert helper.saw_the_caller_asleep
     assert q.get(timeout=1) == "second"
 
 
