@@ -52,7 +52,17 @@ def test_map_consumes_a_generator_lazily(ex):
     results = ex.map(tasks.square, numbers())
     first = [next(results) for _ in range(100)]
     assert first == [x * x for x in range(100)]
-    time.sleep(0.2)
+    # Nobody reads on: the read-ahead must stop. Wait until the pool is idle
+    # and nothing more was pulled or submitted between two looks.
+    seen, deadline = None, time.monotonic() + 60
+    while True:
+        stats = ex.stats()
+        now = (len(pulled), stats["submitted"]) if stats["submitted"] == stats["completed"] else None
+        if now is not None and now == seen:
+            break
+        assert time.monotonic() < deadline, f"the map kept reading its input ({len(pulled)} items)"
+        seen = now
+        time.sleep(0.01)
     assert len(pulled) < 1_000_000  # read-ahead is bounded, not the whole input
     results.close()
 
@@ -137,12 +147,12 @@ def test_result_in_the_caller_while_many_are_in_flight_loses_and_repeats_nothing
 
 
 def test_result_timeout_on_a_running_task_then_the_result(ex):
-    fut = ex.submit(tasks.sleep_then, 7, 0.5)
-    start = time.monotonic()
+    release = shoal.Event()
+    fut = ex.submit(tasks.wait_for_event, release)  # cannot finish before release.set()
     with pytest.raises(cf.TimeoutError):
         fut.result(timeout=0.05)
-    assert time.monotonic() - start < 0.4
-    assert fut.result(timeout=30) == 7
+    release.set()
+    assert fut.result(timeout=30) is True
 
 
 def test_threads_waiting_on_each_others_futures_all_get_theirs(ex):
@@ -171,26 +181,36 @@ def test_tasks_that_wait_for_each_other_run_side_by_side(ex):
 
 
 def test_cancel_a_queued_future(no_leaks):
+    release = shoal.Event()
     with shoal.Executor(1) as ex:
-        blocker = ex.submit(tasks.sleep_then, "first", 0.5)
+        blocker = ex.submit(tasks.wait_for_event, release)  # holds the only worker until release.set()
         queued = [ex.submit(tasks.square, i) for i in range(30)]
         cancelled = [f for f in queued[10:] if f.cancel()]
         assert cancelled, "jobs still in the central queue must be cancellable"
         assert all(f.cancelled() for f in cancelled)
+        release.set()
         done, _ = cf.wait(queued, timeout=30)
         assert len(done) == 30
-        assert blocker.result(timeout=30) == "first"
+        assert blocker.result(timeout=30) is True
         for i, f in enumerate(queued):
             if not f.cancelled():
                 assert f.result() == i * i
 
 
 def test_shutdown_cancel_futures(no_leaks):
+    release = shoal.Event()
     ex = shoal.Executor(1)
-    first = ex.submit(tasks.sleep_then, 1, 0.3)
+    first = ex.submit(tasks.wait_for_event, release)  # holds the only worker until release.set()
     rest = [ex.submit(tasks.square, i) for i in range(50)]
-    ex.shutdown(wait=True, cancel_futures=True)
-    assert first.result() == 1
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    stopper.start()
+    deadline = time.monotonic() + 60
+    while not any(f.cancelled() for f in rest) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()  # the first task ends only once shutdown has cancelled the queue
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert first.result() is True
     assert any(f.cancelled() for f in rest)
     for i, f in enumerate(rest):
         assert f.cancelled() or f.result() == i * i
@@ -282,12 +302,17 @@ def test_a_slow_done_callback_does_not_stall_the_workers(ex, tmp_path):
     ran_during_callback = []
 
     def slow(_):
+        # Holds the result thread until the tasks have all run (or 60 s passed).
         started.set()
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while len(os.listdir(tmp_path)) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
         ran_during_callback.append(len(os.listdir(tmp_path)))
 
-    gate = ex.submit(tasks.sleep_then, 0, 0.2)
-    gate.add_done_callback(slow)
+    release = shoal.Event()
+    gate = ex.submit(tasks.wait_for_event, release)
+    gate.add_done_callback(slow)  # added before the result arrives: it runs in the result thread
+    release.set()
     assert started.wait(timeout=30)
     futs = [ex.submit(tasks.touch, i, str(tmp_path)) for i in range(1000)]
     done, not_done = cf.wait(futs, timeout=60)
