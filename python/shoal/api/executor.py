@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import threading
 import time
 from concurrent import futures
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
 
-from ..runtime.lifecycle import interpreter_exiting
-from ..runtime.options import check_chunksize, check_start_method, check_timeout
+from ..runtime.core import PoolCore
+from ..runtime.options import PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
-from ..runtime.serial import make_runtime
 from .future import Future
 
 __all__ = ["Executor"]
@@ -59,33 +57,19 @@ class Executor(futures.Executor):
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-        start_method = check_start_method(start_method, mp_context)
-        self._runtime = make_runtime(
-            max_workers,
-            initializer=initializer,
-            initargs=initargs,
-            max_tasks_per_child=max_tasks_per_child,
-            start_method=start_method,
-            max_memory_per_worker=max_memory_per_worker,
-            shm_limit=shm_limit,
+        self._core = PoolCore(
+            PoolOptions.for_executor(max_workers, mp_context, initializer, initargs, max_tasks_per_child,
+                                     max_memory_per_worker, shm_limit, start_method)
         )
-        self._max_tasks_per_child = max_tasks_per_child
-        self._shutdown = False
-        self._shutdown_lock = threading.Lock()
+
+    @property
+    def _runtime(self) -> Any:
+        return self._core.runtime
 
     @property
     def workers(self) -> int:
         """How many worker processes the pool runs."""
-        return self._runtime.workers
+        return self._core.workers
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: Optional[float] = None, **kwargs: Any
@@ -98,10 +82,11 @@ class Executor(futures.Executor):
         and the future raises ``TimeoutError``. Both names are taken by shoal,
         so ``fn`` cannot receive keyword arguments called ``retries`` or ``timeout``.
         """
-        with self._shutdown_lock:
-            self._check_open()
-            fut = Future(self._runtime)
-            fut._job_id = self._runtime.submit_call(fn, args, kwargs, fut, retries, timeout)
+        core = self._core
+        with core.lock:
+            core.check_open(_after_shutdown)
+            fut = Future(core.runtime)
+            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut, retries, timeout))
             return fut
 
     def map(
@@ -125,34 +110,25 @@ class Executor(futures.Executor):
         """
         check_chunksize(chunksize, "chunksize must be >= 1.")
         check_timeout(task_timeout)
-        with self._shutdown_lock:
-            self._check_open()
-        if chunksize is None and self._max_tasks_per_child:
+        with self._core.lock:
+            self._core.check_open(_after_shutdown)
+        if chunksize is None and self._core.options.max_tasks_per_child:
             chunksize = 1  # a worker is replaced after so many tasks: items, as the stdlib counts them
         deadline = None if timeout is None else time.monotonic() + timeout
         total = _common_length(iterables)
-        feed = self._runtime.map(
+        feed = self._core.map(
             fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries, timeout=task_timeout
         )
         return _MapIterator(feed, deadline, progress_bar(progress, total))
 
-    def _check_open(self) -> None:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if interpreter_exiting():
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        self._runtime.check_usable()
-
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; with wait, return once running tasks are done and workers have exited."""
-        with self._shutdown_lock:
-            self._shutdown = True
-        self._runtime.shutdown(wait, cancel_futures)
+        self._core.shutdown(wait, cancel_futures)
 
     def __del__(self) -> None:
         # As ProcessPoolExecutor: a pool nobody holds stops once its tasks are done.
         try:
-            if not self._shutdown:
+            if not self._core.closed:
                 self.shutdown(wait=False)
         except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
             pass
@@ -160,19 +136,21 @@ class Executor(futures.Executor):
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C: drop what is queued and stop the workers now, not after their tasks.
-            with self._shutdown_lock:
-                self._shutdown = True
-            self._runtime.terminate()
+            self._core.terminate()
         else:
             self.shutdown(wait=True)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers."""
-        return self._runtime.worker_pids()
+        return self._core.worker_pids()
 
     def stats(self) -> dict[str, int]:
         """Counters from the engine: tasks submitted/completed, workers started/lost, retries."""
-        return self._runtime.stats()
+        return self._core.stats()
+
+
+def _after_shutdown() -> RuntimeError:
+    return RuntimeError("cannot schedule new futures after shutdown")
 
 
 def _common_length(iterables: tuple) -> Optional[int]:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from ..runtime.outcome import Cancelled, decode
 from ..wire.pickling import PICKLE_PROTOCOL_5, loads
 from ..wire.protocol import OK
+from ..runtime.handle import JobHandle
 
 
 class _Condition(RLock):
@@ -57,7 +58,7 @@ class _Condition(RLock):
                 sleeper.release()
 
 
-class Future(futures.Future):
+class Future(futures.Future, JobHandle):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also removes the
     queued job and whose ``result()`` takes the result from the workers in the
     waiting thread (no hop through the pool's result thread)."""
@@ -69,7 +70,6 @@ class Future(futures.Future):
         self._result = None
         self._exception = None
         self._runtime = runtime
-        self._job_id = 0
 
     def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
         """Delivers the job's outcome: the future is the job's result handler."""
@@ -141,9 +141,9 @@ class Future(futures.Future):
 
     def _wait_here(self, timeout: Optional[float]) -> Optional[float]:
         """Waits for the job in this thread; returns what is left of `timeout`."""
-        if self._state not in (PENDING, RUNNING) or not self._job_id:
+        if self._state not in (PENDING, RUNNING):
             return timeout
-        return self._runtime.wait_for_job(self._job_id, timeout)
+        return self._take_result(timeout)
 
     def running(self) -> bool:
         """True while a worker holds the task (it left the queue, as the

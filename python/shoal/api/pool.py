@@ -9,13 +9,17 @@ from typing import Any, Callable, Iterable, Optional, Union
 from multiprocessing.pool import MaybeEncodingError
 
 from ..runtime.outcome import decode
-from ..runtime.options import check_chunksize, check_start_method, check_timeout
+from ..runtime.core import PoolCore
+from ..runtime.handle import JobHandle
+from ..runtime.options import PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
-from ..runtime.serial import make_runtime
 
 __all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
 
-_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+def _not_running() -> ValueError:
+    return ValueError("Pool not running")
 
 
 class _Repr:
@@ -41,12 +45,10 @@ def _pool_decode(status: int, payload: bytes) -> tuple:
     return (True, value) if ok else (False, _pool_error(value))
 
 
-class AsyncResult:
+class AsyncResult(JobHandle):
     """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
 
     def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None) -> None:
-        self._runtime: Any = None  # with _job_id: the job whose result wait() may take directly
-        self._job_id = 0
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -72,10 +74,10 @@ class AsyncResult:
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        if self._job_id and not self._event.is_set():
+        if not self._event.is_set():
             # Take the result straight from the workers in this thread (no
             # hop through the pool's result thread); callbacks then run here.
-            timeout = self._runtime.wait_for_job(self._job_id, timeout)
+            timeout = self._take_result(timeout)
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -191,34 +193,21 @@ class Pool:
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
     ) -> None:
-        if processes is not None and processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        start_method = check_start_method(start_method, context)
-        self._runtime = make_runtime(
-            processes,
-            initializer=initializer,
-            initargs=initargs,
-            max_tasks_per_child=maxtasksperchild,
-            start_method=start_method,
-            cancel_at_exit=True,
-            max_memory_per_worker=max_memory_per_worker,
-            shm_limit=shm_limit,
+        self._core = PoolCore(
+            PoolOptions.for_pool(processes, initializer, initargs, maxtasksperchild, context,
+                                 max_memory_per_worker, shm_limit, start_method)
         )
-        self._state = _RUN
+
+    @property
+    def _runtime(self) -> Any:
+        return self._core.runtime
 
     @property
     def _processes(self) -> int:
-        return self._runtime.workers
+        return self._core.workers
 
     def _check_running(self) -> None:
-        if self._state != _RUN:
-            raise ValueError("Pool not running")
-        self._runtime.check_usable()
+        self._core.check_open(_not_running)
 
     # -- single calls ---------------------------------------------------------
 
@@ -240,12 +229,14 @@ class Pool:
         """Schedule ``func(*args, **kwds)``. Callbacks run in the thread that
         receives the result: the pool's result thread, or a thread blocked in
         ``get()``/``wait()`` on this result."""
-        self._check_running()
+        core = self._core
         result = AsyncResult(callback, error_callback)
-        result._runtime = self._runtime
-        result._job_id = self._runtime.submit_call(
-            func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, timeout
-        )
+        with core.lock:
+            core.check_open(_not_running)
+            job_id = core.submit_call(
+                func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, timeout
+            )
+            result._bind(core.runtime, job_id)
         return result
 
     # -- maps -----------------------------------------------------------------
@@ -260,7 +251,7 @@ class Pool:
         bar = progress_bar(progress, total)
 
         def start(on_chunk, on_complete):
-            return self._runtime.map(
+            return self._core.map(
                 func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
                 on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout, gather=True,
             )
@@ -300,7 +291,7 @@ class Pool:
         check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
         check_timeout(timeout)
         total = len(iterable) if hasattr(iterable, "__len__") else None
-        feed = self._runtime.map(
+        feed = self._core.map(
             func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=timeout
         )
         return IMapIterator(feed, progress_bar(progress, total))
@@ -309,24 +300,22 @@ class Pool:
 
     def close(self) -> None:
         """No more tasks; workers exit once the submitted ones are done."""
-        if self._state == _RUN:
-            self._state = _CLOSE
-            self._runtime.shutdown(wait=False)
+        self._core.close()
 
     def terminate(self) -> None:
         """Stop the workers now; unfinished tasks are cancelled."""
-        self._state = _TERMINATE
-        self._runtime.terminate()
+        self._core.terminate()
 
     def join(self) -> None:
         """Wait for the workers to exit; call close() or terminate() first."""
-        if self._state == _RUN:
+        if not self._core.closed:
             raise ValueError("Pool is still running")
-        self._runtime.shutdown(wait=True)
+        self._core.join()
 
     def __del__(self) -> None:
         # As multiprocessing.Pool: a warning for a pool left running, then it is stopped.
-        if getattr(self, "_state", None) == _RUN:
+        core = getattr(self, "_core", None)
+        if core is not None and not core.closed:
             import warnings
 
             warnings.warn(f"unclosed running shoal pool {self!r}", ResourceWarning, source=self)
@@ -344,9 +333,9 @@ class Pool:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers."""
-        return self._runtime.worker_pids()
+        return self._core.worker_pids()
 
     def stats(self) -> dict[str, int]:
         """Counters from the engine, as ``Executor.stats()``: tasks submitted and
         completed, workers started and lost, retries, ``shm_used_bytes``."""
-        return self._runtime.stats()
+        return self._core.stats()

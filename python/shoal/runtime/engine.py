@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional
 
 from .. import _core
 from ..errors import BrokenPoolError
@@ -23,7 +23,7 @@ from ..wire.protocol import CALL, LOG, MAP_ONE, MAP_STAR
 from ..worker.bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
 from . import lifecycle
 from .map_feed import MapFeed
-from .options import check_timeout, default_workers, parse_bytes
+from .options import PoolOptions, check_timeout
 from .outcome import INLINE_ERROR, Handler, log, run_handler, report_handler_failure
 
 _FUNCTION_CACHE = 256
@@ -83,33 +83,20 @@ class _ReleasingHandler:
 class Runtime:
     """Runs tasks in worker processes through the C++ engine."""
 
-    def __init__(
-        self,
-        workers: Optional[int],
-        initializer: Optional[Callable[..., Any]] = None,
-        initargs: Iterable[Any] = (),
-        max_tasks_per_child: Optional[int] = None,
-        start_method: str = "forkserver",
-        *,
-        cancel_at_exit: bool = False,
-        max_memory_per_worker: Union[int, str, None] = None,
-        shm_limit: Union[int, str, None] = None,
-    ) -> None:
+    def __init__(self, options: PoolOptions) -> None:
         if importing_main():
             raise RuntimeError(_IMPORTING_MAIN)
-        if workers is None:
-            workers = default_workers()
-        initargs = tuple(initargs)
+        workers, start_method = options.workers, options.start_method
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
-        hard_limit = parse_bytes(max_memory_per_worker)
+        hard_limit = options.max_memory_per_worker
         # Buffers of 64 KiB and more (numpy arrays, bytes) travel through this
         # arena as zero-copy views instead of inside the pickles.
-        self._arena = _core.Arena.create(parse_bytes(shm_limit) or None)
+        self._arena = _core.Arena.create(options.shm_limit or None)
         config = {"preload": preload, "arena": self._arena.name}
         self.workers = workers
         forked = start_method in ("forkserver", "fork")
-        init = (initializer, initargs) if initializer is not None else None
+        init = (options.initializer, options.initargs) if options.initializer is not None else None
         token = next(_init_tokens)
         server = fork_fork_server(config, start_method == "fork", init, token) if forked else None
         init_payload = b""
@@ -134,7 +121,7 @@ class Runtime:
             argv=child_argv("forkserver" if forked else "spawn", config),
             ring_bytes=_RING_BYTES,
             init_payload=init_payload,
-            max_tasks_per_child=max_tasks_per_child or 0,
+            max_tasks_per_child=options.max_tasks_per_child,
             fork_server_pid=server[0] if server else -1,
             fork_server_fd=server[1] if server else -1,
             memory_hard_limit=hard_limit,
@@ -148,7 +135,7 @@ class Runtime:
         self._job_ids = itertools.count(1)
         self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._last_function: tuple[Any, int] = (None, 0)  # (fn, id) of the latest submit
-        self._cancel_at_exit = cancel_at_exit
+        self._cancel_at_exit = options.cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
         lifecycle.register(self)
@@ -258,15 +245,22 @@ class Runtime:
         caller without a hop through the engine and collector threads.
         Returns at once if another thread already took the job's result.
         Returns what is left of `timeout`, for the caller's own wait."""
-        if threading.current_thread() is self._collector:
-            return timeout  # a callback waiting on another future: the collector must keep collecting
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.take_job(job_id, timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
+        """wait_for_job's step: True if the job's handler ran here, or the wait
+        timed out; False if another thread (the collector) has the result."""
+        if threading.current_thread() is self._collector:
+            return False  # a callback waiting on another future: the collector must keep collecting
         got = self._engine.wait_for(job_id, timeout)
-        if got:  # None: timed out; False: the collector has it
+        if got:
             handler = self._handlers.pop(job_id, None)
             if handler is not None:
                 run_handler(handler, *got)
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
+            return True
+        return got is None  # None: timed out; False: the collector has it
 
     def queued(self, job_id: int) -> bool:
         """Whether the job still waits for a worker."""

@@ -315,9 +315,17 @@ class MapFeed:
     # -- consuming ------------------------------------------------------------
 
     def chunks(self, deadline: Optional[float] = None) -> Iterator[tuple[list, dict[int, BaseException], int]]:
-        """Yields (values, failures by index, count) per chunk, ordered or as finished."""
+        """Yields (values, failures by index, count) per chunk, ordered or as finished.
+
+        An ordered map waits for its next chunk as a single result is waited
+        for (handle.py): this thread takes the chunk's job from the engine and
+        files it itself, without a hop through the result thread. Only when the
+        result thread has that job already does it sleep until it is filed."""
+        taken_elsewhere = 0  # the job the result thread is filing: wait for it, don't ask again
         try:
             while True:
+                wait_on = 0
+                timeout: Optional[float] = None
                 with self._cond:
                     while True:
                         if self._ordered:
@@ -332,17 +340,27 @@ class MapFeed:
                             if self._input_error is not None:
                                 raise self._input_error
                             return
-                        timeout = None
                         if deadline is not None:
                             timeout = deadline - time.monotonic()
                             if timeout <= 0:
                                 raise TimeoutError("map results did not arrive within the timeout")
+                        if self._ordered:
+                            wait_on = self._in_flight.get(key, 0)
+                            if wait_on and wait_on != taken_elsewhere:
+                                break
+                            wait_on = 0
                         self._cond.wait(min(timeout, 0.1) if timeout is not None else 0.1)
-                    values, failures, count = self._finished.pop(key)
-                    if self._ordered:
-                        self._next_yield += 1
-                    self._held_items -= count
-                    self._refill_locked()
+                    if not wait_on:
+                        values, failures, count = self._finished.pop(key)
+                        if self._ordered:
+                            self._next_yield += 1
+                        self._held_items -= count
+                        self._refill_locked()
+                if wait_on:
+                    # Outside the lock: the chunk's handler (_done) takes it.
+                    if not self._runtime.take_job(wait_on, timeout):
+                        taken_elsewhere = wait_on
+                    continue
                 yield values, failures, count
         finally:
             if not self._exhausted or self._in_flight:

@@ -1,8 +1,10 @@
-"""Argument checks shared by both pool surfaces, with the stdlib's errors."""
+"""A pool's options, parsed and checked once (PoolOptions), and the argument
+checks both pool surfaces share, with the stdlib's errors."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Union
 
 
 def default_workers() -> int:
@@ -67,3 +69,92 @@ def check_chunksize(chunksize: Any, message: str) -> None:
         raise ValueError(message)
 
 
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """A pool's settings, checked once, whichever surface made the pool.
+
+    ``for_executor`` and ``for_pool`` take each stdlib pool's own argument
+    names and raise its own errors for bad values (the two stdlib pools word
+    and type them differently); the core, the engine front and the serial
+    mode read only this object.
+    """
+
+    workers: int
+    initializer: Optional[Callable[..., Any]] = None
+    initargs: tuple = ()
+    max_tasks_per_child: int = 0  # 0: workers are never replaced for their task count
+    start_method: str = "forkserver"
+    max_memory_per_worker: int = 0  # bytes; 0: no limit
+    shm_limit: int = 0  # bytes; 0: the arena's default
+    cancel_at_exit: bool = False  # at interpreter exit: terminate (Pool) rather than finish the work (Executor)
+
+    @property
+    def inline(self) -> bool:
+        """The serial debug mode: tasks run in the caller."""
+        return self.start_method == "inline" or os.environ.get("SHOAL_SERIAL", "") not in ("", "0")
+
+    @classmethod
+    def for_executor(
+        cls,
+        max_workers: Optional[int],
+        mp_context: Any,
+        initializer: Optional[Callable[..., Any]],
+        initargs: Iterable[Any],
+        max_tasks_per_child: Optional[int],
+        max_memory_per_worker: Union[int, str, None],
+        shm_limit: Union[int, str, None],
+        start_method: str,
+    ) -> "PoolOptions":
+        """ProcessPoolExecutor's checks and messages."""
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        return cls._make(max_workers, initializer, initargs, max_tasks_per_child, mp_context, start_method,
+                         max_memory_per_worker, shm_limit, cancel_at_exit=False)
+
+    @classmethod
+    def for_pool(
+        cls,
+        processes: Optional[int],
+        initializer: Optional[Callable[..., Any]],
+        initargs: Iterable[Any],
+        maxtasksperchild: Optional[int],
+        context: Any,
+        max_memory_per_worker: Union[int, str, None],
+        shm_limit: Union[int, str, None],
+        start_method: str,
+    ) -> "PoolOptions":
+        """multiprocessing.Pool's checks and messages."""
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        return cls._make(processes, initializer, initargs, maxtasksperchild, context, start_method,
+                         max_memory_per_worker, shm_limit, cancel_at_exit=True)
+
+    @classmethod
+    def _make(cls, workers: Optional[int], initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],
+              max_tasks_per_child: Optional[int], context: Any, start_method: str,
+              max_memory_per_worker: Union[int, str, None], shm_limit: Union[int, str, None],
+              cancel_at_exit: bool) -> "PoolOptions":
+        return cls(
+            workers=default_workers() if workers is None else workers,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_tasks_per_child=max_tasks_per_child or 0,
+            start_method=check_start_method(start_method, context),
+            max_memory_per_worker=parse_bytes(max_memory_per_worker),
+            shm_limit=parse_bytes(shm_limit),
+            cancel_at_exit=cancel_at_exit,
+        )

@@ -14,17 +14,18 @@ from typing import Any, Callable, Iterable, Optional
 from ..wire.protocol import CALL, MAP_ONE, MAP_STAR
 from .outcome import INLINE_ERROR, INLINE_OK
 from .map_feed import MapFeed
+from .options import PoolOptions
 
 
 class SerialRuntime:
     workers = 1
     inline_payload_limit = sys.maxsize  # nothing travels: chunks are the lists themselves
 
-    def __init__(self, initializer: Optional[Callable[..., Any]] = None, initargs: Iterable[Any] = ()) -> None:
+    def __init__(self, options: PoolOptions) -> None:
         self._job_ids = itertools.count(1)
         self._closed = False
-        if initializer is not None:
-            initializer(*initargs)  # once, as in each worker
+        if options.initializer is not None:
+            options.initializer(*options.initargs)  # once, as in each worker
 
     def _function_id(self, fn: Callable[..., Any]) -> int:
         if not callable(fn):
@@ -78,6 +79,9 @@ class SerialRuntime:
     def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
         return timeout  # every job has already run
 
+    def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
+        return True  # every job ran inside submit()
+
     def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
             bounded=True, timeout=None, on_chunk=None, on_complete=None, gather=False) -> MapFeed:
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
@@ -98,12 +102,8 @@ class SerialRuntime:
         return {}
 
 
-def make_runtime(workers: Optional[int], **options: Any):
+def make_runtime(options: PoolOptions) -> Any:
     """The serial runtime for ``start_method="inline"`` or ``SHOAL_SERIAL=1``, else worker processes."""
-    import os
-
     from .engine import Runtime
 
-    if options.get("start_method") == "inline" or os.environ.get("SHOAL_SERIAL", "") not in ("", "0"):
-        return SerialRuntime(options.get("initializer"), options.get("initargs", ()))
-    return Runtime(workers, **options)
+    return SerialRuntime(options) if options.inline else Runtime(options)

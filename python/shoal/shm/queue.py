@@ -34,7 +34,7 @@ from __future__ import annotations
 import pickle
 import queue
 import struct
-from typing import Any, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Generic, List, Optional, Tuple, TypeVar, Union
 
 from .. import _core
 
@@ -50,6 +50,9 @@ T = TypeVar("T")
 #   header: magic, number of buffers, pickle length; then one u64 length per buffer
 #   the pickle stream, then each buffer, each starting at a 16-byte boundary
 # so that arrays rebuilt over the buffers are aligned.
+# Not the pool's payload format (wire/payload.py, whose buffers are references to
+# arena blocks): a queued message must outlive the process that put it, and an
+# arena's segments go with their owner, so a queue carries its buffers inline.
 _OOB_MAGIC = b"shoalOOB"
 _OOB_HEADER = struct.Struct("<8sQQ")
 _ALIGN = 16
@@ -60,7 +63,7 @@ def _padding(size: int) -> int:
     return -size % _ALIGN
 
 
-def _encode(obj: Any) -> Tuple[List[Any], int]:
+def _encode(obj: object) -> Tuple[List[Union[bytes, memoryview]], int]:
     """Pickles ``obj`` into message parts; returns them with their total size."""
     buffers: List[pickle.PickleBuffer] = []
     payload = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -74,9 +77,10 @@ def _encode(obj: Any) -> Tuple[List[Any], int]:
 
     header = _OOB_HEADER.pack(_OOB_MAGIC, len(raws), len(payload))
     header += struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
-    parts: List[Any] = []
+    parts: List[Union[bytes, memoryview]] = []
     size = 0
-    for chunk in [header, payload, *raws]:
+    chunks: List[Union[bytes, memoryview]] = [header, payload, *raws]
+    for chunk in chunks:
         pad = _padding(size)
         if pad:
             parts.append(_ZEROS[:pad])
@@ -222,7 +226,8 @@ class Queue(Generic[T]):
         data = self._core.get(block, timeout)
         if data is None:
             raise queue.Empty
-        return _decode(data)
+        obj: T = _decode(data)  # what was put: the queue's element type
+        return obj
 
     def get_nowait(self) -> T:
         """Equivalent to ``get(False)``."""

@@ -1,0 +1,31 @@
+"""What every result handle shares: Future, AsyncResult and the map feeds.
+
+A handle names the engine job that will produce its result. A thread that
+waits on the handle does not sleep until the pool's result thread delivers:
+it asks the engine for that job itself (``Runtime.wait_for_job``), so the
+result goes from the worker's outbox to the waiting thread with no hop
+through the result thread. Whichever thread takes the job first runs its
+handler; the other finds it done.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class JobHandle:
+    """A result handle bound to one engine job (job id 0: none, e.g. an argument
+    that could not be pickled failed the handle before any job existed)."""
+
+    # Class defaults: a handle costs no instance attribute until it is bound.
+    _runtime: Any = None
+    _job_id: int = 0
+
+    def _bind(self, runtime: Any, job_id: int) -> None:
+        self._runtime, self._job_id = runtime, job_id
+
+    def _take_result(self, timeout: Optional[float]) -> Optional[float]:
+        """Waits for the job in this thread (running its handler here if the
+        result is not taken yet); returns what is left of ``timeout``."""
+        if not self._job_id:
+            return timeout
+        return self._runtime.wait_for_job(self._job_id, timeout)
