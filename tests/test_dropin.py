@@ -514,3 +514,20 @@ def test_future_is_running_while_its_task_runs(no_leaks):
         release.set()
         assert fut.result(timeout=60) is True
         assert not fut.running()
+
+
+def test_fork_start_method_forks_while_other_threads_run(no_leaks):
+    # As multiprocessing's "fork": another Python thread (a tqdm monitor, a
+    # server's) does not turn it into a fresh interpreter that inherits nothing.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, args=(60,), daemon=True)
+    other.start()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        with shoal.Executor(1, start_method="fork") as ex:
+            assert ex.submit(tasks.read_fd_is_open, child.stdin.fileno()).result(timeout=60) is True
+    finally:
+        stop.set()
+        other.join(timeout=60)
+        child.stdin.close()
+        child.wait(timeout=60)

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 _CODE = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from shoal.worker.bootstrap import main;main(sys.argv[2:])"
 
@@ -37,7 +37,9 @@ def prepare_main(prepared: dict[str, Any]) -> None:
     from multiprocessing import process, spawn
 
     data = dict(prepared)
-    data["authkey"] = process.AuthenticationString(bytes.fromhex(data["authkey"]))
+    data["authkey"] = process.AuthenticationString(  # type: ignore[attr-defined]  # missing from typeshed
+        bytes.fromhex(data["authkey"])
+    )
     current = multiprocessing.current_process()
     current._inheriting = True  # type: ignore[attr-defined] # a pool started while importing main is an error
     try:
@@ -83,9 +85,12 @@ def _no_other_python_threads() -> bool:
 
 # --- the initializer, inherited as multiprocessing's fork children inherit it ------
 
+#: A pool's initializer and its arguments.
+Init = Tuple[Callable[..., object], Tuple[Any, ...]]
+
 # (initializer, initargs) by token, in a fork server's memory: what its workers
 # run. The parent drops its entry once the server is forked.
-_inherited_init: dict[int, tuple] = {}
+_inherited_init: dict[int, Init] = {}
 
 
 def run_inherited_initializer(token: int) -> None:
@@ -127,7 +132,7 @@ def descriptors_of(obj: Any) -> set[int]:
             return 0 if isinstance(item, synchronize.SemLock) else None
 
     recorder = _FdRecorder()
-    context.set_spawning_popen(recorder)
+    context.set_spawning_popen(recorder)  # type: ignore[arg-type]  # a stand-in: only its two methods are called
     try:
         Walker(io.BytesIO(), 5).dump(obj)
     except Exception:  # noqa: BLE001 - only the descriptors are wanted; unpicklable is fine here
@@ -156,21 +161,24 @@ def _release_inherited_fds(keep: set[int]) -> None:
 
 
 def fork_fork_server(
-    config: dict[str, Any], inherit_fds: bool = False, init: Optional[tuple] = None, init_token: int = 0
+    config: dict[str, Any], inherit_fds: bool = False, init: Optional[Init] = None, init_token: int = 0
 ) -> Optional[tuple[int, int]]:
     """Forks this process into a fork server, if that is safe; returns (pid, socket fd).
 
     Forking is safe while no other Python thread runs (see
     _no_other_python_threads). Then the server starts in a millisecond and its
     workers inherit every module already imported. Otherwise (None) the engine
-    starts a clean interpreter instead. ``inherit_fds`` (start_method="fork"):
+    starts a clean interpreter instead, except for ``inherit_fds``, which
+    forks whatever threads run, with the same risk multiprocessing's "fork"
+    takes (a lock another thread held stays held in the child).
+    ``inherit_fds`` (start_method="fork"):
     workers keep the caller's file descriptors, as multiprocessing's fork
     children do; else the server is a clean helper holding none of them but
     those the initializer's arguments carry. ``init``: (initializer, initargs),
     which the workers then inherit unpickled, under ``init_token``.
     """
-    if not _no_other_python_threads():
-        return None
+    if not inherit_fds and not _no_other_python_threads():
+        return None  # "fork" forks regardless, as multiprocessing's fork start method does
     from .. import _core
     from . import loop
 
