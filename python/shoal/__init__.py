@@ -4,6 +4,8 @@ Process pools that are drop-in replacements for ``multiprocessing.Pool`` and
 ``concurrent.futures.ProcessPoolExecutor``, and process-shared primitives
 (locks, semaphores, events, barriers, queues) that live in shared memory.
 """
+from typing import TYPE_CHECKING
+
 from ._core import SharedSegment
 from .shm import arena as _arena  # noqa: F401 - first: its exit hook must run after the pools stop
 from .worker.loop import worker_id
@@ -22,6 +24,9 @@ from .shm.sync import (
     RLock,
     Semaphore,
 )
+
+if TYPE_CHECKING:  # imported on first use at run time (below): they need numpy
+    from .shm.shared_array import SharedArray, share
 
 __all__ = [
     "AsyncResult",
@@ -51,11 +56,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # SharedArray needs numpy; importing it lazily keeps `import shoal` (and so
-    # every fresh worker interpreter) fast for code that never uses it.
-    if name in ("SharedArray", "share"):
-        from .shm import shared_array
+if not TYPE_CHECKING:  # type checkers see the names above, not a module that answers any name
 
-        return getattr(shared_array, name)
-    raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        # SharedArray needs numpy; importing it lazily keeps `import shoal` (and so
+        # every fresh worker interpreter) fast for code that never uses it.
+        if name in ("SharedArray", "share"):
+            from .shm import shared_array
+
+            return getattr(shared_array, name)
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")

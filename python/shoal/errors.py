@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Optional
+from typing import Optional
 
 __all__ = ["WorkerLostError", "MemoryLimitError", "RemoteError", "RemoteTraceback", "BrokenPoolError", "TransferError"]
 
@@ -27,7 +27,7 @@ class TransferError(BrokenProcessPool):
         super().__init__(message)
         self.original = original
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[TransferError], tuple[str, Optional[BaseException]]]:
         return type(self), (self.args[0], self.original)
 
 
@@ -66,5 +66,5 @@ class RemoteError(Exception):
         self.message = message
         self.traceback = traceback
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return type(self), (self.type_name, self.message, self.traceback)

@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import shoal
 from shoal.runtime.options import default_workers
@@ -70,7 +70,7 @@ def main(quick: bool = False) -> int:
     print(f"shoal demo: counting primes below {limit:,} in {len(work)} tasks on {workers} workers")
     print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
 
-    rows = []
+    rows: list[tuple[str, float, Optional[float], object]] = []
     serial_time, expected = _timed(lambda: sum(map(count_primes, work)))
     rows.append(("serial (one core)", serial_time, None, expected))
 
@@ -82,20 +82,19 @@ def main(quick: bool = False) -> int:
 
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         t, got = _timed(lambda: sum(ex.map(count_primes, work)))
-        trip = _round_trip_us(lambda i: ex.submit(tiny, i).result(), trips)
-    rows.append(("ProcessPoolExecutor", t, trip, got))
+        ppe_trip = _round_trip_us(lambda i: ex.submit(tiny, i).result(), trips)
+    rows.append(("ProcessPoolExecutor", t, ppe_trip, got))
 
-    with shoal.Executor(workers) as ex:
-        t, got = _timed(lambda: sum(ex.map(count_primes, work)))
-        trip = _round_trip_us(lambda i: ex.submit(tiny, i).result(), trips)
-    rows.append(("shoal.Executor", t, trip, got))
+    with shoal.Executor(workers) as shoal_ex:
+        t, got = _timed(lambda: sum(shoal_ex.map(count_primes, work)))
+        shoal_trip = _round_trip_us(lambda i: shoal_ex.submit(tiny, i).result(), trips)
+    rows.append(("shoal.Executor", t, shoal_trip, got))
 
     print(f"{'':22} {'wall time':>10} {'speed-up':>9} {'round trip (median)':>20}  result")
-    for name, seconds, trip, result in rows:
-        trip_text = f"{trip:8.0f} us" if trip is not None else "-"
+    for name, seconds, row_trip, result in rows:
+        trip_text = f"{row_trip:8.0f} us" if row_trip is not None else "-"
         print(f"{name:22} {seconds:9.2f}s {serial_time / seconds:8.2f}x {trip_text:>20}  {result}")
     agree = all(r[3] == expected for r in rows)
     print("\nall results agree" if agree else "\nRESULTS DISAGREE")
-    shoal_trip, ppe_trip = rows[3][2], rows[2][2]
     print(f"shoal's round trip is {ppe_trip / shoal_trip:.1f}x faster than ProcessPoolExecutor's")
     return 0 if agree else 1

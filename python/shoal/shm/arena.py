@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
-from typing import Any, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
 
@@ -24,20 +24,24 @@ __all__ = ["Arena", "default_arena", "set_worker_arena", "pin_arenas", "attach_a
 #: A shared-memory arena (``_core.Arena``): ``Arena.create(limit=None)``, ``Arena.attach(name)``.
 Arena = _core.Arena
 
-_default: Optional[Any] = None
+#: What a BlockView pickles to (``BlockView.descriptor()``): (arena name, block
+#: segment, flags, offset, size, generation, view offset, view length, readonly).
+BlockDescriptor = Tuple[str, int, int, int, int, int, int, int, bool]
+
+_default: Optional[Arena] = None
 _default_lock = threading.Lock()
 # In a pool worker: the pool's arena, which the pool's process owns.
-_worker_arena: Optional[Any] = None
+_worker_arena: Optional[Arena] = None
 
 
-def set_worker_arena(arena: Any) -> None:
+def set_worker_arena(arena: Arena) -> None:
     """Called once by a pool worker: SharedArrays its tasks create come from the
     pool's arena, so they outlive the worker in the caller that receives them."""
     global _worker_arena
     _worker_arena = arena
 
 
-def default_arena() -> Any:
+def default_arena() -> Arena:
     """The process-wide arena SharedArrays come from when no arena is given;
     created (and owned by this process) on first use. In a pool worker it is
     the pool's arena, which the pool's process owns: an array a task creates
@@ -58,7 +62,7 @@ def default_arena() -> Any:
 # Arenas a pool worker keeps attached for its whole life, by name: without a
 # held handle an arena is unmapped when its last view dies, and every task
 # would map it again and fault in every page it touches anew.
-_pinned: Optional[dict] = None
+_pinned: Optional[Dict[str, Arena]] = None
 
 
 def pin_arenas() -> None:
@@ -68,27 +72,27 @@ def pin_arenas() -> None:
         _pinned = {}
 
 
-def _pin(arena: Any) -> Any:
+def _pin(arena: Arena) -> Arena:
     if _pinned is not None and arena is not None:
         _pinned.setdefault(arena.name, arena)
     return arena
 
 
-def attach_all(names: Sequence[str], arena: Any) -> List[Any]:
+def attach_all(names: Sequence[str], arena: Optional[Arena]) -> List[Arena]:
     return [_pin(arena if arena is not None and arena.name == name else _core.Arena.attach(name)) for name in names]
 
 
 # Views this process made (weakly): released at exit if their arena is another process's.
-_live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_live: "weakref.WeakSet[_core.BlockView]" = weakref.WeakSet()
 
 
-def track(view: Any) -> Any:
+def track(view: _core.BlockView) -> _core.BlockView:
     """Remembers ``view`` so that its reference is dropped at interpreter exit."""
     _live.add(view)
     return view
 
 
-def attach_view(descriptor: tuple, readonly: Optional[bool] = None) -> Any:
+def attach_view(descriptor: BlockDescriptor, readonly: Optional[bool] = None) -> _core.BlockView:
     """Unpickling helper for a BlockView: a new reference on the block it names."""
     view = track(_core._attach_block_view(descriptor, readonly))
     _pin(view.arena)
@@ -97,10 +101,10 @@ def attach_view(descriptor: tuple, readonly: Optional[bool] = None) -> Any:
 
 # --- exit --------------------------------------------------------------------
 
-_arenas_to_close: List[Any] = []
+_arenas_to_close: List[Arena] = []
 
 
-def close_at_exit(arena: Any) -> None:
+def close_at_exit(arena: Arena) -> None:
     """Closes ``arena`` (unlinking its names, if this process owns it) at exit,
     after the references of this process's views are dropped."""
     _arenas_to_close.append(arena)

@@ -35,20 +35,23 @@ from __future__ import annotations
 import math
 import sys
 import weakref
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, SupportsIndex, Tuple, Union
 
 import numpy as np
 
 from .. import _core
 from ..wire.payload import hold_for_payload
-from .arena import Arena, attach_view, default_arena, track
+from .arena import Arena, BlockDescriptor, attach_view, default_arena, track
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["Arena", "SharedArray", "share", "default_arena", "in_shared_memory", "arena_of"]
 
 # --- helpers -----------------------------------------------------------------
 
 
-def _view_of(obj: Any) -> Optional[Any]:
+def _view_of(obj: object) -> Optional[_core.BlockView]:
     """The BlockView at the root of an array's (or memoryview's) base chain."""
     for _ in range(64):
         if isinstance(obj, _core.BlockView):
@@ -62,7 +65,7 @@ def _view_of(obj: Any) -> Optional[Any]:
     return None
 
 
-def _bounds(arr: np.ndarray) -> Tuple[int, int]:
+def _bounds(arr: npt.NDArray[Any]) -> Tuple[int, int]:
     """[low, high) addresses of the bytes an array can touch."""
     low = high = arr.__array_interface__["data"][0]
     if arr.size == 0:
@@ -75,13 +78,13 @@ def _bounds(arr: np.ndarray) -> Tuple[int, int]:
     return low, high + arr.itemsize
 
 
-def arena_of(obj: Any) -> Optional[Any]:
+def arena_of(obj: object) -> Optional[Arena]:
     """The arena whose memory an array (or buffer) is a view of, or None."""
     view = _view_of(obj)
     return view.arena if view is not None else None
 
 
-def in_shared_memory(obj: Any, arena: Any = None) -> bool:
+def in_shared_memory(obj: npt.ArrayLike, arena: Optional[Arena] = None) -> bool:
     """Whether the memory of ``obj`` (an array or any buffer) lies inside one of
     ``arena``'s segments, as mapped in this process (by default, the arena its
     memory belongs to): that is, whether it was received zero-copy."""
@@ -101,7 +104,14 @@ def _shape(shape: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     return dims
 
 
-def _new(cls: type, shape: Any, dtype: Any, arena: Any, order: str, zero: bool) -> "SharedArray":
+def _new(
+    cls: type[SharedArray],
+    shape: Union[int, Sequence[int]],
+    dtype: npt.DTypeLike,
+    arena: Optional[Arena],
+    order: Literal["C", "F"],
+    zero: bool,
+) -> SharedArray:
     dtype = np.dtype(dtype)
     if dtype.hasobject:
         raise TypeError(
@@ -113,13 +123,25 @@ def _new(cls: type, shape: Any, dtype: Any, arena: Any, order: str, zero: bool) 
         raise ValueError(f"order must be 'C' or 'F', not {order!r}")
     arena = default_arena() if arena is None else arena
     view = track(arena.alloc(math.prod(dims) * dtype.itemsize, zero=zero))
-    return np.ndarray.__new__(cls, dims, dtype, buffer=view, order=order)
+    # numpy's stubs take any buffer (collections.abc.Buffer) only for Python 3.12 on; before, a list of types
+    arr: SharedArray = np.ndarray.__new__(cls, dims, dtype, buffer=view, order=order)  # type: ignore[arg-type]
+    return arr
 
 
-def _rebuild(descriptor: tuple, dtype: np.dtype, shape: tuple, strides: tuple, offset: int, readonly: bool) -> "SharedArray":
+def _rebuild(
+    descriptor: BlockDescriptor,
+    dtype: np.dtype[Any],
+    shape: Tuple[int, ...],
+    strides: Tuple[int, ...],
+    offset: int,
+    readonly: bool,
+) -> SharedArray:
     """Unpickling: a SharedArray over the block the descriptor names (a new reference)."""
     view = attach_view(descriptor, readonly)
-    arr = np.ndarray.__new__(SharedArray, shape, dtype, buffer=view, offset=offset, strides=strides)
+    arr: SharedArray = np.ndarray.__new__(
+        SharedArray, shape, dtype, offset=offset, strides=strides,
+        buffer=view,  # type: ignore[arg-type]  # a buffer: numpy's stubs before Python 3.12 list types (see _new)
+    )
     if readonly:
         arr.flags.writeable = False
     return arr
@@ -148,11 +170,16 @@ class SharedArray(np.ndarray):
     """
 
     def __new__(
-        cls, shape: Union[int, Sequence[int]], dtype: Any = np.float64, *, arena: Any = None, order: str = "C"
-    ) -> "SharedArray":
+        cls,
+        shape: Union[int, Sequence[int]],
+        dtype: npt.DTypeLike = np.float64,
+        *,
+        arena: Optional[Arena] = None,
+        order: Literal["C", "F"] = "C",
+    ) -> SharedArray:
         return _new(cls, shape, dtype, arena, order, zero=True)
 
-    def __array_finalize__(self, obj: Any) -> None:
+    def __array_finalize__(self, obj: object) -> None:
         # A view of a SharedArray has the array it was made from (the one made
         # over the block) as its base: remember the view there, weakly, so
         # that close() can refuse while views are alive. (A plain list of weak
@@ -180,7 +207,7 @@ class SharedArray(np.ndarray):
             return plain[()] if return_scalar else plain
         return result
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Union[str, Tuple[Any, ...]]:
         view = _view_of(self)
         if view is None:  # a copy or a computed result: ordinary memory, pickled by value
             return np.asarray(self).__reduce_ex__(protocol)
@@ -191,11 +218,11 @@ class SharedArray(np.ndarray):
         readonly = not self.flags.writeable
         return _rebuild, (view.descriptor(), self.dtype, self.shape, self.strides, offset, readonly)
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> Union[str, Tuple[Any, ...]]:
         return self.__reduce_ex__(2)
 
     @property
-    def arena(self) -> Optional[Any]:
+    def arena(self) -> Optional[Arena]:
         """The arena the array's memory belongs to (None for a copy in ordinary memory)."""
         return arena_of(self)
 
@@ -223,8 +250,10 @@ class SharedArray(np.ndarray):
         view = _view_of(self)
         if view is None or view.closed:
             return
-        if self.base is not view:
+        base: object = self.base  # (numpy's stubs say a base is an array or None; here it is the view)
+        if base is not view:
             raise BufferError("close() the SharedArray that was created or received, not a view of it")
+        del base  # not counted below
         # The view is held by self.base, by `view` here and by getrefcount's argument.
         others = sys.getrefcount(view) - 3
         views = self.__dict__.get("_views") or ()
@@ -239,15 +268,15 @@ class SharedArray(np.ndarray):
     def __enter__(self) -> "SharedArray":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def share(array: Any, *, arena: Any = None) -> SharedArray:
+def share(array: npt.ArrayLike, *, arena: Optional[Arena] = None) -> SharedArray:
     """Copies ``array`` (anything numpy.asarray accepts) into a new SharedArray,
     once; keeps its dtype, shape and memory order."""
     src = np.asarray(array)
-    order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    order: Literal["C", "F"] = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
     out = _new(SharedArray, src.shape, src.dtype, arena, order, zero=False)
     np.copyto(out, src, casting="no")
     return out

@@ -66,11 +66,14 @@ from __future__ import annotations
 import pickle
 import struct
 import threading
-from typing import Any, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 from .. import _core
 from ..shm.arena import attach_all, default_arena, track
 from .pickling import cloudpickle_dumps
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12 on
 
 __all__ = ["DEFAULT_THRESHOLD", "pack", "unpack", "release", "blocks", "is_packed"]
 
@@ -90,7 +93,7 @@ _HEAD = struct.Struct("<8sIIQ")
 _NAME_LEN = struct.Struct("<H")
 _ENTRY = struct.Struct("<HBBIQQQQQ")
 
-Entry = Tuple[int, int, Any, int, int]  # arena index, kind, Block, view offset, view length
+Entry = Tuple[int, int, _core.Block, int, int]  # arena index, kind, Block, view offset, view length
 
 # --- packing -----------------------------------------------------------------
 
@@ -121,18 +124,18 @@ class _Probe:
         self.clean = False
         return False
 
-    def hold(self, view: Any) -> None:
+    def hold(self, view: _core.BlockView) -> None:
         self.clean = False
 
 
 class _Packing:
     """One pack() call: the blocks it made and the references it took."""
 
-    def __init__(self, arena: Any, threshold: int) -> None:
+    def __init__(self, arena: _core.Arena, threshold: int) -> None:
         self.arena = arena
         self.threshold = threshold
-        self.views: List[Any] = []  # BlockViews holding the copies
-        self.held: List[Tuple[Any, Any]] = []  # (arena, Block): references taken for SharedArrays
+        self.views: List[_core.BlockView] = []  # the copies
+        self.held: List[Tuple[_core.Arena, _core.Block]] = []  # references taken for SharedArrays
 
     def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
         # Returning True keeps the buffer in the pickle; False leaves it out of band.
@@ -148,7 +151,7 @@ class _Packing:
             raise _ArenaFailure(error) from None
         return False
 
-    def hold(self, view: Any) -> None:
+    def hold(self, view: _core.BlockView) -> None:
         arena, block = view.arena, view.block
         arena.retain(block)
         arena.disown(block)  # the reference belongs to the payload, not to this process
@@ -180,18 +183,18 @@ class _Packing:
         return _encode(names, entries, pickled)
 
 
-def hold_for_payload(view: Any) -> bool:
+def hold_for_payload(view: _core.BlockView) -> bool:
     """Called by objects that pickle by reference (SharedArray): if a pack() is
     under way in this thread, the payload takes a reference on the view's block
     so the block outlives its sender. Returns whether one was taken."""
-    stack = getattr(_local, "stack", None)
+    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
     if not stack:
         return False
     stack[-1].hold(view)
     return True
 
 
-def _describe(obj: Any) -> str:
+def _describe(obj: object) -> str:
     text = repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -226,7 +229,7 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
     return False
 
 
-def pack_call(args: tuple, kwargs: dict, arena: Any = None) -> bytes:
+def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any], arena: Optional[_core.Arena] = None) -> bytes:
     """``pack((args, kwargs), arena)`` for a task's arguments; the common
     ``f(x, ...)`` with scalar arguments is pickled at once (this is on the
     path of every submit, where even the generic check's calls show)."""
@@ -239,7 +242,7 @@ def pack_call(args: tuple, kwargs: dict, arena: Any = None) -> bytes:
     return pack((args, kwargs), arena)
 
 
-def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, what: str = "argument") -> bytes:
+def pack(obj: Any, arena: Optional[_core.Arena] = None, threshold: int = DEFAULT_THRESHOLD, *, what: str = "argument") -> bytes:
     """Pickles ``obj`` (protocol 5; cloudpickle where plain pickle cannot),
     moving every out-of-band buffer of at least ``threshold`` bytes into
     ``arena`` (the process's default arena if None). Returns the payload, which
@@ -256,7 +259,7 @@ def pack(obj: Any, arena: Any = None, threshold: int = DEFAULT_THRESHOLD, *, wha
             return column
     if _only_scalars(obj):
         return pickle.dumps(obj, PROTOCOL)
-    stack = getattr(_local, "stack", None)
+    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     # Fast path, for the many small payloads: one plain pickling pass that only
@@ -320,24 +323,24 @@ def _encode(names: Sequence[str], entries: Sequence[Entry], pickled: bytes) -> b
     return b"".join(parts)
 
 
-def _starts_with(payload: Any, magic: bytes) -> bool:
+def _starts_with(payload: Buffer, magic: bytes) -> bool:
     if type(payload) is bytes:  # the common case, without a memoryview
         return payload.startswith(magic)
     return bytes(memoryview(payload)[: len(magic)]) == magic
 
 
-def is_packed(payload: Any) -> bool:
+def is_packed(payload: Buffer) -> bool:
     """Whether ``payload`` lists blocks (else it is a plain pickle or a number column)."""
     return _starts_with(payload, MAGIC)
 
 
-def is_number_column(payload: Any) -> bool:
+def is_number_column(payload: Buffer) -> bool:
     """Whether ``payload`` is a list of numbers packed as a column (see
     cpp/include/shoal/wire/number_column.hpp), not a pickle."""
     return _starts_with(payload, NUMBER_COLUMN)
 
 
-def _decode(payload: Any) -> Tuple[List[str], List[Entry], memoryview]:
+def _decode(payload: Buffer) -> Tuple[List[str], List[Entry], memoryview]:
     view = memoryview(payload).cast("B")
     magic, n_names, n_entries, pickle_len = _HEAD.unpack_from(view)
     if magic != MAGIC:
@@ -359,7 +362,7 @@ def _decode(payload: Any) -> Tuple[List[str], List[Entry], memoryview]:
     return names, entries, view[pos:]
 
 
-def blocks(payload: Any) -> List[Tuple[str, Any]]:
+def blocks(payload: Buffer) -> List[Tuple[str, _core.Block]]:
     """The (arena name, Block) pairs a payload holds references on."""
     if not is_packed(payload):
         return []
@@ -369,7 +372,7 @@ def blocks(payload: Any) -> List[Tuple[str, Any]]:
 
 # --- unpacking ---------------------------------------------------------------
 
-def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
+def unpack(payload: Buffer, arena: Optional[_core.Arena] = None, *, adopt: bool = False) -> Any:
     """Rebuilds the object ``pack()`` pickled into ``payload``, over zero-copy,
     copy-on-write views of its blocks (kept alive by the objects built on
     them): writable where the sender's buffer was, and writes stay in this
@@ -385,7 +388,7 @@ def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
         return pickle.loads(payload)
     names, entries, pickled = _decode(payload)
     arenas = attach_all(names, arena)
-    buffers: List[Any] = []
+    buffers: List[_core.BlockView] = []
     made = 0  # entries done with: a BUFFER's reference now belongs to its view
     try:
         for arena_index, kind, block, offset, length in entries:
@@ -410,7 +413,7 @@ def unpack(payload: Any, arena: Any = None, *, adopt: bool = False) -> Any:
                     _release_quietly(arenas[arena_index], block)
 
 
-def _release_quietly(arena: Any, block: Any) -> None:
+def _release_quietly(arena: _core.Arena, block: _core.Block) -> None:
     """Drops one of a payload's references: disowned by its sender, never
     adopted here. Not release(): that would also take a pin of this process's
     own views of the block (the SharedArray just rebuilt over it), and the last
@@ -421,7 +424,7 @@ def _release_quietly(arena: Any, block: Any) -> None:
         pass
 
 
-def release(payload: Any, arena: Any = None) -> None:
+def release(payload: Buffer, arena: Optional[_core.Arena] = None) -> None:
     """Drops the references ``payload`` holds (once; never after adopt=True)."""
     if not is_packed(payload):
         return

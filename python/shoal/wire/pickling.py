@@ -22,7 +22,7 @@ import sys
 import traceback
 import types
 import weakref
-from typing import Any
+from typing import Any, Callable, Optional, Tuple
 
 import cloudpickle
 
@@ -35,18 +35,24 @@ loads = pickle.loads
 PICKLE_PROTOCOL_5 = b"\x80\x05"
 
 
-def _describe(obj: Any) -> str:
+def _describe(obj: object) -> str:
     text = repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: What pickle's ``buffer_callback`` is given; a true answer keeps the buffer in the pickle.
+BufferCallback = Callable[[pickle.PickleBuffer], object]
+
 # --- __main__ objects -------------------------------------------------------
+
+#: A main reference's token: (pid of the process that made the copy, a number).
+Token = Tuple[int, int]
 
 _tokens = itertools.count(1)
 # Per __main__ object of this process: (token, by-value copy), made once.
-_main_copies: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+_main_copies: "weakref.WeakKeyDictionary[Any, tuple[Token, bytes]]" = weakref.WeakKeyDictionary()
 # In a worker: the object each token resolved to.
-_resolved: dict = {}
+_resolved: dict[Token, Any] = {}
 
 
 def _main_attribute(qualname: str) -> Any:
@@ -56,7 +62,7 @@ def _main_attribute(qualname: str) -> Any:
     return obj
 
 
-def _is_main_global(obj: Any) -> bool:
+def _is_main_global(obj: object) -> bool:
     """A class or function of ``__main__`` reachable there by its qualified name."""
     if getattr(obj, "__module__", None) != "__main__":
         return False
@@ -68,7 +74,7 @@ def _is_main_global(obj: Any) -> bool:
         return False
 
 
-def _main_ref(qualname: str, token: tuple, copy: bytes) -> Any:
+def _main_ref(qualname: str, token: Token, copy: bytes) -> Any:
     """Unpickling side of a main reference (see the module's docs)."""
     found = _resolved.get(token)
     if found is not None:
@@ -86,7 +92,9 @@ def _main_ref(qualname: str, token: tuple, copy: bytes) -> Any:
 class _MainAwarePickler(cloudpickle.Pickler):
     """cloudpickle, with ``__main__`` classes and functions as main references."""
 
-    def __init__(self, file: Any, buffer_callback: Any = None, by_value: tuple = ()) -> None:
+    def __init__(
+        self, file: io.BytesIO, buffer_callback: Optional[BufferCallback] = None, by_value: tuple[Any, ...] = ()
+    ) -> None:
         super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
         self._by_value = by_value  # objects whose copy is being made: inline, by value
 
@@ -100,7 +108,7 @@ class _MainAwarePickler(cloudpickle.Pickler):
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset})
 
 
-def _main_copy(obj: Any, outer: tuple) -> tuple:
+def _main_copy(obj: Any, outer: tuple[Any, ...]) -> tuple[Token, bytes]:
     made = _main_copies.get(obj)
     if made is None:
         stream = io.BytesIO()
@@ -110,7 +118,7 @@ def _main_copy(obj: Any, outer: tuple) -> tuple:
     return made
 
 
-def cloudpickle_dumps(obj: Any, buffer_callback: Any = None) -> bytes:
+def cloudpickle_dumps(obj: Any, buffer_callback: Optional[BufferCallback] = None) -> bytes:
     """``cloudpickle.dumps(obj, 5)``, with ``__main__`` objects as main references."""
     stream = io.BytesIO()
     _MainAwarePickler(stream, buffer_callback=buffer_callback).dump(obj)
@@ -142,7 +150,7 @@ def dumps(obj: Any, what: str = "argument") -> bytes:
         return _by_value(obj, what)
 
 
-def by_reference(fn: Any) -> bool:
+def by_reference(fn: object) -> bool:
     """Whether ``fn`` is a module-level function or class (its pickle names it,
     so it can be sent once per worker and keyed by identity). Anything else
     (bound methods, partials, closures, lambdas, callable instances) carries
@@ -156,7 +164,7 @@ def by_reference(fn: Any) -> bool:
     if module == "__main__":
         return _is_main_global(fn)
     try:
-        owner = sys.modules[module]
+        owner: object = sys.modules[module]
         for part in qualname.split("."):
             owner = getattr(owner, part)
         return owner is fn
@@ -164,7 +172,7 @@ def by_reference(fn: Any) -> bool:
         return False
 
 
-def dumps_callable(fn: Any) -> bytes:
+def dumps_callable(fn: object) -> bytes:
     """Pickle a task's callable: by reference what the worker can import,
     ``__main__`` objects as main references, the rest by value."""
     if not callable(fn):
@@ -186,6 +194,8 @@ def dumps_exception(exc: BaseException) -> bytes:
 
 
 def loads_exception(payload: bytes) -> BaseException:
+    exc: BaseException
+    tb: str
     exc, tb = loads(payload)
     original = getattr(exc, "original", None) if isinstance(exc, TransferError) else None
     if isinstance(original, BaseException):

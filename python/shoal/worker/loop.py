@@ -22,7 +22,7 @@ from .stdio import text_stream
 
 
 _worker_id: Optional[int] = None
-_arena: Any = None  # the pool's shared-memory arena: big buffers travel through it
+_arena: Optional[_core.Arena] = None  # the pool's shared-memory arena: big buffers travel through it
 # Freed 1 MiB heap arenas a busy worker keeps for reuse (given back when idle).
 _HEAP_CACHE_ARENAS = 32
 
@@ -50,7 +50,7 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
         items = iter(unpack(payload, _arena))
     except BaseException as exc:  # noqa: BLE001 - the whole chunk fails, the worker goes on
         return ERROR, dumps_exception(transfer_error("the map's items", exc))
-    results: list = []
+    results: list[Any] = []
     failures: dict[int, bytes] = {}
     calls = starmap(fn, items) if tag == MAP_STAR else map(fn, items)
     while True:
@@ -143,7 +143,7 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
                 os._exit(3)
 
 
-def main(segment: str, slot: int, config: dict) -> None:
+def main(segment: str, slot: int, config: dict[str, Any]) -> None:
     try:
         serve(segment, slot, config["arena"], config.get("startup_error", ""))
     finally:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 class _WholeLines(io.RawIOBase):
@@ -37,7 +40,7 @@ class _WholeLines(io.RawIOBase):
         except OSError:
             return False
 
-    def write(self, data: Any) -> int:
+    def write(self, data: Buffer) -> int:
         data = bytes(data)
         before = len(self._pending)
         self._pending += data
@@ -55,7 +58,7 @@ class _WholeLines(io.RawIOBase):
             self._emit(self._pending)
             self._pending.clear()
 
-    def _emit(self, data: Any) -> None:
+    def _emit(self, data: Buffer) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -64,11 +67,14 @@ class _WholeLines(io.RawIOBase):
             pass
 
 
-def text_stream(fd: int) -> io.TextIOWrapper:
+def text_stream(fd: int) -> TextIO:
     """A full text stream (``.buffer``, ``fileno()``, ``encoding``) on ``fd``."""
     encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
     stream = io.TextIOWrapper(
-        _WholeLines(fd), encoding=encoding, errors="backslashreplace", write_through=True  # type: ignore[arg-type]
+        _WholeLines(fd),  # type: ignore[type-var]  # typeshed wants a buffer with a `name` (only repr() reads one)
+        encoding=encoding,
+        errors="backslashreplace",
+        write_through=True,
     )
     return stream
 
