@@ -29,7 +29,7 @@ def recovery_times(kills: int) -> list[float]:
     times = []
     with shoal.Executor(2) as ex:
         for _ in range(kills):
-            fut = ex.submit(start_time_after_busy, 0.2, retries=1)
+            fut = ex.with_options(retries=1).submit(start_time_after_busy, 0.2)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # wait until a worker is running it
                 pids = ex.worker_pids()
@@ -84,7 +84,7 @@ def chaos_run(library: str, n: int) -> tuple[int, str, float]:
     try:
         if library == "shoal":
             with shoal.Executor(2) as ex:
-                futs = {x: ex.submit(doubled_or_die_once, x, marker_dir, retries=3) for x in range(n)}
+                futs = {x: ex.with_options(retries=3).submit(doubled_or_die_once, x, marker_dir) for x in range(n)}
                 good, errs = _count_correct(futs, 120)
         elif library == "ProcessPoolExecutor":
             with cf.ProcessPoolExecutor(2) as ex:

@@ -12,7 +12,7 @@ process, file descriptor or shared-memory name left behind.
     unpickle_result   caller           TransferError
     initializer       worker           BrokenPoolError; every later task too
     any point, the worker dies (os._exit, SIGSEGV, SIGKILL)    WorkerLostError
-    any point in the worker, hang past timeout=                 TimeoutError
+    any point in the worker, hang past task_timeout=            TimeoutError
 """
 import multiprocessing.pool
 import os
@@ -105,8 +105,8 @@ def _outcome(surface, pool, fn, args, timeout):
     """What the caller's result handle raises (or returns) for fn(*args)."""
     try:
         if surface == "executor":
-            return pool.submit(fn, *args, timeout=timeout).result(timeout=120)
-        return pool.apply_async(fn, args, timeout=timeout).get(timeout=120)
+            return pool.with_options(task_timeout=timeout).submit(fn, *args).result(timeout=120)
+        return pool.apply_async(fn, args, task_timeout=timeout).get(timeout=120)
     except BaseException as exc:  # noqa: BLE001 - SystemExit is an outcome here
         return exc
 

@@ -191,7 +191,7 @@ def test_bad_map_arguments_raise_value_error(no_leaks):
             with pytest.raises(ValueError):
                 method(tasks.square, [1], chunksize=-1)
             with pytest.raises(ValueError):
-                method(tasks.square, [1], timeout=0)
+                method(tasks.square, [1], task_timeout=0)
 
 
 def test_mp_context_and_context_pick_the_start_method(no_leaks):
@@ -531,3 +531,16 @@ def test_fork_start_method_forks_while_other_threads_run(no_leaks):
         other.join(timeout=60)
         child.stdin.close()
         child.wait(timeout=60)
+
+
+def test_submit_passes_every_keyword_to_the_function(no_leaks):
+    # As ProcessPoolExecutor.submit(fn, /, *args, **kwargs): `timeout` and
+    # `retries` are the task's own arguments; shoal's settings go through with_options().
+    with shoal.Executor(1) as ex:
+        got = ex.submit(tasks.kwargs_echo, 1, timeout=5, retries=2).result(timeout=60)
+        assert got == ((1,), {"timeout": 5, "retries": 2})
+        safe = ex.with_options(retries=1, task_timeout=60)
+        assert safe.submit(tasks.kwargs_echo, timeout=7).result(timeout=60) == ((), {"timeout": 7})
+        assert list(safe.map(tasks.square, range(4), timeout=60)) == [0, 1, 4, 9]
+        with pytest.raises(ValueError):
+            ex.with_options(task_timeout=0)

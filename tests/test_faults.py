@@ -25,7 +25,7 @@ def _chaos_inputs(tmp_path, n=2000, share=0.05, seed=7):
 def test_chaos_with_retries_every_result_exactly_once(tmp_path, no_leaks):
     doomed = _chaos_inputs(tmp_path)
     with shoal.Executor(2) as ex:
-        futs = {x: ex.submit(tasks.kill_self_once, x, str(tmp_path), retries=3) for x in range(2000)}
+        futs = {x: ex.with_options(retries=3).submit(tasks.kill_self_once, x, str(tmp_path)) for x in range(2000)}
         results = {x: f.result(timeout=120) for x, f in futs.items()}
         assert ex.stats()["workers_lost"] >= len(doomed)
     assert results == {x: 2 * x for x in range(2000)}
@@ -56,8 +56,8 @@ def test_map_with_retries_survives_crashes(tmp_path, no_leaks):
 
 def test_task_over_its_time_limit_raises_timeout_error_and_others_go_on(no_leaks):
     with shoal.Executor(2) as ex:
-        stuck = ex.submit(tasks.sleep_forever, timeout=0.5)
-        fine = [ex.submit(tasks.square, i, timeout=30) for i in range(20)]
+        stuck = ex.with_options(task_timeout=0.5).submit(tasks.sleep_forever)
+        fine = [ex.with_options(task_timeout=30).submit(tasks.square, i) for i in range(20)]
         start = time.monotonic()
         with pytest.raises(TimeoutError, match="time limit of 0.5 s"):
             stuck.result(timeout=30)
@@ -68,15 +68,15 @@ def test_task_over_its_time_limit_raises_timeout_error_and_others_go_on(no_leaks
 
 def test_pool_apply_async_and_map_timeouts(no_leaks):
     with shoal.Pool(2) as pool:
-        r = pool.apply_async(tasks.sleep_forever, timeout=0.3)
+        r = pool.apply_async(tasks.sleep_forever, task_timeout=0.3)
         with pytest.raises(TimeoutError):
             r.get(timeout=30)
-        it = pool.imap(tasks.sleep_then, [1], timeout=0.3)  # TypeError: sleep_then needs 2 args
+        it = pool.imap(tasks.sleep_then, [1], task_timeout=0.3)  # TypeError: sleep_then needs 2 args
         with pytest.raises(TypeError):
             next(it)
         with pytest.raises(TimeoutError):
-            pool.map(tasks.sleep_forever, [1, 2], timeout=0.3)
-        assert pool.map(tasks.square, range(4), timeout=30) == [0, 1, 4, 9]
+            pool.map(tasks.sleep_forever, [1, 2], task_timeout=0.3)
+        assert pool.map(tasks.square, range(4), task_timeout=30) == [0, 1, 4, 9]
 
 
 def test_memory_hard_limit_kills_the_task_with_memory_limit_error(no_leaks):

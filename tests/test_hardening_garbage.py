@@ -54,14 +54,14 @@ SCRIPT = textwrap.dedent(
     ex = shoal.Executor(2)
     assert ex.submit(pow, 2, 10).result(timeout=60) == 1024
     # Two tasks per worker: each runs one and holds the next in its inbox.
-    running = [ex.submit(time.sleep, 1.5, retries=retries) for _ in range(4)]
+    running = [ex.with_options(retries=retries).submit(time.sleep, 1.5) for _ in range(4)]
     time.sleep(0.3)
     print("READY", flush=True)
     sys.stdin.readline()  # the test has written its garbage
     later = []
     for i in range(6):
         try:
-            later.append(ex.submit(pow, 3, i, retries=retries))
+            later.append(ex.with_options(retries=retries).submit(pow, 3, i))
         except shoal.BrokenPoolError as e:  # a broken pool refuses new tasks
             print("BROKEN", str(e).replace("\n", " "))
     for fut in running + later:

@@ -28,7 +28,7 @@ class Runner:
 
     def submit(self, fn, *args, **options):
         if self.kind == "executor":
-            future = self.pool.submit(fn, *args, **options)
+            future = self.pool.with_options(**options).submit(fn, *args)
             return lambda: future.result(timeout=TIMEOUT)
         result = self.pool.apply_async(fn, args, **options)
         return lambda: result.get(timeout=TIMEOUT)

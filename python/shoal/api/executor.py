@@ -11,7 +11,7 @@ from ..runtime.options import PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
 from .future import Future
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "TaskOptions"]
 
 
 class Executor(futures.Executor):
@@ -71,22 +71,39 @@ class Executor(futures.Executor):
         """How many worker processes the pool runs."""
         return self._core.workers
 
-    def submit(
-        self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: Optional[float] = None, **kwargs: Any
-    ) -> futures.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
 
-        ``retries``: re-run the task up to this many times if its worker dies
-        under it (else it fails with ``shoal.WorkerLostError``). ``timeout``:
-        seconds the task may run; past it its worker is stopped and replaced
-        and the future raises ``TimeoutError``. Both names are taken by shoal,
-        so ``fn`` cannot receive keyword arguments called ``retries`` or ``timeout``.
+        Every keyword goes to ``fn``, as with ProcessPoolExecutor. Retries and a
+        time limit for the task: ``ex.with_options(retries=3, task_timeout=5).submit(...)``.
         """
+        core = self._core  # _submit's body, inlined: a call less on the hottest path
+        with core.lock:
+            core.check_open(_after_shutdown)
+            fut = Future(core.runtime)
+            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut))
+            return fut
+
+    def with_options(self, *, retries: int = 0, task_timeout: Optional[float] = None) -> "TaskOptions":
+        """This pool with per-task settings for the tasks submitted through it:
+        ``retries`` re-runs a task up to this many times if its worker dies under
+        it (else it fails with ``shoal.WorkerLostError``); ``task_timeout``:
+        seconds the task may run, past which its worker is stopped and replaced
+        and the future raises ``TimeoutError``.
+
+            safe = ex.with_options(retries=3, task_timeout=60)
+            fut = safe.submit(fn, x, timeout=5)   # fn gets timeout=5
+        """
+        check_timeout(task_timeout)
+        return TaskOptions(self, retries, task_timeout)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int,
+                task_timeout: Optional[float]) -> futures.Future:
         core = self._core
         with core.lock:
             core.check_open(_after_shutdown)
             fut = Future(core.runtime)
-            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut, retries, timeout))
+            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut, retries, task_timeout))
             return fut
 
     def map(
@@ -147,6 +164,29 @@ class Executor(futures.Executor):
     def stats(self) -> dict[str, int]:
         """Counters from the engine: tasks submitted/completed, workers started/lost, retries."""
         return self._core.stats()
+
+
+class TaskOptions:
+    """An Executor with per-task settings (``Executor.with_options``): its
+    ``submit`` and ``map`` are the pool's, with these retries and time limit."""
+
+    __slots__ = ("_executor", "retries", "task_timeout")
+
+    def __init__(self, executor: Executor, retries: int, task_timeout: Optional[float]) -> None:
+        self._executor, self.retries, self.task_timeout = executor, retries, task_timeout
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        """``Executor.submit`` with these settings; every keyword goes to ``fn``."""
+        return self._executor._submit(fn, args, kwargs, self.retries, self.task_timeout)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: Optional[int] = None, progress: bool = False) -> Iterator[Any]:
+        """``Executor.map`` with these settings."""
+        return self._executor.map(fn, *iterables, timeout=timeout, chunksize=chunksize, progress=progress,
+                                  retries=self.retries, task_timeout=self.task_timeout)
+
+    def __repr__(self) -> str:
+        return f"<{self._executor!r} with retries={self.retries}, task_timeout={self.task_timeout}>"
 
 
 def _after_shutdown() -> RuntimeError:

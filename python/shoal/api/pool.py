@@ -174,7 +174,7 @@ class Pool:
     multiprocessing, leaving a ``with Pool() as p:`` block calls terminate().
 
     Beyond multiprocessing: ``retries=N`` re-runs a task whose worker died;
-    ``timeout=`` (seconds, on apply_async and the map methods) limits each
+    ``task_timeout=`` (seconds, on apply_async and the map methods) limits each
     task's run time; ``max_memory_per_worker`` limits resident memory (see
     ``shoal.Executor``); ``start_method`` as for ``shoal.Executor`` (``context=``
     takes a multiprocessing context's); ``start_method="inline"`` or
@@ -224,7 +224,7 @@ class Pool:
         error_callback: Optional[Callable[[BaseException], None]] = None,
         *,
         retries: int = 0,
-        timeout: Optional[float] = None,
+        task_timeout: Optional[float] = None,
     ) -> AsyncResult:
         """Schedule ``func(*args, **kwds)``. Callbacks run in the thread that
         receives the result: the pool's result thread, or a thread blocked in
@@ -234,17 +234,17 @@ class Pool:
         with core.lock:
             core.check_open(_not_running)
             job_id = core.submit_call(
-                func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, timeout
+                func, tuple(args), dict(kwds or {}), lambda s, ns, p: result._set(*_pool_decode(s, p)), retries, task_timeout
             )
             result._bind(core.runtime, job_id)
         return result
 
     # -- maps -----------------------------------------------------------------
 
-    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, timeout) -> MapResult:
+    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, task_timeout) -> MapResult:
         self._check_running()
         check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
-        check_timeout(timeout)
+        check_timeout(task_timeout)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         total = len(iterable)
@@ -253,46 +253,46 @@ class Pool:
         def start(on_chunk, on_complete):
             return self._core.map(
                 func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
-                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=timeout, gather=True,
+                on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=task_timeout, gather=True,
             )
 
         return MapResult(start, callback, error_callback, bar)
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-            *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
+            *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list:
         """``list(map(func, iterable))``, run in the workers."""
-        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries, timeout).get()
+        return self._map_async(func, iterable, chunksize, None, None, False, progress, retries, task_timeout).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                  *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries, timeout)
+                  *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries, task_timeout)
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
-                *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> list:
+                *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list:
         """Like map, calling ``func(*args)`` for each args tuple."""
-        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries, timeout).get()
+        return self._map_async(func, iterable, chunksize, None, None, True, progress, retries, task_timeout).get()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                      *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries, timeout)
+                      *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries, task_timeout)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-             *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
+             *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> IMapIterator:
         """Lazy, ordered map: reads the input as results are consumed."""
-        return self._imap(func, iterable, chunksize, True, progress, retries, timeout)
+        return self._imap(func, iterable, chunksize, True, progress, retries, task_timeout)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-                       *, progress: bool = False, retries: int = 0, timeout: Optional[float] = None) -> IMapIterator:
+                       *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> IMapIterator:
         """Like imap, yielding results as they finish."""
-        return self._imap(func, iterable, chunksize, False, progress, retries, timeout)
+        return self._imap(func, iterable, chunksize, False, progress, retries, task_timeout)
 
-    def _imap(self, func, iterable, chunksize, ordered, progress, retries, timeout) -> IMapIterator:
+    def _imap(self, func, iterable, chunksize, ordered, progress, retries, task_timeout) -> IMapIterator:
         self._check_running()
         check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
-        check_timeout(timeout)
+        check_timeout(task_timeout)
         total = len(iterable) if hasattr(iterable, "__len__") else None
         feed = self._core.map(
-            func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=timeout
+            func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=task_timeout
         )
         return IMapIterator(feed, progress_bar(progress, total))
 
