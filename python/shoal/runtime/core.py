@@ -16,7 +16,7 @@ call raises BrokenPoolError with the engine's reason.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ..errors import BrokenPoolError
 from .lifecycle import interpreter_exiting
@@ -35,8 +35,8 @@ class PoolCore:
         self._state = RUNNING
         self._lock = threading.Lock()  # state changes; submits check under it
         # The runtime's own methods, not wrappers: a task pays no extra call here.
-        self.submit_call: Callable[..., int] = self.runtime.submit_call
-        self.map: Callable[..., Any] = self.runtime.map
+        self.submit_call = self.runtime.submit_call
+        self.map = self.runtime.map
 
     @property
     def workers(self) -> int:

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 from .. import _core
 from ..errors import BrokenPoolError
@@ -25,6 +25,9 @@ from . import lifecycle
 from .map_feed import MapFeed
 from .options import PoolOptions, check_timeout
 from .outcome import INLINE_ERROR, Handler, log, run_handler, report_handler_failure
+
+if TYPE_CHECKING:
+    from .interface import Task
 
 _FUNCTION_CACHE = 256
 # A worker whose resident memory passes this share of max_memory_per_worker
@@ -67,7 +70,7 @@ class _ReleasingHandler:
 
     __slots__ = ("arena", "payload", "handler")
 
-    def __init__(self, arena: Any, payload: bytes, handler: Handler) -> None:
+    def __init__(self, arena: _core.Arena, payload: bytes, handler: Handler) -> None:
         self.arena, self.payload, self.handler = arena, payload, handler
 
     def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
@@ -133,8 +136,9 @@ class Runtime:
         self._engine_closing = False  # shutdown began: the last feed to finish closes the engine
         self._handlers: dict[int, Handler] = {}
         self._job_ids = itertools.count(1)
-        self._functions: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._last_function: tuple[Any, int] = (None, 0)  # (fn, id) of the latest submit
+        # By id() or pickled bytes (see _function_id): (what keeps the key valid, engine id).
+        self._functions: OrderedDict[Union[int, bytes], tuple[Optional[Task], int]] = OrderedDict()
+        self._last_function: tuple[Optional[Task], int] = (None, 0)  # (fn, id) of the latest submit
         self._cancel_at_exit = options.cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
@@ -144,12 +148,12 @@ class Runtime:
     # -- submitting -----------------------------------------------------------
 
     @staticmethod
-    def prepare(fn: Callable[..., Any]) -> Any:
+    def prepare(fn: Callable[..., Any]) -> Task:
         """What a map hands to submit() for each of its chunks: ``fn`` itself
         if it travels by reference, else its bytes, pickled once now."""
         return fn if by_reference(fn) else Prepared(dumps_callable(fn))
 
-    def _function_id(self, fn: Any) -> int:
+    def _function_id(self, fn: Task) -> int:
         """The engine's id for ``fn``'s pickle, defined on first use.
 
         Module-level functions and classes are keyed by identity (their pickle
@@ -161,9 +165,9 @@ class Runtime:
         if fn is last[0]:  # task after task of the same function (or map)
             return last[1]
         if type(fn) is Prepared:
-            key: Any = fn.blob
-            blob = fn.blob
-            keep: Any = fn
+            key: Union[int, bytes] = fn.blob
+            blob: Optional[bytes] = fn.blob
+            keep: Optional[Task] = fn
         elif by_reference(fn):
             key, blob, keep = id(fn), None, fn  # holding fn keeps its id() unique
         else:
@@ -191,7 +195,7 @@ class Runtime:
             raise BrokenPoolError(reason)
 
     def submit(
-        self, fn: Callable[..., Any], tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+        self, fn: Task, tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
         return self.submit_as(self._function_id(fn), tag, payload, handler, retries, timeout)
 
@@ -211,7 +215,13 @@ class Runtime:
         return job_id
 
     def submit_call(
-        self, fn: Callable[..., Any], args: tuple, kwargs: dict, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handler: Handler,
+        retries: int = 0,
+        timeout: Optional[float] = None,
     ) -> int:
         """Submits ``fn(*args, **kwargs)``. A callable or argument that cannot
         be pickled fails the job (through ``handler``, as the stdlib fails the
@@ -233,7 +243,7 @@ class Runtime:
         """The largest payload that travels inside a ring frame (larger ones are spilled)."""
         return self._engine.inline_payload_limit
 
-    def pack_chunk(self, chunk: list, inband: bool = False) -> bytes:
+    def pack_chunk(self, chunk: list[Any], inband: bool = False) -> bytes:
         """A map chunk's payload; ``inband``: its buffers inside the pickle (the arena is full)."""
         if inband:
             return pack(chunk, self._arena, threshold=sys.maxsize, what="map item")

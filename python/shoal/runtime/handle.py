@@ -9,7 +9,10 @@ handler; the other finds it done.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .interface import PoolRuntime
 
 
 class JobHandle:
@@ -17,10 +20,13 @@ class JobHandle:
     that could not be pickled failed the handle before any job existed)."""
 
     # Class defaults: a handle costs no instance attribute until it is bound.
-    _runtime: Any = None
+    if TYPE_CHECKING:
+        _runtime: PoolRuntime  # None until bound, and read only once _job_id is set
+    else:
+        _runtime = None
     _job_id: int = 0
 
-    def _bind(self, runtime: Any, job_id: int) -> None:
+    def _bind(self, runtime: PoolRuntime, job_id: int) -> None:
         self._runtime, self._job_id = runtime, job_id
 
     def _take_result(self, timeout: Optional[float]) -> Optional[float]:

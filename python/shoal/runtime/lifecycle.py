@@ -12,18 +12,24 @@ import atexit
 import os
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
-_live: "weakref.WeakSet[Any]" = weakref.WeakSet()  # every Runtime not yet shut down
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .. import _core
+    from .engine import Runtime
+
+_live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()  # every Runtime not yet shut down
 _exiting = False  # the interpreter is shutting down: no new tasks
 
 
-def register(runtime: Any) -> None:
+def register(runtime: Runtime) -> None:
     """A new pool core: stopped at exit, made inert in forked children."""
     _live.add(runtime)
 
 
-def live_runtimes() -> list:
+def live_runtimes() -> list[Runtime]:
     return list(_live)
 
 
@@ -49,7 +55,7 @@ class _ForkedCopy:
     def __init__(self, owner: int) -> None:
         self._owner = owner
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> NoReturn:
         raise RuntimeError(
             f"this pool belongs to process {self._owner}; a process forked from it cannot use it "
             "(it would take the parent's results): create a new pool in the child"
@@ -66,13 +72,13 @@ def _orphan_runtimes_in_child() -> None:
         # and join threads this process does not have.
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
         _orphans.append(engine)
-        runtime._engine = _ForkedCopy(os.getppid())
+        runtime._engine = _ForkedCopy(os.getppid())  # type: ignore[assignment]  # a stand-in refusing every use
         runtime._handlers = {}
         runtime._feeds = set()
     _live.clear()
 
 
-_orphans: list = []
+_orphans: list[_core.Engine] = []  # the parent's engines, never destroyed here
 os.register_at_fork(after_in_child=_orphan_runtimes_in_child)
 
 
@@ -89,7 +95,7 @@ def clean_up_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _die_of_sigterm)
 
 
-def _die_of_sigterm(signum: int, frame: Any) -> None:
+def _die_of_sigterm(signum: int, frame: Optional[FrameType]) -> None:
     import signal
     import stat
 

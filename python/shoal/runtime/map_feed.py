@@ -5,15 +5,18 @@ import threading
 import time
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 from ..wire.payload import unpack
 from ..wire.pickling import as_pickling_error, loads_exception, transfer_error
 from ..wire.protocol import ERROR, OK
-from .outcome import INLINE_OK, decode, log
+from .outcome import INLINE_OK, Payload, decode, log
 
 if TYPE_CHECKING:
-    from .engine import Runtime
+    from .interface import PoolRuntime, Task
+
+#: One chunk's outcome: (values, failures by index in the chunk, item count).
+Chunk = Tuple[list[Any], dict[int, BaseException], int]
 
 
 class MapFeed:
@@ -35,10 +38,19 @@ class MapFeed:
     DECAY = 0.7
 
     def __init__(
-        self, runtime: Runtime, fn, items: Iterator[Any], tag: int, chunksize, ordered: bool, retries: int, total, bounded: bool
-    ):
+        self,
+        runtime: PoolRuntime,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        tag: int,
+        chunksize: Optional[int],
+        ordered: bool,
+        retries: int,
+        total: Optional[int],
+        bounded: bool,
+    ) -> None:
         self._runtime = runtime
-        self._fn = fn
+        self._fn: Task = fn
         self._items = items
         self._tag = tag
         self._fixed_chunk = chunksize
@@ -48,10 +60,10 @@ class MapFeed:
         self._cond = threading.Condition()
         self._next_chunk = 0  # index of the next chunk to submit
         self._next_yield = 0  # ordered: index of the next chunk to hand out
-        self._finished: dict[int, tuple[list, dict[int, BaseException], int]] = {}
+        self._finished: dict[int, Chunk] = {}
         # Gathering maps put each chunk's values in place as it finishes (mp.Pool
         # does too): no list of the whole result is built after the last one.
-        self._gathered: Optional[list] = None
+        self._gathered: Optional[list[Any]] = None
         self._gather_failures: dict[int, BaseException] = {}  # by item index
         self._items_read = 0
         self._in_flight: dict[int, int] = {}  # chunk index -> job id
@@ -72,7 +84,7 @@ class MapFeed:
         self._refilling = False
         self._completion_reported = False
         self._abandoned = False  # nobody will read the results: discard them as they come
-        self._stalled: Optional[list] = None  # a chunk read but waiting for room in the arena
+        self._stalled: Optional[list[Any]] = None  # a chunk read but waiting for room in the arena
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
@@ -82,7 +94,12 @@ class MapFeed:
             self._input_error = exc
             self._exhausted = True
 
-    def start(self, on_chunk=None, on_complete=None, gather: bool = False) -> "MapFeed":
+    def start(
+        self,
+        on_chunk: Optional[Callable[[int], None]] = None,
+        on_complete: Optional[Callable[[MapFeed], None]] = None,
+        gather: bool = False,
+    ) -> MapFeed:
         self.on_chunk, self.on_complete = on_chunk, on_complete
         if gather:
             self._gathered = [None] * self._remaining if self._remaining is not None else []
@@ -207,9 +224,9 @@ class MapFeed:
             if index in self._in_flight:
                 self._in_flight[index] = job_id
 
-    def _read_chunk(self) -> list:
+    def _read_chunk(self) -> list[Any]:
         size = self._chunk_size()
-        chunk: list = []
+        chunk: list[Any] = []
         try:
             chunk.extend(islice(self._items, size))  # keeps the items read before a failure
         except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
@@ -221,7 +238,7 @@ class MapFeed:
             self._exhausted = True
         return chunk
 
-    def _file_chunk(self, chunk: list) -> tuple[int, int]:
+    def _file_chunk(self, chunk: list[Any]) -> tuple[int, int]:
         """Numbers a chunk about to be submitted: (chunk index, index of its first item)."""
         index = self._next_chunk
         self._next_chunk += 1
@@ -232,7 +249,7 @@ class MapFeed:
         self._items_read += len(chunk)
         return index, start
 
-    def _fail_chunk(self, chunk: list, error: BaseException) -> None:
+    def _fail_chunk(self, chunk: list[Any], error: BaseException) -> None:
         """Every item of ``chunk`` fails with ``error`` (as the stdlib fails each
         future whose arguments it could not pickle); the map goes on."""
         index, start = self._file_chunk(chunk)
@@ -241,19 +258,20 @@ class MapFeed:
         if self._abandoned:
             log.error("items of an unread map could not be pickled: %r", error)
         elif self._gathered is not None:
-            self._gather(start, [None] * count, failures)
+            self._gather(self._gathered, start, [None] * count, failures)
         else:
             self._finished[index] = ([None] * count, failures, count)
         self._cond.notify_all()
 
-    def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: bytes) -> None:
+    def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: Payload) -> None:
         if status == OK and count:
             self._run_ns = self.DECAY * self._run_ns + run_ns
             self._run_items = self.DECAY * self._run_items + count
             self._note_size(len(payload), count)
         values, failures = self._decode_chunk(status, payload, count)  # frees its blocks if dropped
-        if self._gathered is not None and not self._abandoned:
-            self._gather(start, values, failures)
+        gathered = self._gathered
+        if gathered is not None and not self._abandoned:
+            self._gather(gathered, start, values, failures)
         with self._cond:
             self._in_flight.pop(index, None)
             if self._gathered is None and not self._abandoned:
@@ -272,9 +290,10 @@ class MapFeed:
             self._bytes_per_item = self.DECAY * self._bytes_per_item + (1 - self.DECAY) * sample
 
     @staticmethod
-    def _decode_chunk(status: int, payload: Any, count: int) -> tuple[list, dict[int, BaseException]]:
+    def _decode_chunk(status: int, payload: Payload, count: int) -> tuple[list[Any], dict[int, BaseException]]:
         if status == INLINE_OK:
-            return payload
+            outcome: tuple[list[Any], dict[int, BaseException]] = payload  # the serial runtime's (results, failures)
+            return outcome
         if status == ERROR:
             try:
                 values, failed = unpack(payload, adopt=True)
@@ -295,8 +314,7 @@ class MapFeed:
         with self._cond:
             return self._exhausted and not self._in_flight
 
-    def _gather(self, start: int, values: list, failures: dict[int, BaseException]) -> None:
-        gathered = self._gathered
+    def _gather(self, gathered: list[Any], start: int, values: list[Any], failures: dict[int, BaseException]) -> None:
         end = start + len(values)
         if end > len(gathered):  # an input of unknown length
             gathered.extend([None] * (end - len(gathered)))
@@ -304,17 +322,20 @@ class MapFeed:
         for i, exc in failures.items():
             self._gather_failures[start + i] = exc
 
-    def gathered(self) -> tuple[list, dict[int, BaseException]]:
+    def gathered(self) -> tuple[list[Any], dict[int, BaseException]]:
         """A gathering map's results in input order, and its failures by item
         index; raises what the input iterable raised, if it failed."""
         with self._cond:
             if self._input_error is not None:
                 raise self._input_error
-            return self._gathered, self._gather_failures
+            gathered = self._gathered
+            if gathered is None:
+                raise RuntimeError("gathered() of a map started without gather=True")
+            return gathered, self._gather_failures
 
     # -- consuming ------------------------------------------------------------
 
-    def chunks(self, deadline: Optional[float] = None) -> Iterator[tuple[list, dict[int, BaseException], int]]:
+    def chunks(self, deadline: Optional[float] = None) -> Iterator[Chunk]:
         """Yields (values, failures by index, count) per chunk, ordered or as finished.
 
         An ordered map waits for its next chunk as a single result is waited
@@ -333,7 +354,7 @@ class MapFeed:
                             key = self._next_yield
                         else:
                             ready = bool(self._finished)
-                            key = next(iter(self._finished)) if ready else None
+                            key = next(iter(self._finished)) if ready else 0  # (read only when ready)
                         if ready:
                             break
                         if self._exhausted and not self._in_flight and not self._finished:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 
 def default_workers() -> int:
@@ -46,7 +49,7 @@ def check_timeout(timeout: Optional[float]) -> float:
 START_METHODS = ("forkserver", "fork", "spawn", "inline")
 
 
-def check_start_method(start_method: str, context: Any) -> str:
+def check_start_method(start_method: str, context: Optional[BaseContext]) -> str:
     """The start method from ``start_method`` or a multiprocessing context
     (``mp_context=``/``context=`` as the stdlib pools take)."""
     if context is not None:
@@ -59,7 +62,7 @@ def check_start_method(start_method: str, context: Any) -> str:
     return start_method
 
 
-def check_chunksize(chunksize: Any, message: str) -> None:
+def check_chunksize(chunksize: object, message: str) -> None:
     """``None`` (sized from the measured task time) or an int of at least 1."""
     if chunksize is None:
         return
@@ -83,7 +86,7 @@ class PoolOptions:
 
     workers: int
     initializer: Optional[Callable[..., Any]] = None
-    initargs: tuple = ()
+    initargs: tuple[Any, ...] = ()
     max_tasks_per_child: int = 0  # 0: workers are never replaced for their task count
     start_method: str = "forkserver"
     max_memory_per_worker: int = 0  # bytes; 0: no limit
@@ -99,7 +102,7 @@ class PoolOptions:
     def for_executor(
         cls,
         max_workers: Optional[int],
-        mp_context: Any,
+        mp_context: Optional[BaseContext],
         initializer: Optional[Callable[..., Any]],
         initargs: Iterable[Any],
         max_tasks_per_child: Optional[int],
@@ -127,7 +130,7 @@ class PoolOptions:
         initializer: Optional[Callable[..., Any]],
         initargs: Iterable[Any],
         maxtasksperchild: Optional[int],
-        context: Any,
+        context: Optional[BaseContext],
         max_memory_per_worker: Union[int, str, None],
         shm_limit: Union[int, str, None],
         start_method: str,
@@ -145,7 +148,7 @@ class PoolOptions:
 
     @classmethod
     def _make(cls, workers: Optional[int], initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],
-              max_tasks_per_child: Optional[int], context: Any, start_method: str,
+              max_tasks_per_child: Optional[int], context: Optional[BaseContext], start_method: str,
               max_memory_per_worker: Union[int, str, None], shm_limit: Union[int, str, None],
               cancel_at_exit: bool) -> "PoolOptions":
         return cls(

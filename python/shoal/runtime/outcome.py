@@ -16,14 +16,18 @@ INLINE_OK, INLINE_ERROR = 100, 101
 log = logging.getLogger("shoal")
 log.addHandler(logging.NullHandler())  # a library logs; the application decides where it goes
 
-Handler = Callable[[int, int, bytes], None]
+#: What a job's outcome carries: the payload's bytes from a worker; from the
+#: serial runtime (INLINE_OK / INLINE_ERROR) the result or exception itself.
+Payload = Any
+#: Called with a job's (status, run time in ns, payload) once it ends.
+Handler = Callable[[int, int, Payload], None]
 
 
 class Cancelled(Exception):
     """Internal marker: the job was cancelled before it ran."""
 
 
-def run_handler(handler: Handler, status: int, run_ns: int, payload: bytes) -> None:
+def run_handler(handler: Handler, status: int, run_ns: int, payload: Payload) -> None:
     """Delivers a job's outcome; a failing user callback is reported, never raised
     into whichever thread happens to deliver (the result thread, or a waiter)."""
     try:
@@ -39,7 +43,7 @@ def report_handler_failure() -> None:
     log.error("a result callback raised; the pool goes on", exc_info=True)
 
 
-def decode(status: int, payload: bytes) -> tuple[bool, Any]:
+def decode(status: int, payload: Payload) -> tuple[bool, Any]:
     """(True, value) for a result; (False, exception) for every other ending."""
     try:
         return _decode(status, payload)
@@ -47,7 +51,7 @@ def decode(status: int, payload: bytes) -> tuple[bool, Any]:
         return False, transfer_error("the task's result", exc)
 
 
-def _decode(status: int, payload: bytes) -> tuple[bool, Any]:
+def _decode(status: int, payload: Payload) -> tuple[bool, Any]:
     if status == OK:
         return True, unpack(payload, adopt=True)  # the result's objects own its arena blocks
     if status == ERROR:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from ..wire.protocol import CALL, MAP_ONE, MAP_STAR
-from .outcome import INLINE_ERROR, INLINE_OK
+from .outcome import INLINE_ERROR, INLINE_OK, Handler, Payload
 from .map_feed import MapFeed
 from .options import PoolOptions
+
+if TYPE_CHECKING:
+    from .interface import PoolRuntime, Task
 
 
 class SerialRuntime:
@@ -40,34 +43,45 @@ class SerialRuntime:
         pass
 
     @staticmethod
-    def pack_chunk(chunk: list, inband: bool = False) -> list:
+    def pack_chunk(chunk: list[Any], inband: bool = False) -> list[Any]:
         return chunk
 
-    def submit(self, fn, tag: int, payload: Any, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+    def submit(
+        self, fn: Task, tag: int, payload: Payload, handler: Handler, retries: int = 0, timeout: Optional[float] = None
+    ) -> int:
+        call: Callable[..., Any] = fn  # type: ignore[assignment]  # what prepare() gave: here, fn itself
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         job_id = next(self._job_ids)
         if tag == CALL:
             args, kwargs = payload
             try:
-                result = fn(*args, **kwargs)
+                result = call(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - delivered like a worker's exception
                 handler(INLINE_ERROR, 0, exc)
             else:
                 handler(INLINE_OK, 0, result)
             return job_id
-        results: list = []
+        results: list[Any] = []
         failures: dict[int, BaseException] = {}
         for index, item in enumerate(payload):
             try:
-                results.append(fn(*item) if tag == MAP_STAR else fn(item))
+                results.append(call(*item) if tag == MAP_STAR else call(item))
             except Exception as exc:  # noqa: BLE001
                 results.append(None)
                 failures[index] = exc
         handler(INLINE_OK, 0, (results, failures))
         return job_id
 
-    def submit_call(self, fn, args: tuple, kwargs: dict, handler, retries: int = 0, timeout: Optional[float] = None) -> int:
+    def submit_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handler: Handler,
+        retries: int = 0,
+        timeout: Optional[float] = None,
+    ) -> int:
         return self.submit(fn, CALL, (args, kwargs), handler, retries, timeout)
 
     def cancel(self, job_id: int) -> bool:
@@ -82,8 +96,22 @@ class SerialRuntime:
     def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
         return True  # every job ran inside submit()
 
-    def map(self, fn, items: Iterable[Any], *, star: bool, chunksize=None, ordered=True, retries=0, total=None,
-            bounded=True, timeout=None, on_chunk=None, on_complete=None, gather=False) -> MapFeed:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        star: bool,
+        chunksize: Optional[int] = None,
+        ordered: bool = True,
+        retries: int = 0,
+        total: Optional[int] = None,
+        bounded: bool = True,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[Callable[[int], None]] = None,
+        on_complete: Optional[Callable[[MapFeed], None]] = None,
+        gather: bool = False,
+    ) -> MapFeed:
         feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
         return feed.start(on_chunk, on_complete, gather)
 
@@ -102,7 +130,7 @@ class SerialRuntime:
         return {}
 
 
-def make_runtime(options: PoolOptions) -> Any:
+def make_runtime(options: PoolOptions) -> PoolRuntime:
     """The serial runtime for ``start_method="inline"`` or ``SHOAL_SERIAL=1``, else worker processes."""
     from .engine import Runtime
 
