@@ -7,30 +7,21 @@
 // their inboxes themselves; the engine thread reacts to worker deaths and
 // limits, and drains only when no such thread will.
 #include <sys/types.h>
-#include <unistd.h>
 
-#include <atomic>
+#include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "shoal/base/deadline.hpp"
-#include "shoal/ipc/notifier.hpp"
 #include "shoal/proc/launcher.hpp"
-#include "shoal/proc/supervisor.hpp"
-#include "shoal/wire/blob.hpp"
-#include "shoal/engine/pool_layout.hpp"
 #include "shoal/wire/protocol.hpp"
-#include "shoal/base/spinning_mutex.hpp"
 
 namespace shoal {
+
+class EngineImpl;
 
 struct EngineOptions {
   uint32_t workers = 1;
@@ -77,7 +68,7 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  const std::string& segment_name() const { return layout_.segment().name(); }
+  const std::string& segment_name() const;
 
   // Registers a pickled callable; workers receive it once, before their first job using it.
   uint64_t define_function(std::string pickled);
@@ -126,157 +117,21 @@ class Engine {
   std::optional<std::string> broken() const;
   std::vector<pid_t> worker_pids() const;
   EngineStats stats() const;
-  uint32_t workers() const { return static_cast<uint32_t>(slots_.size()); }
+  uint32_t workers() const;
   // Test only (reached from Python as Engine._inject_fault): provokes one
   // fault, to show that it fails the jobs it concerns, or breaks the pool,
   // with a clear reason and without ending the process.
   void inject_fault_for_testing(TestFault fault);
   // The largest payload that travels inside a ring frame rather than spilled
   // into a segment of its own (which costs a mapping and page faults).
-  std::size_t inline_payload_limit() const { return proto::inline_payload_limit(slots_.front().inbox.max_frame()); }
+  std::size_t inline_payload_limit() const;
 
  private:
-  struct Job {
-    uint64_t id;
-    uint64_t fn_id;
-    uint32_t tag;
-    int retries_left;
-    Blob payload;
-    uint64_t timeout_ns = 0;
-  };
-  // Why the engine killed a worker, so its exit is reported as that, not as a crash.
-  struct KillReason {
-    uint64_t job_id;
-    proto::Status status;
-    std::string message;
-  };
-  enum class SlotState { starting, alive, stopping, dead };
-  struct Slot {
-    SlotState state = SlotState::dead;
-    pid_t pid = 0;
-    // Every signal to this worker goes through its pidfd: by the time the
-    // engine acts, the launcher may have reaped the worker and its pid may name
-    // another process. Held from the spawned event until the exit is handled.
-    SharedPidfd pidfd;
-    SpscRing inbox, outbox;
-    std::deque<Job> in_flight;
-    std::unordered_set<uint64_t> known_functions;
-    std::vector<uint64_t> functions_to_drop;
-    uint64_t dispatched = 0;  // this incarnation, for max_tasks_per_child
-    uint64_t completed = 0;   // this incarnation
-    std::optional<KillReason> kill_reason;
-    bool retired = false;  // inbox closed: no more jobs for this incarnation
-    bool needs_init = true;
-    // Its rings or its frames were found corrupt: the worker is being killed,
-    // its jobs were failed over, and its rings are left alone until it exits.
-    bool quarantined = false;
-    // in_flight was emptied while the worker lived (a broken pool, terminate):
-    // results for jobs it no longer holds are expected, and dropped.
-    bool jobs_forgotten = false;
-    // Whether its outbox is drained (a worker is there or starting, and it is
-    // not quarantined); mirrors state and quarantined for readers without mu_.
-    std::atomic<bool> outbox_live{false};
-  };
-
-  void run();
-  void on_process_event(const ProcessEvent& e);
-  void handle_events_locked();
-  void drain_outboxes_locked();  // every live worker's
-  void drain_outbox_locked(uint32_t slot);
-  // A frame from `slot` whose spilled payload (segment `name`) could not be read.
-  void spilled_payload_lost_locked(uint32_t slot, const proto::FrameHeader& h, const std::string& name,
-                                   const std::string& what);
-  // An unexpected error on one of the pool's own threads: logged, and the
-  // pool breaks with it (every waiter is woken with the reason).
-  void thread_fault_locked(const char* thread, const std::string& what) noexcept;
-  // Garbage found in a slot's rings or frames (`what`): the worker is killed and
-  // replaced, its jobs are retried or fail with worker_lost; the pool goes on.
-  void corrupt_slot_locked(uint32_t slot, const std::string& what);
-  // Compares the pool's header with what was created; a corrupt one breaks the
-  // pool. Returns whether it is intact.
-  bool check_header_locked();
-  void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
-  void start_slot_locked(uint32_t slot);
-  void dispatch_locked();
-  bool send_job_locked(uint32_t slot, Job& job);
-  bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload);
-  std::size_t prefetch_depth() const;
-  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
-  void log_locked(LogLevel level, std::string message);
-  void enforce_limits_locked();
-  void retire_locked(Slot& s);
-  std::string worker_name(uint32_t slot) const;
-  void fail_everything_locked(const std::string& reason);
-  bool idle_locked() const;
-  bool unfinished_locked(uint64_t job_id) const;
-  void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                     double timeout_s);
-  bool any_outbox_readable() const;
-  // Rings the doorbell for completions that collect() should take (ones no
-  // ring from a worker announced: cancels, deaths, another thread's drain).
-  void announce_completions();
-  bool collectable_locked() const;  // some completion is not awaited by a wait_for() caller
-  void wake_engine_thread();
-
-  // A thread in collect() or wait_for() (for `job`, if given), from
-  // construction (lock held) to destruction.
-  class ResultWaiter {
-   public:
-    ResultWaiter(Engine& engine, std::unique_lock<SpinningMutex>& lock, std::optional<uint64_t> job = std::nullopt);
-    ~ResultWaiter();
-    ResultWaiter(const ResultWaiter&) = delete;
-    ResultWaiter& operator=(const ResultWaiter&) = delete;
-
-   private:
-    Engine& engine_;
-    std::unique_lock<SpinningMutex>& lock_;
-    std::optional<uint64_t> job_;
-  };
-
-  EngineOptions options_;
-  PoolLayout layout_;
-  std::vector<Slot> slots_;
-  std::unique_ptr<Supervisor> supervisor_;
-
-  mutable SpinningMutex mu_;
-  std::deque<Job> pending_;
-  std::unordered_set<uint64_t> pending_ids_;
-  std::unordered_map<uint64_t, Blob> functions_;
-  uint64_t next_job_id_ = 1;
-  uint64_t next_fn_id_ = 1;
-  bool closing_ = false;       // no new jobs
-  bool stopping_ = false;      // workers told to exit
-  bool stopped_ = false;       // engine thread finished
-  std::optional<std::string> broken_;
-  std::atomic<bool> is_broken_{false};  // broken_ has a value; readable without mu_
-  uint32_t failures_without_progress_ = 0;
-  uint32_t corruptions_without_progress_ = 0;  // slots found corrupt since the last result
-  bool header_corrupt_ = false;
-  const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid
-  // The launcher or supervisor failed: no exit will be reported any more.
-  bool launcher_failed_ = false;
-  bool lose_next_spill_ = false;                // TestFault::lose_next_spilled_result
-  std::atomic<bool> throw_next_round_{false};  // TestFault::engine_thread_throws
-  double run_ns_ewma_ = 0;
-  std::atomic<bool> timeouts_used_{false};  // some job had a time limit: check running jobs often
-  EngineStats stats_;
-
-  std::vector<ProcessEvent> events_;  // guarded by mu_
-  std::atomic<bool> events_pending_{false};
-
-  // Finished jobs not yet taken. collect() and wait_for() callers sleep on
-  // the doorbell: results ring it as workers publish them, and every other
-  // completion (a cancel, a death, a broken pool) is announced on it.
-  std::vector<Completion> completions_;  // guarded by mu_
-  std::vector<uint64_t> awaited_;        // jobs a wait_for() caller waits for; guarded by mu_
-  std::atomic<int> result_waiters_{0};   // threads in collect() or wait_for(): they drain the outboxes
-  std::atomic<int> job_waiters_{0};      // threads in wait_for()
-  std::atomic<bool> left_for_collector_{false};  // announced completions collect() has not taken yet
-  std::atomic<uint64_t> collector_away_since_ns_{0};  // a collector left with a batch then (0: none away)
-  uint64_t last_collected_ns_ = 0;                    // when collect() last returned results; guarded by mu_
-  Notifier engine_bell_;  // wakes the engine thread when the workers' doorbell is not for it
-
-  std::thread thread_;
+  // Everything else (the queue, the worker slots, the lock, the engine
+  // thread) lives in EngineImpl (cpp/src/engine/engine_impl.hpp): a C++ user
+  // of the engine sees its API, not its bookkeeping. Its address never
+  // changes, so the engine and supervisor threads may hold on to it.
+  std::unique_ptr<EngineImpl> impl_;
 };
 
 }  // namespace shoal

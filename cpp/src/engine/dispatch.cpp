@@ -1,0 +1,151 @@
+// Central queue -> worker inboxes. Dispatch is pull-based: a job waits in the
+// central queue (pending_) until some worker holds fewer than its prefetch
+// depth, then goes into that worker's inbox ring and onto its in_flight list,
+// so the engine always knows which jobs sit with which worker.
+#include <algorithm>
+#include <span>
+#include <utility>
+
+#include "shoal/base/errors.hpp"
+#include "engine/engine_impl.hpp"
+
+namespace shoal {
+
+using proto::FrameHeader;
+using proto::Kind;
+using proto::Status;
+
+namespace {
+
+// Tiny jobs are queued in a worker's inbox up to about this much work, so
+// that it keeps busy while the parent's threads are away (a collector running
+// handlers for a batch drains nothing meanwhile).
+constexpr double kPrefetchNs = 1e6;
+constexpr std::size_t kMaxPrefetch = 64;
+
+}  // namespace
+
+void EngineImpl::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
+                               double timeout_s) {
+  // A broken pool (it also counts as closing) answers with the reason it broke.
+  if (broken_) {
+    ++stats_.submitted;
+    complete_locked(id, Status::broken, 0, *broken_);
+    announce_completions();
+    return;
+  }
+  if (closing_) throw ClosedError("cannot schedule new work after shutdown");
+  ++stats_.submitted;
+  const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
+  if (timeout_ns && !timeouts_used_) {
+    timeouts_used_ = true;
+    wake_engine_thread();  // to switch to the short tick
+  }
+  pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns});
+  pending_ids_.insert(id);
+  dispatch_locked();
+}
+
+std::size_t EngineImpl::prefetch_depth() const {
+  // Long jobs go one at a time (a queued job behind a long one could have run
+  // elsewhere); tiny jobs are queued deeper, up to about kPrefetchNs of work,
+  // so a worker never waits for the parent.
+  if (run_ns_ewma_ == 0) return 2;  // nothing measured yet: assume jobs may be long
+  if (run_ns_ewma_ >= kPrefetchNs) return 1;
+  return std::clamp<std::size_t>(static_cast<std::size_t>(kPrefetchNs / run_ns_ewma_), 2, kMaxPrefetch);
+}
+
+void EngineImpl::dispatch_locked() {
+  if (pending_.empty()) return;  // the common case after a drain: nothing to hand out
+  const std::size_t depth = prefetch_depth();
+  std::vector<bool> full(slots_.size(), false);
+  while (!pending_.empty()) {
+    if (!pending_ids_.count(pending_.front().id)) {  // cancelled while queued
+      pending_.pop_front();
+      continue;
+    }
+    // The least loaded worker; among equals, one that is awake (running or
+    // polling for work) rather than asleep, so that while one worker keeps up
+    // with the submitter the others stay asleep, and a submit pays no wake-up
+    // (a system call and a context switch) that it can avoid. Never a busy
+    // worker while another is idle: tasks that wait for each other, or long
+    // ones, must run side by side.
+    int best = -1;
+    std::pair<std::size_t, bool> best_rank{};
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      const Slot& s = slots_[i];
+      if (full[i] || s.quarantined || (s.state != SlotState::alive && s.state != SlotState::starting)) continue;
+      if (s.in_flight.size() >= depth) continue;
+      if (s.retired || (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child)) continue;
+      const std::pair<std::size_t, bool> rank{s.in_flight.size(), s.inbox.consumer_sleeping()};
+      if (best < 0 || rank < best_rank) {
+        best = static_cast<int>(i);
+        best_rank = rank;
+      }
+    }
+    if (best < 0) return;
+    bool sent;
+    try {
+      sent = send_job_locked(static_cast<uint32_t>(best), pending_.front());
+    } catch (const std::exception& e) {
+      // A payload that cannot be spilled (no descriptor or memory left for
+      // its segment): this job fails, the pool goes on.
+      const std::string message = std::string("the task could not be handed to a worker: ") + e.what();
+      log_locked(LogLevel::warning, message);
+      complete_locked(pending_.front().id, Status::broken, 0, message);
+      sent = true;
+    }
+    if (!sent) {
+      full[best] = true;
+      continue;
+    }
+    pending_ids_.erase(pending_.front().id);
+    pending_.pop_front();
+  }
+}
+
+bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
+  Slot& s = slots_[slot];
+  while (!s.functions_to_drop.empty()) {
+    if (!push_frame_locked(slot, FrameHeader{Kind::drop_function, 0, s.functions_to_drop.back(), 0}, nullptr))
+      return false;
+    s.functions_to_drop.pop_back();
+  }
+  if (!s.known_functions.count(job.fn_id)) {
+    auto fn = functions_.find(job.fn_id);
+    if (fn == functions_.end()) {
+      complete_locked(job.id, Status::broken, 0, "the task's function was dropped before it ran");
+      return true;  // handled: the caller removes it from the queue
+    }
+    if (!push_frame_locked(slot, FrameHeader{Kind::define_function, 0, job.fn_id, 0}, &fn->second)) return false;
+    s.known_functions.insert(job.fn_id);
+  }
+  if (!push_frame_locked(slot, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
+  ++s.dispatched;
+  s.in_flight.push_back(std::move(job));
+  // A worker past its budget is retired by closing its inbox: it finishes what
+  // it holds, then exits, and the slot gets a fresh worker.
+  if (options_.max_tasks_per_child && s.dispatched >= options_.max_tasks_per_child) retire_locked(s);
+  return true;
+}
+
+bool EngineImpl::push_frame_locked(uint32_t slot, FrameHeader h, Blob* payload) {
+  Slot& s = slots_[slot];
+  std::string_view body;
+  if (payload) {
+    body = payload->wire(proto::inline_payload_limit(s.inbox.max_frame()));
+    if (payload->spilled()) h.tag |= proto::kSpilled;
+  }
+  try {
+    return s.inbox.try_push({std::as_bytes(std::span(&h, 1)), std::as_bytes(std::span(body.data(), body.size()))});
+  } catch (const ClosedError&) {
+    // Only ever pushed to while open (dispatch skips retired and stopping
+    // workers): the closed word was overwritten.
+    corrupt_slot_locked(slot, worker_name(slot) + "'s inbox is marked closed, which the pool did not do");
+  } catch (const CorruptFrameError& e) {
+    corrupt_slot_locked(slot, worker_name(slot) + "'s inbox holds garbage: " + e.what());
+  }
+  return false;  // not sent: the job stays queued for another worker
+}
+
+}  // namespace shoal

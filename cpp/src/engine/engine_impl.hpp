@@ -1,0 +1,215 @@
+#pragma once
+// The engine's state and the operations on it, behind the public Engine
+// (cpp/include/shoal/engine/engine.hpp). One idea per source file:
+//
+//   engine.cpp          construction, the public API's bookkeeping (functions,
+//                       cancel, shutdown, terminate, stats)
+//   dispatch.cpp        central queue -> worker inboxes (submit, prefetch depth)
+//   outbox.cpp          worker outboxes -> completions (drains, spilled results)
+//   frames.cpp          the protocol's rules for a frame from a worker
+//   completions.cpp     completions -> callers (collect, wait_for, announcements)
+//   slots.cpp           worker slots: start, process events, exits, retirement
+//   faults.cpp          corruption, thread faults, a broken pool
+//   limits.cpp          time and memory limits
+//   engine_thread.cpp   the engine thread's loop and the final stop
+//
+// Threads: callers (submit, collect, wait_for, shutdown, ...), the engine
+// thread (run), and the supervisor thread (on_process_event). Every field
+// below that changes after construction is guarded by mu_ unless it is an
+// atomic, whose comment says who writes it. Functions named *_locked must be
+// called with mu_ held.
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "shoal/base/deadline.hpp"
+#include "shoal/base/spinning_mutex.hpp"
+#include "shoal/engine/engine.hpp"
+#include "shoal/engine/pool_layout.hpp"
+#include "shoal/ipc/notifier.hpp"
+#include "shoal/proc/supervisor.hpp"
+#include "shoal/wire/blob.hpp"
+#include "shoal/wire/protocol.hpp"
+#include "engine/job.hpp"
+#include "engine/slot.hpp"
+
+namespace shoal {
+
+// Shared by several of the engine's files.
+using Clock = std::chrono::steady_clock;
+// Workers that die before finishing anything this many times in a row (per
+// worker slot) mean the pool cannot work: a broken interpreter, a bad import.
+// Corruption that keeps coming is bounded the same way.
+inline constexpr uint32_t kStartupFailuresPerSlot = 3;
+// With time or memory limits in force, running jobs are checked this often;
+// also the safety-net slice of a wait_for() caller's sleep.
+inline constexpr auto kLimitTick = std::chrono::milliseconds(10);
+
+uint64_t monotonic_ns();
+
+class EngineImpl {
+ public:
+  explicit EngineImpl(EngineOptions options);
+  ~EngineImpl();
+  EngineImpl(const EngineImpl&) = delete;
+  EngineImpl& operator=(const EngineImpl&) = delete;
+
+  // ---- the public API (Engine forwards each call) -------------------------
+  const std::string& segment_name() const { return layout_.segment().name(); }
+  uint32_t workers() const { return layout_.slots(); }
+  std::size_t inline_payload_limit() const { return inline_payload_limit_; }
+  uint64_t define_function(std::string pickled);
+  void drop_function(uint64_t fn_id);
+  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries);
+  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s);
+  bool try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
+                     double timeout_s);
+  bool cancel(uint64_t job_id);
+  bool queued(uint64_t job_id) const;
+  bool collect(std::vector<Completion>& out, const Deadline& deadline);                     // completions.cpp
+  bool wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out);  // completions.cpp
+  void shutdown(bool wait, bool cancel_pending);
+  void terminate();
+  std::optional<std::string> broken() const;
+  std::vector<pid_t> worker_pids() const;
+  EngineStats stats() const;
+  void inject_fault_for_testing(TestFault fault);
+
+ private:
+  // ---- dispatch.cpp: central queue -> worker inboxes ------------------------
+  void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
+                     double timeout_s);
+  void dispatch_locked();
+  bool send_job_locked(uint32_t slot, Job& job);
+  bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload);
+  std::size_t prefetch_depth() const;
+
+  // ---- outbox.cpp: worker outboxes -> completions -------------------------
+  void drain_outboxes_locked();  // every live worker's
+  void drain_outbox_locked(uint32_t slot);
+  // A frame from `slot` whose spilled payload (segment `name`) could not be read.
+  void spilled_payload_lost_locked(uint32_t slot, const proto::FrameHeader& h, const std::string& name,
+                                   const std::string& what);
+  // Whether some live slot's outbox holds a frame; without the lock (a hint).
+  bool any_outbox_readable() const;
+
+  // ---- completions.cpp: completions -> callers -----------------------------
+  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
+  void log_locked(LogLevel level, std::string message);
+  // Rings the doorbell for completions that collect() should take (ones no
+  // ring from a worker announced: cancels, deaths, another thread's drain).
+  void announce_completions();
+  bool collectable_locked() const;  // some completion is not awaited by a wait_for() caller
+  void wake_engine_thread();
+  bool idle_locked() const;
+  bool unfinished_locked(uint64_t job_id) const;
+
+  // ---- slots.cpp: worker slots ------------------------------------------------
+  void on_process_event(const ProcessEvent& e);  // the supervisor thread
+  void handle_events_locked();
+  void start_slot_locked(uint32_t slot);
+  void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
+  void retire_locked(Slot& s);
+  std::string worker_name(uint32_t slot) const;
+
+  // ---- faults.cpp: what breaks a slot or the pool ----------------------------
+  // An unexpected error on one of the pool's own threads: logged, and the
+  // pool breaks with it (every waiter is woken with the reason).
+  void thread_fault_locked(const char* thread, const std::string& what) noexcept;
+  // Garbage found in a slot's rings or frames (`what`): the worker is killed and
+  // replaced, its jobs are retried or fail with worker_lost; the pool goes on.
+  void corrupt_slot_locked(uint32_t slot, const std::string& what);
+  // Compares the pool's header with what was created; a corrupt one breaks the
+  // pool. Returns whether it is intact.
+  bool check_header_locked();
+  void fail_everything_locked(const std::string& reason);
+
+  // ---- limits.cpp ----------------------------------------------------------------
+  void enforce_limits_locked();
+  // After a job of `slot` finished: past the soft memory limit, the worker is retired.
+  void check_soft_limit_locked(uint32_t slot);
+
+  // ---- engine_thread.cpp ---------------------------------------------------------
+  void run();
+
+  // A thread in collect() or wait_for() (for `job`, if given), from
+  // construction (lock held) to destruction (completions.cpp).
+  class ResultWaiter {
+   public:
+    ResultWaiter(EngineImpl& engine, std::unique_lock<SpinningMutex>& lock,
+                 std::optional<uint64_t> job = std::nullopt);
+    ~ResultWaiter();
+    ResultWaiter(const ResultWaiter&) = delete;
+    ResultWaiter& operator=(const ResultWaiter&) = delete;
+
+   private:
+    EngineImpl& engine_;
+    std::unique_lock<SpinningMutex>& lock_;
+    std::optional<uint64_t> job_;
+  };
+
+  // ---- fixed at construction ------------------------------------------------------
+  const EngineOptions options_;
+  PoolLayout layout_;
+  std::size_t inline_payload_limit_;
+  const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid
+  std::unique_ptr<SlotWatch[]> watch_;  // one per slot; see SlotWatch
+  std::unique_ptr<Supervisor> supervisor_;
+
+  // ---- guarded by mu_ ---------------------------------------------------------------
+  mutable SpinningMutex mu_;
+  std::vector<Slot> slots_;  // the vector is fixed at construction, its elements are not
+  // The central queue. A job is queued while its id is in pending_ids_; a
+  // cancelled one stays in pending_ until dispatch reaches it.
+  std::deque<Job> pending_;
+  std::unordered_set<uint64_t> pending_ids_;
+  std::unordered_map<uint64_t, Blob> functions_;
+  uint64_t next_job_id_ = 1;
+  uint64_t next_fn_id_ = 1;
+  bool closing_ = false;   // no new jobs
+  bool stopping_ = false;  // workers told to exit
+  bool stopped_ = false;   // engine thread finished
+  std::optional<std::string> broken_;
+  uint32_t failures_without_progress_ = 0;
+  uint32_t corruptions_without_progress_ = 0;  // slots found corrupt since the last result
+  bool header_corrupt_ = false;
+  // The launcher or supervisor failed: no exit will be reported any more.
+  bool launcher_failed_ = false;
+  bool lose_next_spill_ = false;  // TestFault::lose_next_spilled_result
+  double run_ns_ewma_ = 0;
+  EngineStats stats_;
+  std::vector<ProcessEvent> events_;  // from the supervisor thread, for the engine thread
+  // Finished jobs not yet taken. collect() and wait_for() callers sleep on
+  // the doorbell: results ring it as workers publish them, and every other
+  // completion (a cancel, a death, a broken pool) is announced on it.
+  std::vector<Completion> completions_;
+  std::vector<uint64_t> awaited_;  // jobs a wait_for() caller waits for
+  uint64_t last_collected_ns_ = 0;  // when collect() last returned results
+
+  // ---- atomics, read without mu_ -------------------------------------------------------
+  std::atomic<bool> is_broken_{false};         // broken_ has a value (set under mu_)
+  std::atomic<bool> throw_next_round_{false};  // TestFault::engine_thread_throws
+  std::atomic<bool> timeouts_used_{false};     // some job had a time limit: check running jobs often
+  std::atomic<bool> events_pending_{false};    // the engine thread has work besides results
+  std::atomic<int> result_waiters_{0};         // threads in collect() or wait_for(): they drain the outboxes
+  std::atomic<int> job_waiters_{0};            // threads in wait_for()
+  std::atomic<bool> left_for_collector_{false};       // announced completions collect() has not taken yet
+  std::atomic<uint64_t> collector_away_since_ns_{0};  // a collector left with a batch then (0: none away)
+  Notifier engine_bell_;  // wakes the engine thread when the workers' doorbell is not for it
+
+  std::thread thread_;  // the engine thread, started last in the constructor
+};
+
+}  // namespace shoal
