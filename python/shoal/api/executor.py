@@ -4,12 +4,26 @@ from __future__ import annotations
 import inspect
 import time
 from concurrent import futures
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterable, Iterator, Optional, TypeVar, Union
 
 from ..runtime.core import PoolCore
 from ..runtime.options import PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
 from .future import Future
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from types import TracebackType
+
+    from tqdm import tqdm
+    from typing_extensions import ParamSpec
+
+    from ..runtime.interface import PoolRuntime
+    from ..runtime.map_feed import MapFeed
+
+    _P = ParamSpec("_P")
+
+_T = TypeVar("_T")
 
 __all__ = ["Executor", "TaskOptions"]
 
@@ -48,9 +62,9 @@ class Executor(futures.Executor):
     def __init__(
         self,
         max_workers: Optional[int] = None,
-        mp_context: Any = None,
-        initializer: Optional[Callable[..., Any]] = None,
-        initargs: tuple = (),
+        mp_context: Optional[BaseContext] = None,
+        initializer: Optional[Callable[..., object]] = None,
+        initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: Optional[int] = None,
         max_memory_per_worker: Union[int, str, None] = None,
@@ -63,7 +77,7 @@ class Executor(futures.Executor):
         )
 
     @property
-    def _runtime(self) -> Any:
+    def _runtime(self) -> PoolRuntime:
         return self._core.runtime
 
     @property
@@ -71,7 +85,7 @@ class Executor(futures.Executor):
         """How many worker processes the pool runs."""
         return self._core.workers
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
 
         Every keyword goes to ``fn``, as with ProcessPoolExecutor. Retries and a
@@ -80,7 +94,7 @@ class Executor(futures.Executor):
         core = self._core  # _submit's body, inlined: a call less on the hottest path
         with core.lock:
             core.check_open(_after_shutdown)
-            fut = Future(core.runtime)
+            fut: Future[_T] = Future(core.runtime)
             fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut))
             return fut
 
@@ -97,25 +111,25 @@ class Executor(futures.Executor):
         check_timeout(task_timeout)
         return TaskOptions(self, retries, task_timeout)
 
-    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict, retries: int,
-                task_timeout: Optional[float]) -> futures.Future:
+    def _submit(self, fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any], retries: int,
+                task_timeout: Optional[float]) -> Future[_T]:
         core = self._core
         with core.lock:
             core.check_open(_after_shutdown)
-            fut = Future(core.runtime)
+            fut: Future[_T] = Future(core.runtime)
             fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut, retries, task_timeout))
             return fut
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: Optional[float] = None,
         chunksize: Optional[int] = None,
         progress: bool = False,
         retries: int = 0,
         task_timeout: Optional[float] = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """Like ``builtins.map(fn, *iterables)``, run in the workers, results in order.
 
         The input is read lazily with bounded read-ahead. ``timeout`` (seconds,
@@ -136,7 +150,8 @@ class Executor(futures.Executor):
         feed = self._core.map(
             fn, zip(*iterables), star=True, chunksize=chunksize, total=total, retries=retries, timeout=task_timeout
         )
-        return _MapIterator(feed, deadline, progress_bar(progress, total))
+        results: _MapIterator[_T] = _MapIterator(feed, deadline, progress_bar(progress, total))
+        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; with wait, return once running tasks are done and workers have exited."""
@@ -150,7 +165,9 @@ class Executor(futures.Executor):
         except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
             pass
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C: drop what is queued and stop the workers now, not after their tasks.
             self._core.terminate()
@@ -175,12 +192,12 @@ class TaskOptions:
     def __init__(self, executor: Executor, retries: int, task_timeout: Optional[float]) -> None:
         self._executor, self.retries, self.task_timeout = executor, retries, task_timeout
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """``Executor.submit`` with these settings; every keyword goes to ``fn``."""
         return self._executor._submit(fn, args, kwargs, self.retries, self.task_timeout)
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: Optional[int] = None, progress: bool = False) -> Iterator[Any]:
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: Optional[int] = None, progress: bool = False) -> Iterator[_T]:
         """``Executor.map`` with these settings."""
         return self._executor.map(fn, *iterables, timeout=timeout, chunksize=chunksize, progress=progress,
                                   retries=self.retries, task_timeout=self.task_timeout)
@@ -193,32 +210,32 @@ def _after_shutdown() -> RuntimeError:
     return RuntimeError("cannot schedule new futures after shutdown")
 
 
-def _common_length(iterables: tuple) -> Optional[int]:
+def _common_length(iterables: tuple[Any, ...]) -> Optional[int]:  # any iterables: those with a len()
     try:
         return min(len(it) for it in iterables) if iterables else 0
     except TypeError:
         return None
 
 
-class _MapIterator:
+class _MapIterator(Generic[_T]):
     """``Executor.map``'s results. As the stdlib's: an iterator that is never
     started still has every item run (its results are dropped once it is
     gone); one closed or dropped part way cancels the items not yet running."""
 
-    def __init__(self, feed, deadline: Optional[float], bar) -> None:
+    def __init__(self, feed: MapFeed, deadline: Optional[float], bar: Optional[tqdm[Any]]) -> None:
         self._feed = feed
         self._deadline, self._bar = deadline, bar
-        self._results: Generator[Any, None, None] = self._generate()
+        self._results: Generator[_T, None, None] = self._generate()
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_T]:
         # The generator itself: `for`, list() and sum() then run at C speed,
         # without a call of ours per result.
         return self._results
 
-    def __next__(self) -> Any:
+    def __next__(self) -> _T:
         return next(self._results)
 
-    def _generate(self) -> Iterator[Any]:
+    def _generate(self) -> Generator[_T, None, None]:
         feed, bar = self._feed, self._bar
         try:
             for values, failures, count in feed.chunks(self._deadline):

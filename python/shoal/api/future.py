@@ -3,18 +3,23 @@ that is cheap to create, cancels queued jobs, and waits for its result by
 taking it straight from the workers."""
 from __future__ import annotations
 
-from _thread import RLock, allocate_lock
+from _thread import LockType, RLock, allocate_lock
 from concurrent import futures
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-from ..runtime.outcome import Cancelled, decode
+from ..runtime.outcome import Cancelled, Payload, decode
 from ..wire.pickling import PICKLE_PROTOCOL_5, loads
 from ..wire.protocol import OK
 from ..runtime.handle import JobHandle
 
+if TYPE_CHECKING:
+    from ..runtime.interface import PoolRuntime
 
-class _Condition(RLock):
+_T = TypeVar("_T")
+
+
+class _Condition(RLock):  # type: ignore[misc]  # final in typeshed; a subclass at run time, as threading's own
     """What ``concurrent.futures`` needs of a Future's condition variable:
     an RLock (``with``, ``acquire``/``release``) with ``wait`` and ``notify_all``.
 
@@ -26,7 +31,7 @@ class _Condition(RLock):
     __slots__ = ("_sleepers",)
 
     def __init__(self) -> None:
-        self._sleepers: Optional[list] = None  # made by the first wait(): most futures never see one
+        self._sleepers: Optional[list[LockType]] = None  # made by the first wait(): most futures never see one
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         # As threading.Condition.wait: sleep on a fresh lock that notify releases.
@@ -58,12 +63,14 @@ class _Condition(RLock):
                 sleeper.release()
 
 
-class Future(futures.Future, JobHandle):
+class Future(futures.Future[_T], JobHandle):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also removes the
     queued job and whose ``result()`` takes the result from the workers in the
     waiting thread (no hop through the pool's result thread)."""
 
-    def __init__(self, runtime: Any) -> None:
+    _result: Any  # the value, once FINISHED without an exception
+
+    def __init__(self, runtime: PoolRuntime) -> None:
         # What futures.Future.__init__ sets, with the lighter condition.
         self._condition = _Condition()  # type: ignore[assignment]
         self._state = PENDING
@@ -71,7 +78,7 @@ class Future(futures.Future, JobHandle):
         self._exception = None
         self._runtime = runtime
 
-    def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
+    def __call__(self, status: int, run_ns: int, payload: Payload) -> None:
         """Delivers the job's outcome: the future is the job's result handler."""
         if status == OK and payload.startswith(PICKLE_PROTOCOL_5):
             try:  # a plain pickled value, the common case: without decode()'s calls
@@ -94,18 +101,18 @@ class Future(futures.Future, JobHandle):
     # The base class's two lists, made on first use: most futures never get a
     # waiter or a callback before they finish, and every list is one more
     # object for the garbage collector to walk on each full collection.
-    _waiter_list: Optional[list] = None
-    _callback_list: Optional[list] = None
+    _waiter_list: Optional[list[Any]] = None  # concurrent.futures' _Waiter objects
+    _callback_list: Optional[list[Callable[[futures.Future[_T]], object]]] = None
 
     @property
-    def _waiters(self) -> list:  # type: ignore[override]
+    def _waiters(self) -> list[Any]:  # type: ignore[override]  # an attribute in typeshed
         waiters = self._waiter_list
         if waiters is None:
             waiters = self._waiter_list = []
         return waiters
 
     @property
-    def _done_callbacks(self) -> list:  # type: ignore[override]
+    def _done_callbacks(self) -> list[Callable[[futures.Future[_T]], object]]:
         callbacks = self._callback_list
         if callbacks is None:
             callbacks = self._callback_list = []
@@ -123,17 +130,18 @@ class Future(futures.Future, JobHandle):
             if self._waiter_list:  # as_completed(), wait()
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
-            if self._condition._sleepers:
+            if self._condition._sleepers:  # type: ignore[attr-defined]  # our _Condition (__init__)
                 self._condition.notify_all()
         if self._callback_list:
-            self._invoke_callbacks()
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # the base class's, private: not in typeshed
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: Optional[float] = None) -> _T:
         if self._state == FINISHED and self._exception is None:
             # Done (a terminal state, set after the result under the lock):
             # what the base class would return, without its lock and calls,
             # for the many futures that as_completed() hands over done.
-            return self._result
+            result: _T = self._result
+            return result
         return super().result(self._wait_here(timeout))
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:

@@ -4,17 +4,28 @@ from __future__ import annotations
 import threading
 import time
 from multiprocessing import TimeoutError as MpTimeoutError
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, TypeVar, Union
 
-from multiprocessing.pool import MaybeEncodingError
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]  # missing from typeshed
 
-from ..runtime.outcome import decode
+from ..runtime.outcome import Payload, decode
 from ..runtime.core import PoolCore
 from ..runtime.handle import JobHandle
 from ..runtime.options import PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
 
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+    from tqdm import tqdm
+
+    from ..runtime.interface import PoolRuntime
+    from ..runtime.map_feed import Chunk, MapFeed
+
 __all__ = ["Pool", "AsyncResult", "MapResult", "IMapIterator"]
+
+_S = TypeVar("_S")
+_T = TypeVar("_T")
 
 
 
@@ -35,20 +46,24 @@ def _pool_error(exc: BaseException) -> BaseException:
     text = getattr(exc, "shoal_unpicklable_result", None)
     if text is None:
         return exc
-    error = MaybeEncodingError(exc, _Repr(text))
+    error: BaseException = MaybeEncodingError(exc, _Repr(text))
     error.__cause__ = exc
     return error
 
 
-def _pool_decode(status: int, payload: bytes) -> tuple:
+def _pool_decode(status: int, payload: Payload) -> tuple[bool, Any]:
     ok, value = decode(status, payload)
     return (True, value) if ok else (False, _pool_error(value))
 
 
-class AsyncResult(JobHandle):
+class AsyncResult(JobHandle, Generic[_T]):
     """The result of ``apply_async``: ``get``, ``wait``, ``ready``, ``successful``."""
 
-    def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        callback: Optional[Callable[[_T], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+    ) -> None:
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -80,28 +95,35 @@ class AsyncResult(JobHandle):
             timeout = self._take_result(timeout)
         self._event.wait(timeout)
 
-    def get(self, timeout: Optional[float] = None) -> Any:
+    def get(self, timeout: Optional[float] = None) -> _T:
         """The result; re-raises the task's exception; multiprocessing.TimeoutError after `timeout`."""
         self.wait(timeout)
         if not self.ready():
             raise MpTimeoutError
         if self._success:
-            return self._value
+            value: _T = self._value
+            return value
         raise self._value
 
 
 ApplyResult = AsyncResult
 
 
-class MapResult(AsyncResult):
+class MapResult(AsyncResult[list[_T]]):
     """The result of ``map_async``/``starmap_async``: a list in input order."""
 
-    def __init__(self, feed_factory: Callable[..., Any], callback, error_callback, bar) -> None:
+    def __init__(
+        self,
+        feed_factory: Callable[[Optional[Callable[[int], object]], Callable[[MapFeed], None]], MapFeed],
+        callback: Optional[Callable[[list[_T]], object]],
+        error_callback: Optional[Callable[[BaseException], object]],
+        bar: Optional[tqdm[Any]],
+    ) -> None:
         super().__init__(callback, error_callback)
         self._bar = bar
-        feed_factory(on_chunk=bar.update if bar is not None else None, on_complete=self._finish)
+        feed_factory(bar.update if bar is not None else None, self._finish)
 
-    def _finish(self, feed) -> None:
+    def _finish(self, feed: MapFeed) -> None:
         if self._bar is not None:
             self._bar.close()
         try:
@@ -115,24 +137,24 @@ class MapResult(AsyncResult):
             self._set(True, results)
 
 
-class IMapIterator:
+class IMapIterator(Generic[_T]):
     """Iterator over ``imap``/``imap_unordered`` results; ``next(timeout)`` as in multiprocessing.
 
     A task's exception is raised when its item is reached; iteration can go on after it.
     """
 
-    def __init__(self, feed, bar) -> None:
+    def __init__(self, feed: MapFeed, bar: Optional[tqdm[Any]]) -> None:
         self._feed = feed
         self._bar = bar
-        self._chunks = feed.chunks()
-        self._buffer: list = []
+        self._chunks: Iterator[Chunk] = feed.chunks()
+        self._buffer: list[Any] = []
         self._failures: dict[int, BaseException] = {}
         self._pos = 0
 
-    def __iter__(self) -> "IMapIterator":
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
-    def next(self, timeout: Optional[float] = None) -> Any:
+    def next(self, timeout: Optional[float] = None) -> _T:
         while self._pos >= len(self._buffer):
             values, failures, count = self._next_chunk(timeout)
             self._buffer, self._failures, self._pos = values, failures, 0
@@ -142,7 +164,7 @@ class IMapIterator:
         self._pos += 1
         if pos in self._failures:
             raise _pool_error(self._failures[pos])
-        value = self._buffer[pos]
+        value: _T = self._buffer[pos]
         self._buffer[pos] = None  # held by nobody here once handed out
         return value
 
@@ -152,7 +174,7 @@ class IMapIterator:
         # As multiprocessing: every item runs, whether or not its result is read.
         self._feed.abandon()
 
-    def _next_chunk(self, timeout: Optional[float]):
+    def _next_chunk(self, timeout: Optional[float]) -> Chunk:
         if timeout is not None:
             self._chunks = self._feed.chunks(time.monotonic() + timeout) if self._chunks is None else self._chunks
         try:
@@ -187,7 +209,7 @@ class Pool:
         initializer: Optional[Callable[..., Any]] = None,
         initargs: Iterable[Any] = (),
         maxtasksperchild: Optional[int] = None,
-        context: Any = None,
+        context: Optional[BaseContext] = None,
         *,
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
@@ -199,7 +221,7 @@ class Pool:
         )
 
     @property
-    def _runtime(self) -> Any:
+    def _runtime(self) -> PoolRuntime:
         return self._core.runtime
 
     @property
@@ -211,26 +233,26 @@ class Pool:
 
     # -- single calls ---------------------------------------------------------
 
-    def apply(self, func: Callable[..., Any], args: tuple = (), kwds: Optional[dict] = None) -> Any:
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (), kwds: Optional[Mapping[str, Any]] = None) -> _T:
         """``func(*args, **kwds)`` in a worker; blocks for the result."""
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
         self,
-        func: Callable[..., Any],
-        args: tuple = (),
-        kwds: Optional[dict] = None,
-        callback: Optional[Callable[[Any], None]] = None,
-        error_callback: Optional[Callable[[BaseException], None]] = None,
+        func: Callable[..., _T],
+        args: Iterable[Any] = (),
+        kwds: Optional[Mapping[str, Any]] = None,
+        callback: Optional[Callable[[_T], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
         *,
         retries: int = 0,
         task_timeout: Optional[float] = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult[_T]:
         """Schedule ``func(*args, **kwds)``. Callbacks run in the thread that
         receives the result: the pool's result thread, or a thread blocked in
         ``get()``/``wait()`` on this result."""
         core = self._core
-        result = AsyncResult(callback, error_callback)
+        result: AsyncResult[_T] = AsyncResult(callback, error_callback)
         with core.lock:
             core.check_open(_not_running)
             job_id = core.submit_call(
@@ -241,16 +263,27 @@ class Pool:
 
     # -- maps -----------------------------------------------------------------
 
-    def _map_async(self, func, iterable, chunksize, callback, error_callback, star, progress, retries, task_timeout) -> MapResult:
+    def _map_async(
+        self,
+        func: Callable[..., _T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int],
+        callback: Optional[Callable[[list[_T]], object]],
+        error_callback: Optional[Callable[[BaseException], object]],
+        star: bool,
+        progress: bool,
+        retries: int,
+        task_timeout: Optional[float],
+    ) -> MapResult[_T]:
         self._check_running()
         check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
         check_timeout(task_timeout)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
-        total = len(iterable)
+        total = len(iterable)  # type: ignore[arg-type]  # a list or has __len__: mypy's hasattr() gives no Sized
         bar = progress_bar(progress, total)
 
-        def start(on_chunk, on_complete):
+        def start(on_chunk: Optional[Callable[[int], object]], on_complete: Callable[[MapFeed], None]) -> MapFeed:
             return self._core.map(
                 func, iterable, star=star, chunksize=chunksize, total=total, bounded=False,
                 on_chunk=on_chunk, on_complete=on_complete, retries=retries, timeout=task_timeout, gather=True,
@@ -258,43 +291,74 @@ class Pool:
 
         return MapResult(start, callback, error_callback, bar)
 
-    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-            *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list:
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: Optional[int] = None,
+            *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list[_T]:
         """``list(map(func, iterable))``, run in the workers."""
         return self._map_async(func, iterable, chunksize, None, None, False, progress, retries, task_timeout).get()
 
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                  *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> MapResult:
+    def map_async(
+        self,
+        func: Callable[[_S], _T],
+        iterable: Iterable[_S],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[list[_T]], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+        *,
+        progress: bool = False,
+        retries: int = 0,
+        task_timeout: Optional[float] = None,
+    ) -> MapResult[_T]:
         return self._map_async(func, iterable, chunksize, callback, error_callback, False, progress, retries, task_timeout)
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
-                *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list:
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None,
+                *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> list[_T]:
         """Like map, calling ``func(*args)`` for each args tuple."""
         return self._map_async(func, iterable, chunksize, None, None, True, progress, retries, task_timeout).get()
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None,
-                      *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> MapResult:
+    def starmap_async(
+        self,
+        func: Callable[..., _T],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[list[_T]], object]] = None,
+        error_callback: Optional[Callable[[BaseException], object]] = None,
+        *,
+        progress: bool = False,
+        retries: int = 0,
+        task_timeout: Optional[float] = None,
+    ) -> MapResult[_T]:
         return self._map_async(func, iterable, chunksize, callback, error_callback, True, progress, retries, task_timeout)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-             *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> IMapIterator:
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: Optional[int] = None,
+             *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> IMapIterator[_T]:
         """Lazy, ordered map: reads the input as results are consumed."""
         return self._imap(func, iterable, chunksize, True, progress, retries, task_timeout)
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: Optional[int] = None,
-                       *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None) -> IMapIterator:
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S], chunksize: Optional[int] = None,
+                       *, progress: bool = False, retries: int = 0, task_timeout: Optional[float] = None
+                       ) -> IMapIterator[_T]:
         """Like imap, yielding results as they finish."""
         return self._imap(func, iterable, chunksize, False, progress, retries, task_timeout)
 
-    def _imap(self, func, iterable, chunksize, ordered, progress, retries, task_timeout) -> IMapIterator:
+    def _imap(
+        self,
+        func: Callable[..., _T],
+        iterable: Iterable[Any],
+        chunksize: Optional[int],
+        ordered: bool,
+        progress: bool,
+        retries: int,
+        task_timeout: Optional[float],
+    ) -> IMapIterator[_T]:
         self._check_running()
         check_chunksize(chunksize, f"Chunksize must be 1+, not {chunksize!r}")
         check_timeout(task_timeout)
-        total = len(iterable) if hasattr(iterable, "__len__") else None
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]  # (as in _map_async)
         feed = self._core.map(
             func, iterable, star=False, chunksize=chunksize, ordered=ordered, total=total, retries=retries, timeout=task_timeout
         )
-        return IMapIterator(feed, progress_bar(progress, total))
+        results: IMapIterator[_T] = IMapIterator(feed, progress_bar(progress, total))
+        return results
 
     # -- life cycle -----------------------------------------------------------
 
@@ -324,11 +388,11 @@ class Pool:
             except Exception:  # noqa: BLE001 - interpreter teardown, a forked copy
                 pass
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         self._check_running()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.terminate()
 
     def worker_pids(self) -> list[int]:

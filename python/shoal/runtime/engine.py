@@ -393,7 +393,7 @@ class Runtime:
         total: Optional[int] = None,
         bounded: bool = True,
         timeout: Optional[float] = None,
-        on_chunk: Optional[Callable[[int], None]] = None,
+        on_chunk: Optional[Callable[[int], object]] = None,
         on_complete: Optional[Callable[["MapFeed"], None]] = None,
         gather: bool = False,
     ) -> "MapFeed":

@@ -64,7 +64,7 @@ class PoolRuntime(Protocol):
         total: Optional[int] = None,
         bounded: bool = True,
         timeout: Optional[float] = None,
-        on_chunk: Optional[Callable[[int], None]] = None,
+        on_chunk: Optional[Callable[[int], object]] = None,
         on_complete: Optional[Callable[[MapFeed], None]] = None,
         gather: bool = False,
     ) -> MapFeed: ...

@@ -86,7 +86,7 @@ class MapFeed:
         self._abandoned = False  # nobody will read the results: discard them as they come
         self._stalled: Optional[list[Any]] = None  # a chunk read but waiting for room in the arena
         self.timeout: Optional[float] = None
-        self.on_chunk: Optional[Callable[[int], None]] = None  # items finished, for progress bars
+        self.on_chunk: Optional[Callable[[int], object]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
         try:
             self._fn = runtime.prepare(fn)
@@ -96,7 +96,7 @@ class MapFeed:
 
     def start(
         self,
-        on_chunk: Optional[Callable[[int], None]] = None,
+        on_chunk: Optional[Callable[[int], object]] = None,
         on_complete: Optional[Callable[[MapFeed], None]] = None,
         gather: bool = False,
     ) -> MapFeed:
