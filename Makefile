@@ -11,7 +11,7 @@ BUILD  ?= build/dev
 JOBS   ?= $(shell nproc)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all demo test test-cpp test-python build sanitize-asan sanitize-tsan bench bench-deps install clean system-deps
+.PHONY: all demo test test-cpp test-python build sanitize-asan sanitize-tsan thread-safety clang-deps bench bench-deps install clean system-deps
 
 all: build
 
@@ -19,6 +19,12 @@ system-deps:
 	@if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
 	  echo "installing Debian packages: libgtest-dev cmake g++"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libgtest-dev cmake g++ >/dev/null; \
+	fi
+
+clang-deps:
+	@if ! command -v clang++ >/dev/null; then \
+	  echo "installing Debian package: clang"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq clang >/dev/null; \
 	fi
 
 $(VENV)/.stamp: requirements-dev.txt
@@ -49,6 +55,15 @@ sanitize-asan: system-deps $(VENV)/.stamp
 	$(MAKE) test-cpp BUILD=build/asan CMAKE_ARGS="-DSHOAL_PYTHON=OFF -DSHOAL_BENCH=OFF -DSHOAL_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo"
 sanitize-tsan: system-deps $(VENV)/.stamp
 	$(MAKE) test-cpp BUILD=build/tsan CMAKE_ARGS="-DSHOAL_PYTHON=OFF -DSHOAL_BENCH=OFF -DSHOAL_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo"
+
+# Clang's thread-safety analysis over the C++ engine: every field annotated
+# SHOAL_GUARDED_BY touched without its lock, every *_locked function called
+# without it, fails the build (shoal/base/thread_annotations.hpp). The C++
+# library, its tests and the test worker are built; nothing is run.
+thread-safety: system-deps clang-deps
+	cmake -S . -B build/clang -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
+	  -DSHOAL_PYTHON=OFF -DSHOAL_BENCH=OFF -DCMAKE_CXX_FLAGS="-Wthread-safety -Werror"
+	cmake --build build/clang -j $(JOBS)
 
 install: system-deps $(VENV)/.stamp
 	$(VPY) -m pip install -q --no-build-isolation .

@@ -36,7 +36,7 @@ namespace {
 // Plain counters in shared memory that the tests' processes report through.
 struct Scratch {
   static constexpr uint64_t kMagic = 0x7465737453435241ULL;
-  static constexpr const char* kTypeName = "test scratch";
+  [[maybe_unused]] static constexpr const char* kTypeName = "test scratch";  // SharedObject asks for it
   std::atomic<uint32_t> counter{0};
   std::atomic<uint32_t> inside{0};
   std::atomic<uint32_t> max_inside{0};

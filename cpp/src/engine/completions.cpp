@@ -41,7 +41,7 @@ bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline)
   // few cores a poll takes CPU from the workers and the submitter. Results
   // that a wait_for() caller is waiting for are left to that caller.
   auto& bell = layout_.header().doorbell;
-  std::unique_lock lk(mu_);
+  UniqueLock lk(mu_);
   ResultWaiter waiting(*this, lk);
   collector_away_since_ns_.store(0);
   for (;;) {
@@ -56,9 +56,11 @@ bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline)
         std::move(completions_.begin(), completions_.end(), std::back_inserter(out));
         completions_.clear();
       } else {
-        auto awaited = [&](const Completion& c) {
-          return std::find(awaited_.begin(), awaited_.end(), c.job_id) != awaited_.end();
-        };
+        // The bounds are taken here, where mu_ is held: the analysis checks a
+        // lambda's body as a function of its own, which holds no lock.
+        const uint64_t* first = awaited_.data();
+        const uint64_t* last = first + awaited_.size();
+        auto awaited = [first, last](const Completion& c) { return std::find(first, last, c.job_id) != last; };
         auto taken = std::stable_partition(completions_.begin(), completions_.end(), awaited);
         std::move(taken, completions_.end(), std::back_inserter(out));
         completions_.erase(taken, completions_.end());
@@ -103,7 +105,7 @@ bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::option
   // watches the doorbell's sequence, which every published result bumps, not
   // the rings: outside the lock the engine thread may be reformatting a dead
   // worker's rings.
-  std::unique_lock lk(mu_);
+  UniqueLock lk(mu_);
   ResultWaiter waiting(*this, lk, job_id);
   for (;;) {
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
@@ -130,7 +132,7 @@ bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::option
   }
 }
 
-EngineImpl::ResultWaiter::ResultWaiter(EngineImpl& engine, std::unique_lock<SpinningMutex>& lock,
+EngineImpl::ResultWaiter::ResultWaiter(EngineImpl& engine, UniqueLock<SpinningMutex>& lock,
                                        std::optional<uint64_t> job)
     : engine_(engine), lock_(lock), job_(job) {
   engine_.result_waiters_.fetch_add(1);
@@ -140,7 +142,10 @@ EngineImpl::ResultWaiter::ResultWaiter(EngineImpl& engine, std::unique_lock<Spin
   }
 }
 
-EngineImpl::ResultWaiter::~ResultWaiter() {
+// Not analysed: whether the caller's lock is held here is known only at run
+// time (held on every return, perhaps not when an exception unwinds), which
+// owns_lock() tells; the lock is held from here to the unlock() below.
+EngineImpl::ResultWaiter::~ResultWaiter() SHOAL_NO_THREAD_SAFETY_ANALYSIS {
   if (!lock_.owns_lock()) lock_.lock();
   engine_.result_waiters_.fetch_sub(1);
   if (job_) {
@@ -163,9 +168,11 @@ void EngineImpl::announce_completions() {
 }
 
 bool EngineImpl::collectable_locked() const {
-  return std::any_of(completions_.begin(), completions_.end(), [&](const Completion& c) {
-    return std::find(awaited_.begin(), awaited_.end(), c.job_id) == awaited_.end();
-  });
+  // The bounds are taken here, where mu_ is held (see collect()).
+  const uint64_t* first = awaited_.data();
+  const uint64_t* last = first + awaited_.size();
+  return std::any_of(completions_.begin(), completions_.end(),
+                     [first, last](const Completion& c) { return std::find(first, last, c.job_id) == last; });
 }
 
 // The engine thread sleeps on one of two bells (see run()): ring both. Its

@@ -61,6 +61,7 @@ void Engine::inject_fault_for_testing(TestFault fault) { impl_->inject_fault_for
 EngineImpl::EngineImpl(EngineOptions options)
     : options_(std::move(options)),
       layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes)),
+      inline_payload_limit_(proto::inline_payload_limit(layout_.inbox(0).max_frame())),
       watch_(std::make_unique<SlotWatch[]>(layout_.slots())),
       slots_(layout_.slots()) {
   for (uint32_t i = 0; i < slots_.size(); ++i) {
@@ -68,7 +69,6 @@ EngineImpl::EngineImpl(EngineOptions options)
     slots_[i].outbox = layout_.outbox(i);
     watch_[i].outbox = slots_[i].outbox;
   }
-  inline_payload_limit_ = proto::inline_payload_limit(slots_.front().inbox.max_frame());
   auto argv = options_.argv;
   for (auto& a : argv)
     if (a == "{segment}") a = segment_name();
@@ -77,7 +77,7 @@ EngineImpl::EngineImpl(EngineOptions options)
                       : make_spawn_launcher(argv);
   supervisor_ = std::make_unique<Supervisor>(std::move(launcher), [this](const ProcessEvent& e) { on_process_event(e); });
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     for (uint32_t i = 0; i < slots_.size(); ++i) start_slot_locked(i);
   }
   thread_ = std::thread([this] { run(); });
@@ -89,14 +89,14 @@ EngineImpl::~EngineImpl() {
 }
 
 uint64_t EngineImpl::define_function(std::string pickled) {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   uint64_t id = next_fn_id_++;
   functions_.emplace(id, Blob(std::move(pickled)));
   return id;
 }
 
 void EngineImpl::drop_function(uint64_t fn_id) {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   if (!functions_.erase(fn_id)) return;
   for (auto& s : slots_)
     if (s.known_functions.erase(fn_id)) s.functions_to_drop.push_back(fn_id);
@@ -105,7 +105,7 @@ void EngineImpl::drop_function(uint64_t fn_id) {
 uint64_t EngineImpl::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
   uint64_t id;
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     id = next_job_id_++;
   }
   submit_as(id, fn_id, tag, std::move(payload), retries, 0);
@@ -114,31 +114,31 @@ uint64_t EngineImpl::submit(uint64_t fn_id, uint32_t tag, std::string payload, i
 
 void EngineImpl::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
                            double timeout_s) {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
 }
 
 bool EngineImpl::try_submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
                                double timeout_s) {
   if (!mu_.try_lock_spinning()) return false;
-  std::lock_guard adopted(mu_, std::adopt_lock);
+  LockGuard adopted(mu_, std::adopt_lock);
   submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
   return true;
 }
 
 bool EngineImpl::cancel(uint64_t job_id) {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   return pending_ids_.erase(job_id) > 0;
 }
 
 bool EngineImpl::queued(uint64_t job_id) const {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   return pending_ids_.count(job_id) > 0;
 }
 
 void EngineImpl::shutdown(bool wait, bool cancel_pending) {
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     closing_ = true;
     if (cancel_pending) {
       for (auto& job : pending_)
@@ -154,7 +154,7 @@ void EngineImpl::shutdown(bool wait, bool cancel_pending) {
 
 void EngineImpl::terminate() {
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     closing_ = true;
     for (auto& job : pending_)
       if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
@@ -179,12 +179,12 @@ void EngineImpl::terminate() {
 
 std::optional<std::string> EngineImpl::broken() const {
   if (!is_broken_.load(std::memory_order_acquire)) return std::nullopt;
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   return broken_;
 }
 
 std::vector<pid_t> EngineImpl::worker_pids() const {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   std::vector<pid_t> pids;
   for (const auto& s : slots_)
     if (s.pid > 0 && s.state != SlotState::dead) pids.push_back(s.pid);
@@ -192,7 +192,7 @@ std::vector<pid_t> EngineImpl::worker_pids() const {
 }
 
 EngineStats EngineImpl::stats() const {
-  std::lock_guard lk(mu_);
+  LockGuard lk(mu_);
   EngineStats st = stats_;
   st.pending = pending_ids_.size();
   st.in_flight = 0;
@@ -203,14 +203,14 @@ EngineStats EngineImpl::stats() const {
 void EngineImpl::inject_fault_for_testing(TestFault fault) {
   switch (fault) {
     case TestFault::lose_next_spilled_result: {
-      std::lock_guard lk(mu_);
+      LockGuard lk(mu_);
       lose_next_spill_ = true;
       return;
     }
     case TestFault::engine_thread_throws:
       throw_next_round_.store(true);
       {
-        std::lock_guard lk(mu_);
+        LockGuard lk(mu_);
         events_pending_ = true;  // so the engine thread wakes now, whatever it sleeps on
       }
       wake_engine_thread();

@@ -14,10 +14,16 @@
 //   engine_thread.cpp   the engine thread's loop and the final stop
 //
 // Threads: callers (submit, collect, wait_for, shutdown, ...), the engine
-// thread (run), and the supervisor thread (on_process_event). Every field
-// below that changes after construction is guarded by mu_ unless it is an
-// atomic, whose comment says who writes it. Functions named *_locked must be
-// called with mu_ held.
+// thread (run), and the supervisor thread (on_process_event). One lock, mu_,
+// guards every field that changes after construction except the atomics,
+// whose comments say who writes them; Clang's thread-safety analysis checks
+// it (make thread-safety). Functions named *_locked are called with mu_ held
+// (SHOAL_REQUIRES); the public operations take it themselves (SHOAL_EXCLUDES).
+// Invariants under mu_:
+//  * a job is in exactly one place: pending_ (with its id in pending_ids_),
+//    one slot's in_flight, or, once ended, completions_;
+//  * a slot's in_flight is in the order its inbox received the jobs;
+//  * SlotWatch::live == (state != dead && !quarantined), stored together.
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -26,7 +32,6 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -35,7 +40,9 @@
 #include <vector>
 
 #include "shoal/base/deadline.hpp"
+#include "shoal/base/mutex.hpp"
 #include "shoal/base/spinning_mutex.hpp"
+#include "shoal/base/thread_annotations.hpp"
 #include "shoal/engine/engine.hpp"
 #include "shoal/engine/pool_layout.hpp"
 #include "shoal/ipc/notifier.hpp"
@@ -70,133 +77,142 @@ class EngineImpl {
   const std::string& segment_name() const { return layout_.segment().name(); }
   uint32_t workers() const { return layout_.slots(); }
   std::size_t inline_payload_limit() const { return inline_payload_limit_; }
-  uint64_t define_function(std::string pickled);
-  void drop_function(uint64_t fn_id);
-  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries);
-  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s);
+  uint64_t define_function(std::string pickled) SHOAL_EXCLUDES(mu_);
+  void drop_function(uint64_t fn_id) SHOAL_EXCLUDES(mu_);
+  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) SHOAL_EXCLUDES(mu_);
+  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s)
+      SHOAL_EXCLUDES(mu_);
   bool try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
-                     double timeout_s);
-  bool cancel(uint64_t job_id);
-  bool queued(uint64_t job_id) const;
-  bool collect(std::vector<Completion>& out, const Deadline& deadline);                     // completions.cpp
-  bool wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out);  // completions.cpp
-  void shutdown(bool wait, bool cancel_pending);
-  void terminate();
-  std::optional<std::string> broken() const;
-  std::vector<pid_t> worker_pids() const;
-  EngineStats stats() const;
-  void inject_fault_for_testing(TestFault fault);
+                     double timeout_s) SHOAL_EXCLUDES(mu_);
+  bool cancel(uint64_t job_id) SHOAL_EXCLUDES(mu_);
+  bool queued(uint64_t job_id) const SHOAL_EXCLUDES(mu_);
+  // completions.cpp
+  bool collect(std::vector<Completion>& out, const Deadline& deadline) SHOAL_EXCLUDES(mu_);
+  bool wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) SHOAL_EXCLUDES(mu_);
+  void shutdown(bool wait, bool cancel_pending) SHOAL_EXCLUDES(mu_);
+  void terminate() SHOAL_EXCLUDES(mu_);
+  std::optional<std::string> broken() const SHOAL_EXCLUDES(mu_);
+  std::vector<pid_t> worker_pids() const SHOAL_EXCLUDES(mu_);
+  EngineStats stats() const SHOAL_EXCLUDES(mu_);
+  void inject_fault_for_testing(TestFault fault) SHOAL_EXCLUDES(mu_);
 
  private:
   // ---- dispatch.cpp: central queue -> worker inboxes ------------------------
   void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                     double timeout_s);
-  void dispatch_locked();
-  bool send_job_locked(uint32_t slot, Job& job);
-  bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload);
-  std::size_t prefetch_depth() const;
+                     double timeout_s) SHOAL_REQUIRES(mu_);
+  void dispatch_locked() SHOAL_REQUIRES(mu_);
+  bool send_job_locked(uint32_t slot, Job& job) SHOAL_REQUIRES(mu_);
+  bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload) SHOAL_REQUIRES(mu_);
+  std::size_t prefetch_depth() const SHOAL_REQUIRES(mu_);
 
   // ---- outbox.cpp: worker outboxes -> completions -------------------------
-  void drain_outboxes_locked();  // every live worker's
-  void drain_outbox_locked(uint32_t slot);
+  void drain_outboxes_locked() SHOAL_REQUIRES(mu_);  // every live worker's
+  void drain_outbox_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
   // A frame from `slot` whose spilled payload (segment `name`) could not be read.
   void spilled_payload_lost_locked(uint32_t slot, const proto::FrameHeader& h, const std::string& name,
-                                   const std::string& what);
+                                   const std::string& what) SHOAL_REQUIRES(mu_);
   // Whether some live slot's outbox holds a frame; without the lock (a hint).
   bool any_outbox_readable() const;
 
   // ---- completions.cpp: completions -> callers -----------------------------
-  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload);
-  void log_locked(LogLevel level, std::string message);
+  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
+  void log_locked(LogLevel level, std::string message) SHOAL_REQUIRES(mu_);
   // Rings the doorbell for completions that collect() should take (ones no
   // ring from a worker announced: cancels, deaths, another thread's drain).
   void announce_completions();
-  bool collectable_locked() const;  // some completion is not awaited by a wait_for() caller
+  bool collectable_locked() const SHOAL_REQUIRES(mu_);  // some completion is not awaited by a wait_for() caller
   void wake_engine_thread();
-  bool idle_locked() const;
-  bool unfinished_locked(uint64_t job_id) const;
+  bool idle_locked() const SHOAL_REQUIRES(mu_);
+  bool unfinished_locked(uint64_t job_id) const SHOAL_REQUIRES(mu_);
 
   // ---- slots.cpp: worker slots ------------------------------------------------
-  void on_process_event(const ProcessEvent& e);  // the supervisor thread
-  void handle_events_locked();
-  void start_slot_locked(uint32_t slot);
-  void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status);
-  void retire_locked(Slot& s);
-  std::string worker_name(uint32_t slot) const;
+  void on_process_event(const ProcessEvent& e) SHOAL_EXCLUDES(mu_);  // the supervisor thread
+  void handle_events_locked() SHOAL_REQUIRES(mu_);
+  void start_slot_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
+  void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) SHOAL_REQUIRES(mu_);
+  void retire_locked(Slot& s) SHOAL_REQUIRES(mu_);
+  std::string worker_name(uint32_t slot) const SHOAL_REQUIRES(mu_);
 
   // ---- faults.cpp: what breaks a slot or the pool ----------------------------
   // An unexpected error on one of the pool's own threads: logged, and the
   // pool breaks with it (every waiter is woken with the reason).
-  void thread_fault_locked(const char* thread, const std::string& what) noexcept;
+  void thread_fault_locked(const char* thread, const std::string& what) noexcept SHOAL_REQUIRES(mu_);
   // Garbage found in a slot's rings or frames (`what`): the worker is killed and
   // replaced, its jobs are retried or fail with worker_lost; the pool goes on.
-  void corrupt_slot_locked(uint32_t slot, const std::string& what);
+  void corrupt_slot_locked(uint32_t slot, const std::string& what) SHOAL_REQUIRES(mu_);
   // Compares the pool's header with what was created; a corrupt one breaks the
   // pool. Returns whether it is intact.
-  bool check_header_locked();
-  void fail_everything_locked(const std::string& reason);
+  bool check_header_locked() SHOAL_REQUIRES(mu_);
+  void fail_everything_locked(const std::string& reason) SHOAL_REQUIRES(mu_);
 
   // ---- limits.cpp ----------------------------------------------------------------
-  void enforce_limits_locked();
+  void enforce_limits_locked() SHOAL_REQUIRES(mu_);
   // After a job of `slot` finished: past the soft memory limit, the worker is retired.
-  void check_soft_limit_locked(uint32_t slot);
+  void check_soft_limit_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
 
   // ---- engine_thread.cpp ---------------------------------------------------------
-  void run();
+  void run() SHOAL_EXCLUDES(mu_);
+  // Results are drained on the engine thread only when no other thread will:
+  // nobody waits in collect() or wait_for(), and no collector is away with a
+  // batch (or it has been away longer than the hand-off time). Atomics only.
+  bool results_are_mine() const;
 
   // A thread in collect() or wait_for() (for `job`, if given), from
   // construction (lock held) to destruction (completions.cpp).
   class ResultWaiter {
    public:
-    ResultWaiter(EngineImpl& engine, std::unique_lock<SpinningMutex>& lock,
-                 std::optional<uint64_t> job = std::nullopt);
+    ResultWaiter(EngineImpl& engine, UniqueLock<SpinningMutex>& lock, std::optional<uint64_t> job = std::nullopt)
+        SHOAL_REQUIRES(engine.mu_);
     ~ResultWaiter();
     ResultWaiter(const ResultWaiter&) = delete;
     ResultWaiter& operator=(const ResultWaiter&) = delete;
 
    private:
     EngineImpl& engine_;
-    std::unique_lock<SpinningMutex>& lock_;
+    UniqueLock<SpinningMutex>& lock_;
     std::optional<uint64_t> job_;
   };
 
   // ---- fixed at construction ------------------------------------------------------
   const EngineOptions options_;
-  PoolLayout layout_;
-  std::size_t inline_payload_limit_;
+  PoolLayout layout_;  // the engine thread unlinks its name at the end; nothing else changes
+  const std::size_t inline_payload_limit_;
   const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid
   std::unique_ptr<SlotWatch[]> watch_;  // one per slot; see SlotWatch
   std::unique_ptr<Supervisor> supervisor_;
 
   // ---- guarded by mu_ ---------------------------------------------------------------
   mutable SpinningMutex mu_;
-  std::vector<Slot> slots_;  // the vector is fixed at construction, its elements are not
+  // The vector is sized at construction and never resized; its elements (every
+  // field of every Slot) change only under mu_.
+  std::vector<Slot> slots_ SHOAL_GUARDED_BY(mu_);
   // The central queue. A job is queued while its id is in pending_ids_; a
   // cancelled one stays in pending_ until dispatch reaches it.
-  std::deque<Job> pending_;
-  std::unordered_set<uint64_t> pending_ids_;
-  std::unordered_map<uint64_t, Blob> functions_;
-  uint64_t next_job_id_ = 1;
-  uint64_t next_fn_id_ = 1;
-  bool closing_ = false;   // no new jobs
-  bool stopping_ = false;  // workers told to exit
-  bool stopped_ = false;   // engine thread finished
-  std::optional<std::string> broken_;
-  uint32_t failures_without_progress_ = 0;
-  uint32_t corruptions_without_progress_ = 0;  // slots found corrupt since the last result
-  bool header_corrupt_ = false;
+  std::deque<Job> pending_ SHOAL_GUARDED_BY(mu_);
+  std::unordered_set<uint64_t> pending_ids_ SHOAL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Blob> functions_ SHOAL_GUARDED_BY(mu_);
+  uint64_t next_job_id_ SHOAL_GUARDED_BY(mu_) = 1;
+  uint64_t next_fn_id_ SHOAL_GUARDED_BY(mu_) = 1;
+  bool closing_ SHOAL_GUARDED_BY(mu_) = false;   // no new jobs
+  bool stopping_ SHOAL_GUARDED_BY(mu_) = false;  // workers told to exit
+  bool stopped_ SHOAL_GUARDED_BY(mu_) = false;   // engine thread finished
+  std::optional<std::string> broken_ SHOAL_GUARDED_BY(mu_);
+  uint32_t failures_without_progress_ SHOAL_GUARDED_BY(mu_) = 0;
+  uint32_t corruptions_without_progress_ SHOAL_GUARDED_BY(mu_) = 0;  // slots found corrupt since the last result
+  bool header_corrupt_ SHOAL_GUARDED_BY(mu_) = false;
   // The launcher or supervisor failed: no exit will be reported any more.
-  bool launcher_failed_ = false;
-  bool lose_next_spill_ = false;  // TestFault::lose_next_spilled_result
-  double run_ns_ewma_ = 0;
-  EngineStats stats_;
-  std::vector<ProcessEvent> events_;  // from the supervisor thread, for the engine thread
+  bool launcher_failed_ SHOAL_GUARDED_BY(mu_) = false;
+  bool lose_next_spill_ SHOAL_GUARDED_BY(mu_) = false;  // TestFault::lose_next_spilled_result
+  double run_ns_ewma_ SHOAL_GUARDED_BY(mu_) = 0;
+  EngineStats stats_ SHOAL_GUARDED_BY(mu_);
+  // From the supervisor thread, for the engine thread.
+  std::vector<ProcessEvent> events_ SHOAL_GUARDED_BY(mu_);
   // Finished jobs not yet taken. collect() and wait_for() callers sleep on
   // the doorbell: results ring it as workers publish them, and every other
   // completion (a cancel, a death, a broken pool) is announced on it.
-  std::vector<Completion> completions_;
-  std::vector<uint64_t> awaited_;  // jobs a wait_for() caller waits for
-  uint64_t last_collected_ns_ = 0;  // when collect() last returned results
+  std::vector<Completion> completions_ SHOAL_GUARDED_BY(mu_);
+  std::vector<uint64_t> awaited_ SHOAL_GUARDED_BY(mu_);  // jobs a wait_for() caller waits for
+  uint64_t last_collected_ns_ SHOAL_GUARDED_BY(mu_) = 0;  // when collect() last returned results
 
   // ---- atomics, read without mu_ -------------------------------------------------------
   std::atomic<bool> is_broken_{false};         // broken_ has a value (set under mu_)

@@ -23,18 +23,19 @@ constexpr uint64_t kCollectorHandOffNs = std::chrono::nanoseconds(kCollectorHand
 
 }  // namespace
 
+bool EngineImpl::results_are_mine() const {
+  if (result_waiters_.load() != 0) return false;
+  const uint64_t away_since = collector_away_since_ns_.load();
+  return away_since == 0 || monotonic_ns() - away_since > kCollectorHandOffNs;
+}
+
+// A round holds mu_ from its wake-up to its end (or, on a break, on into the
+// final stop). The catch blocks, which the thread-safety analysis does not
+// follow, take mu_ again where the error left it released.
 void EngineImpl::run() {
   auto& bell = layout_.header().doorbell;
   std::optional<Clock::time_point> stop_deadline;
-  std::unique_lock lk(mu_, std::defer_lock);
-  // Results are drained here only when no other thread will: nobody waits in
-  // collect() or wait_for(), and no collector is away with a batch (or it
-  // has been away longer than the hand-off time).
-  auto results_are_mine = [&] {
-    if (result_waiters_.load() != 0) return false;
-    const uint64_t away_since = collector_away_since_ns_.load();
-    return away_since == 0 || monotonic_ns() - away_since > kCollectorHandOffNs;
-  };
+  UniqueLock lk(mu_, std::defer_lock);
   bool busy = false;  // jobs queued or running, as of the last round
   // Nothing may escape this thread (it would end the process). An error in
   // a round breaks the pool with its reason (every job fails, every waiter

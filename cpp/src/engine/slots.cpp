@@ -16,7 +16,7 @@ using proto::Status;
 // engine thread (handle_events_locked), the one thread that starts slots.
 void EngineImpl::on_process_event(const ProcessEvent& e) {
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     events_.push_back(e);
     events_pending_ = true;
   }

@@ -26,7 +26,7 @@ void Supervisor::wake() {
 
 void Supervisor::request_spawn(uint32_t slot) {
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     spawn_requests_.push_back(slot);
   }
   wake();
@@ -34,7 +34,7 @@ void Supervisor::request_spawn(uint32_t slot) {
 
 void Supervisor::stop() {
   {
-    std::lock_guard lk(mu_);
+    LockGuard lk(mu_);
     if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
   }
@@ -69,7 +69,7 @@ void Supervisor::run() {
   // Until stopped: the launcher's workers go with it then.
   for (;;) {
     {
-      std::lock_guard lk(mu_);
+      LockGuard lk(mu_);
       if (stopping_) break;
     }
     pollfd p{wake_fd_.get(), POLLIN, 0};
@@ -90,7 +90,7 @@ void Supervisor::serve() {
     std::vector<uint32_t> requests;
     bool stopping;
     {
-      std::lock_guard lk(mu_);
+      LockGuard lk(mu_);
       requests.swap(spawn_requests_);
       stopping = stopping_;
     }

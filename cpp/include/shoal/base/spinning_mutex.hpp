@@ -10,16 +10,19 @@
 #include <mutex>
 
 #include "shoal/base/futex.hpp"
+#include "shoal/base/thread_annotations.hpp"
 
 namespace shoal {
 
-class SpinningMutex {
+// Lock it with shoal::LockGuard or shoal::UniqueLock (shoal/base/mutex.hpp),
+// which the thread-safety analysis follows.
+class SHOAL_CAPABILITY("mutex") SpinningMutex {
  public:
-  void lock() {
+  void lock() SHOAL_ACQUIRE() {
     if (!try_lock_spinning()) mu_.lock();
   }
   // Takes the lock if it comes free within the spin; false (not held) if not.
-  bool try_lock_spinning() {
+  bool try_lock_spinning() SHOAL_TRY_ACQUIRE(true) {
     if (mu_.try_lock()) return true;
     const auto give_up = std::chrono::steady_clock::now() + kSpin;
     do {
@@ -28,8 +31,8 @@ class SpinningMutex {
     } while (std::chrono::steady_clock::now() < give_up);
     return false;
   }
-  bool try_lock() { return mu_.try_lock(); }
-  void unlock() { mu_.unlock(); }
+  bool try_lock() SHOAL_TRY_ACQUIRE(true) { return mu_.try_lock(); }
+  void unlock() SHOAL_RELEASE() { mu_.unlock(); }
 
  private:
   static constexpr std::chrono::microseconds kSpin{20};
