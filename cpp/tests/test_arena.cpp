@@ -22,23 +22,10 @@
 
 #include "mem/arena_layout.hpp"
 #include "mem/shm_file.hpp"
+#include "arena_test_access.hpp"
 #include "child_process.hpp"
 #include "shoal/base/errors.hpp"
 #include "shoal/mem/arena.hpp"
-
-namespace shoal {
-// Lets a test play a process that dies in the middle of an arena operation.
-struct ArenaTestAccess {
-  static arena_detail::Control& control(SharedArena& a) { return *a.ctl_; }
-  static arena_detail::BlockHeader* header(SharedArena& a, const Block& b) { return a.pooled_header(b); }
-  // An owner whose segment service is gone (stopped, or stuck: `alive` says it still runs).
-  static void stop_service(SharedArena& a, bool alive = false) {
-    a.stop_service();
-    a.ctl_->service_alive.store(alive ? 1 : 0);
-  }
-  static void set_handoff_timeout(std::chrono::milliseconds t) { SharedArena::handoff_timeout_ms_.store(t.count()); }
-};
-}  // namespace shoal
 
 using shoal::ArenaLimitError;
 using shoal::ArenaTestAccess;

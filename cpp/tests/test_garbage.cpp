@@ -9,7 +9,10 @@
 #include <gtest/gtest.h>
 #include <stddef.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,12 +25,17 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "arena_test_access.hpp"
 #include "child_process.hpp"
+#include "shoal/base/errors.hpp"
+#include "shoal/base/fd.hpp"
 #include "shoal/ipc/segment.hpp"
+#include "shoal/mem/arena.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
@@ -573,4 +581,726 @@ TEST(Garbage, SpillNamesMustBeOfThePoolsForm) {
   EXPECT_FALSE(shoal::is_spill_name("shoal-" + std::to_string(me) + "-0123456789abcde/", me));
   EXPECT_FALSE(shoal::is_spill_name("", me));
   EXPECT_FALSE(shoal::is_spill_name(std::string("shoal-1-0123456789abcdef\0", 25), 1));
+}
+
+// ---- the arena's metadata -------------------------------------------------------
+//
+// The pool's SharedArena lives in shared memory too: its control block (fixed
+// fields, counters, free-list heads, the mutex), its slot table (each
+// segment's kind, name, size, memfd number and inode), the header in front of
+// every block of a pooled segment, and the block descriptors that travel in
+// payloads. Garbage in any of them must end in an exception (CorruptFrameError
+// naming the arena, or std::invalid_argument for a descriptor that names
+// nothing live), never in SIGSEGV, SIGBUS, an abort or a hang. The garbage is
+// written by a forked child, through the mappings it shares with the parent.
+
+namespace {
+
+using shoal::ArenaTestAccess;
+using shoal::Block;
+using shoal::CorruptFrameError;
+using shoal::SharedArena;
+using shoal::SegmentBacking;
+namespace ad = shoal::arena_detail;
+
+constexpr std::size_t kKiB = 1024, kMiB = 1024 * 1024;
+constexpr const char* kArenaCorrupted = "was corrupted";
+
+// Runs `write` in another process (a fork: it writes through the mappings it shares with us).
+void scribble_arena(const std::function<void()>& write) {
+  shoal::testing::ChildProcess child([&] {
+    write();
+    return 0;
+  });
+  ASSERT_TRUE(child.succeeded(10s)) << "the scribbling process failed";
+}
+
+// Shortens what a corrupt lock or an unanswered handoff costs, for one test.
+struct ShortWaits {
+  ShortWaits() {
+    ArenaTestAccess::set_lock_timeout(50ms);
+    ArenaTestAccess::set_handoff_timeout(200ms);
+  }
+  ~ShortWaits() {
+    ArenaTestAccess::set_lock_timeout(30s);
+    ArenaTestAccess::set_handoff_timeout(10s);
+  }
+};
+
+// The names in /dev/shm that carry `pid`.
+std::set<std::string> names_of(pid_t pid) {
+  std::set<std::string> names;
+  const std::string prefix = "shoal-" + std::to_string(pid) + "-";
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    if (name.starts_with(prefix)) names.insert(name);
+  }
+  return names;
+}
+
+// What became of the calls of one exercise.
+struct Outcome {
+  int calls = 0, corrupt = 0, other = 0, unexpected = 0;
+  std::vector<std::string> unclear;  // CorruptFrameErrors that do not say what they are
+};
+
+template <class F>
+void attempt(Outcome& o, F f) {
+  ++o.calls;
+  try {
+    f();
+  } catch (const CorruptFrameError& e) {
+    ++o.corrupt;
+    if (!contains(e.what(), kArenaCorrupted)) o.unclear.push_back(e.what());
+  } catch (const std::exception&) {
+    ++o.other;
+  } catch (...) {
+    ++o.unexpected;
+  }
+}
+
+// Everything a process does with an arena, on fresh allocations and on the
+// blocks `held` (this process holds a reference on each, or did before the
+// garbage): any call may throw, none may crash or hang.
+Outcome exercise(SharedArena& a, const std::vector<Block>& held, uint64_t seed) {
+  Outcome o;
+  std::mt19937_64 rng(seed);
+  for (std::size_t size : {std::size_t{100}, 100 * kKiB, a.segment_bytes() / 4 + 1}) {
+    attempt(o, [&] {
+      Block b = a.alloc(size, rng() % 2 == 0);
+      std::memset(a.data(b), 0x5a, b.size);
+      attempt(o, [&] {
+        a.retain(b);
+        a.release(b);
+      });
+      attempt(o, [&] { (void)a.map_private(b, 0, std::min<std::size_t>(b.size, 8192)); });
+      a.release(b);
+    });
+  }
+  for (const Block& b : held) {
+    attempt(o, [&] {
+      if (a.try_retain(b)) a.release(b);
+    });
+    attempt(o, [&] {
+      a.retain(b);
+      a.release(b);
+    });
+    attempt(o, [&] { (void)a.refcount(b); });
+    attempt(o, [&] {
+      volatile std::byte* p = a.data(b);
+      (void)p[0];
+      (void)p[b.size - 1];
+    });
+    attempt(o, [&] {
+      auto m = a.map_private(b, 0, std::min<std::size_t>(b.size, 3 * 4096));
+      volatile std::byte* p = m.data();
+      (void)p[m.size() - 1];
+    });
+  }
+  attempt(o, [&] { (void)a.check(); });
+  attempt(o, [&] {
+    (void)a.segment_count();
+    (void)a.used_bytes();
+    (void)a.closed();
+  });
+  return o;
+}
+
+// An arena as a pool's is after a while: pooled blocks of several sizes, some
+// freed (so the free lists hold blocks), a huge block with a segment of its
+// own, a second pooled segment.
+struct Populated {
+  std::shared_ptr<SharedArena> arena;
+  std::vector<Block> held;
+  explicit Populated(SegmentBacking backing = SegmentBacking::automatic) {
+    arena = SharedArena::create(256 * kMiB, 4 * kMiB, backing);
+    std::vector<Block> freed;
+    for (int i = 0; i < 24; ++i) {
+      Block b = arena->alloc(std::size_t{1000} << (i % 8));
+      std::memset(arena->data(b), i, b.size);
+      (i % 3 == 0 ? freed : held).push_back(b);
+    }
+    for (int i = 0; i < 4; ++i) held.push_back(arena->alloc(1000 * kKiB));  // the fourth: a second segment
+    held.push_back(arena->alloc(3 * kMiB));  // a huge block (past a quarter of 4 MiB)
+    for (const Block& b : freed) arena->release(b);
+  }
+  ad::Control& control() const { return ArenaTestAccess::control(*arena); }
+  ad::BlockHeader* header(const Block& b) const { return ArenaTestAccess::header(*arena, b); }
+  const Block& huge() const { return held.back(); }
+};
+
+void expect_clean(const Outcome& o, const std::string& what) {
+  EXPECT_EQ(o.unexpected, 0) << what << ": a call threw something that is no std::exception";
+  EXPECT_TRUE(o.unclear.empty()) << what << ": " << (o.unclear.empty() ? "" : o.unclear.front());
+}
+
+// The same exercise in a process that attaches the arena afresh (and never
+// mapped its segments): it must exit normally, whatever it met.
+void expect_another_process_survives(Populated& p, uint64_t seed, const std::string& what) {
+  shoal::testing::ChildProcess child([&] {
+    std::shared_ptr<SharedArena> a;
+    try {
+      a = SharedArena::attach(p.arena->name());
+    } catch (const std::exception&) {  // refused at attach: fine
+      return 0;
+    }
+    const Outcome o = exercise(*a, p.held, seed);
+    return o.unexpected == 0 && o.unclear.empty() ? 0 : 3;
+  });
+  const int status = child.wait(60s);
+  ASSERT_NE(status, -1) << what << ": another process hung";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << what << ": another process " << (WIFSIGNALED(status) ? "died of signal " + std::to_string(WTERMSIG(status))
+                                                            : "exited with " + std::to_string(WEXITSTATUS(status)));
+}
+
+}  // namespace
+
+TEST(ArenaGarbage, AControlBlockOverwrittenFailsEveryLockedCallWithAClearError) {
+  ShortWaits short_waits;
+  Populated p;
+  ad::Control& c = p.control();
+  const ad::Control* saved = &c;
+  const uint64_t magic = saved->magic, limit = saved->limit_bytes, seg = saved->segment_bytes;
+  const uint32_t version = saved->version, backing = saved->backing;
+  const int32_t owner = saved->owner_pid;
+  for (int field = 0; field < 6; ++field) {
+    SCOPED_TRACE("field " + std::to_string(field));
+    scribble_arena([&] {
+      switch (field) {
+        case 0: c.magic = 0x0123456789abcdefULL; break;
+        case 1: c.version = 77; break;
+        case 2: c.limit_bytes = ~uint64_t{0}; break;
+        case 3: c.segment_bytes = 4096; break;
+        case 4: c.owner_pid = 1; break;
+        case 5: c.backing = 9; break;
+      }
+    });
+    try {
+      p.arena->alloc(100);
+      ADD_FAILURE() << "alloc went on over a corrupt control block";
+    } catch (const CorruptFrameError& e) {
+      EXPECT_TRUE(contains(e.what(), kArenaCorrupted)) << e.what();
+      EXPECT_TRUE(contains(e.what(), p.arena->name())) << e.what();
+      EXPECT_TRUE(contains(e.what(), "control block")) << e.what();
+    }
+    EXPECT_THROW(p.arena->check(), CorruptFrameError);
+    EXPECT_THROW(p.arena->try_retain(p.held.front()), CorruptFrameError);
+    // A new handle refuses it outright where the field cannot be right (a limit
+    // or a segment size could be: they are checked against the segments).
+    if (field != 2 && field != 3) {
+      shoal::testing::ChildProcess other([&] {
+        try {
+          SharedArena::attach(p.arena->name());
+        } catch (const std::exception&) {
+          return 0;
+        }
+        return 1;
+      });
+      EXPECT_TRUE(other.succeeded(30s)) << "another process attached a corrupt arena";
+    }
+    expect_another_process_survives(p, field, "control field " + std::to_string(field));
+    // Calls that need no lock, on blocks already mapped, read no control field and go on.
+    const Block& b = p.held.front();
+    p.arena->retain(b);
+    EXPECT_EQ(p.arena->refcount(b), 2u);
+    p.arena->release(b);
+    c.magic = magic;
+    c.version = version;
+    c.limit_bytes = limit;
+    c.segment_bytes = seg;
+    c.owner_pid = owner;
+    c.backing = backing;
+    EXPECT_NO_THROW(p.arena->release(p.arena->alloc(100)));
+    EXPECT_EQ(p.arena->check(), "");
+  }
+}
+
+TEST(ArenaGarbage, GarbageInTheFreeListsAndCountersIsRebuiltFromTheHeadersAndAllocationGoesOn) {
+  for (int what = 0; what < 6; ++what) {
+    SCOPED_TRACE("case " + std::to_string(what));
+    Populated p;
+    const uint64_t before = p.arena->recoveries();
+    ad::Control& c = p.control();
+    std::byte* seg0 = ArenaTestAccess::pooled_base(*p.arena, 0);
+    ASSERT_NE(seg0, nullptr);
+    scribble_arena([&] {
+      std::mt19937_64 rng(what);
+      switch (what) {
+        case 0:  // every list head anywhere
+          for (auto& b : c.bins) b = rng();
+          break;
+        case 1:  // heads inside the segment, at offsets that are no headers
+          for (auto& b : c.bins) b = ad::block_ref(0, 64 * (1 + rng() % 1000));
+          break;
+        case 2:  // heads naming slots past the table, or the huge block's slot
+          for (int b = 0; b < ad::kBins; ++b) c.bins[b] = ad::block_ref(b % 2 ? 5000 : p.huge().segment, 0);
+          break;
+        case 3:  // the counters past the limit
+          c.used_bytes = ~uint64_t{0} - 5;
+          c.pooled_bytes = ~uint64_t{0} - 5;
+          break;
+        case 4:  // each listed block's next link to itself (a cycle), its bin out of range
+          for (int b = 0; b < ad::kBins; ++b)
+            if (c.bins[b] != ad::kNil && ad::ref_slot(c.bins[b]) == 0) {
+              auto* h = reinterpret_cast<ad::BlockHeader*>(seg0 + ad::ref_offset(c.bins[b]));
+              h->next_free = c.bins[b];
+              h->prev_free = c.bins[b];
+              h->bin = 1000;
+            }
+          break;
+        case 5:  // the next generation 0, the recovering word set
+          c.next_generation = 0;
+          c.recovering = 0xdead;
+          break;
+      }
+    });
+    std::vector<Block> got;
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_NO_THROW(got.push_back(p.arena->alloc(std::size_t{900} << (i % 6))));
+      EXPECT_NE(got.back().generation, 0u);
+      std::memset(p.arena->data(got.back()), 1, got.back().size);
+    }
+    for (const Block& b : got) p.arena->release(b);
+    EXPECT_GT(p.arena->recoveries(), before) << "the garbage was used as it was";
+    for (const Block& b : p.held) EXPECT_EQ(p.arena->refcount(b), 1u);
+    EXPECT_EQ(p.arena->check(), "");
+  }
+}
+
+TEST(ArenaGarbage, AnOverwrittenBlockHeaderFailsOnlyThatBlock) {
+  for (int field = 0; field < 6; ++field) {
+    SCOPED_TRACE("field " + std::to_string(field));
+    Populated p;
+    const Block victim = p.held[1], other = p.held[2];
+    ASSERT_FALSE(victim.dedicated());
+    scribble_arena([&] {
+      ad::BlockHeader* h = p.header(victim);
+      switch (field) {
+        case 0: h->state = 0x1234; break;            // neither used nor free
+        case 1: h->span = 1; break;                  // a span no block has
+        case 2: h->span = uint64_t{1} << 50; break;  // past the segment
+        case 3: h->generation = victim.generation + 1; break;
+        case 4: h->refs = 0xffffffffu; break;        // one more would overflow
+        case 5: std::memset(static_cast<void*>(h), 0xff, sizeof *h); break;
+      }
+    });
+    if (field == 4) {
+      EXPECT_THROW(p.arena->retain(victim), CorruptFrameError);
+      EXPECT_THROW(p.arena->try_retain(victim), CorruptFrameError);
+      EXPECT_EQ(p.arena->refcount(victim), 0xffffffffu);
+    } else {
+      EXPECT_ANY_THROW(p.arena->retain(victim));
+      EXPECT_ANY_THROW(p.arena->release(victim));
+      bool took = false;
+      try {
+        took = p.arena->try_retain(victim);  // false (no such block), or CorruptFrameError
+      } catch (const CorruptFrameError&) {
+      }
+      EXPECT_FALSE(took);
+      try {
+        p.arena->refcount(victim);
+        ADD_FAILURE() << "no error";
+      } catch (const CorruptFrameError& e) {  // the header's own words garbled
+        EXPECT_TRUE(field <= 2) << e.what();
+        EXPECT_TRUE(contains(e.what(), "header")) << e.what();
+      } catch (const std::invalid_argument& e) {  // the generation garbled: the block reads as gone
+        EXPECT_TRUE(field == 3 || field == 5) << e.what();
+      }
+    }
+    // Every other block, and the allocator, go on.
+    p.arena->retain(other);
+    EXPECT_EQ(p.arena->refcount(other), 2u);
+    p.arena->release(other);
+    for (int i = 0; i < 10; ++i) p.arena->release(p.arena->alloc(5000));
+    if (field != 3 && field != 4) {  // a generation or a count is no invariant check() can judge
+      EXPECT_NE(p.arena->check(), "") << "check() did not see the garbage";
+    }
+  }
+}
+
+TEST(ArenaGarbage, ABlockFreedNextToAGarbledFreeNeighbourIsNotMergedWithIt) {
+  for (int what = 0; what < 3; ++what) {
+    SCOPED_TRACE("case " + std::to_string(what));
+    auto arena = SharedArena::create(64 * kMiB, 4 * kMiB);
+    Block keep = arena->alloc(100);
+    Block a = arena->alloc(4000), b = arena->alloc(4000);
+    Block after = arena->alloc(100);
+    ASSERT_EQ(b.segment, a.segment);
+    ASSERT_EQ(b.offset, a.offset + 4032 + 64);
+    arena->release(b);  // a's neighbour is now free
+    scribble_arena([&] {
+      auto* n = reinterpret_cast<ad::BlockHeader*>(arena->data(a) + 4032);
+      auto* h = reinterpret_cast<ad::BlockHeader*>(arena->data(a) - 64);
+      switch (what) {
+        case 0: n->span = 3; break;  // no span a block can have
+        case 1: n->next_free = 0x42; n->prev_free = ad::block_ref(7, 64); break;  // links to nowhere
+        case 2: h->prev_span = 64 * 3; break;  // a boundary tag naming no block
+      }
+    });
+    EXPECT_NO_THROW(arena->release(a));
+    std::vector<Block> got;
+    for (int i = 0; i < 10; ++i) ASSERT_NO_THROW(got.push_back(arena->alloc(100 + 1000 * i)));
+    for (const Block& g : got) arena->release(g);
+    EXPECT_EQ(arena->refcount(keep), 1u);
+    EXPECT_EQ(arena->refcount(after), 1u);
+    if (what != 0) {  // the derived garbage is gone; a bad span is authoritative, and stays out of use
+      EXPECT_EQ(arena->check(), "");
+    }
+  }
+}
+
+TEST(ArenaGarbage, AnOverwrittenSlotTableIsNeverReadPastItsEnd) {
+  ShortWaits short_waits;
+  for (int field = 0; field < 7; ++field) {
+    SCOPED_TRACE("field " + std::to_string(field));
+    Populated p;
+    const Block huge = p.huge();
+    ASSERT_TRUE(huge.dedicated());
+    ad::Control& c = p.control();
+    scribble_arena([&] {
+      ad::SlotRecord& s = c.slots[huge.segment];
+      switch (field) {
+        case 0: c.slot_count = 0xfffffff0u; break;               // past the table
+        case 1: std::memset(s.name, 'x', sizeof s.name); break;  // no NUL, not of the arena's form
+        case 2: s.bytes = uint64_t{1} << 60; break;
+        case 3: s.bytes = 0; break;
+        case 4: s.kind = 77; break;
+        case 5: s.owner_fd = 0; s.file_ino = 12345; break;  // another descriptor, another file
+        case 6: c.slots[0].bytes = 1000; break;             // a pooled segment shorter than a page
+      }
+    });
+    const Outcome o = exercise(*p.arena, p.held, field);
+    expect_clean(o, "this process");
+    expect_another_process_survives(p, field + 100, "slot garbage " + std::to_string(field));
+    if (field == 0) {
+      try {
+        p.arena->alloc(5 * kMiB);  // a huge block: needs a new slot
+        ADD_FAILURE() << "a slot was claimed past a corrupt slot count";
+      } catch (const CorruptFrameError& e) {
+        EXPECT_TRUE(contains(e.what(), "slot count")) << e.what();
+      }
+      EXPECT_EQ(p.arena->segment_count(), 3u);  // read up to the table's end only
+    }
+  }
+}
+
+TEST(ArenaGarbage, ASlotsNameOfAnotherFormIsNeverOpenedOrUnlinked) {
+  ShortWaits short_waits;
+  // /dev/shm backing, where segments are reached by name: a slot's name turned
+  // into that of some other program's segment.
+  const std::string victim = "shoal-test-victim-" + std::to_string(getpid());
+  {
+    shoal::UniqueFd fd(shm_open(("/" + victim).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(ftruncate(fd.get(), 3 * kMiB), 0);
+  }
+  std::string real_name;
+  {
+    Populated p(SegmentBacking::dev_shm);
+    ad::SlotRecord& s = p.control().slots[p.huge().segment];
+    real_name = s.name;
+    scribble_arena([&] {
+      std::memset(s.name, 0, sizeof s.name);
+      std::memcpy(s.name, victim.data(), victim.size());
+    });
+    shoal::testing::ChildProcess child([&] {
+      auto a = SharedArena::attach(p.arena->name());
+      try {
+        a->try_retain(p.huge());
+        return 5;  // the victim was opened as the huge block's segment
+      } catch (const CorruptFrameError& e) {
+        return contains(e.what(), "not of the arena's form") ? 0 : 6;
+      } catch (const std::exception&) {
+        return 7;
+      }
+    });
+    EXPECT_TRUE(child.succeeded(30s));
+    p.arena->release(p.huge());  // frees the slot: its name is not removed, being no name of ours
+  }  // and the arena's close does not remove it either
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + victim)) << "garbage made the arena unlink another segment";
+  shm_unlink(("/" + victim).c_str());
+  // The huge block's own segment lost its name in the slot table: it stays
+  // until reclaimed (this test removes it).
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + real_name));
+  shm_unlink(("/" + real_name).c_str());
+  // A name of the arena's form that is not the slot's segment (another of
+  // ours, smaller than the slot says) is opened, but never mapped past its end.
+  {
+    Populated p(SegmentBacking::dev_shm);
+    SharedSegment small = SharedSegment::create(4096);
+    ad::SlotRecord& s = p.control().slots[p.huge().segment];
+    real_name = s.name;
+    scribble_arena([&] { std::memcpy(s.name, small.name().data(), small.name().size() + 1); });
+    shoal::testing::ChildProcess child([&] {
+      auto a = SharedArena::attach(p.arena->name());
+      try {
+        if (!a->try_retain(p.huge())) return 8;
+        volatile std::byte* at = a->data(p.huge());
+        (void)at[p.huge().size - 1];  // past the 4 KiB file: SIGBUS
+        return 5;
+      } catch (const std::invalid_argument& e) {
+        return contains(e.what(), "outside its segment") ? 0 : 6;
+      } catch (const std::exception&) {
+        return 7;
+      }
+    });
+    EXPECT_TRUE(child.succeeded(30s));
+    small.unlink();
+    shm_unlink(("/" + real_name).c_str());
+  }
+}
+
+TEST(ArenaGarbage, AnOverwrittenMutexFailsCallsInsteadOfAbortingOrHanging) {
+  ShortWaits short_waits;
+  for (int what = 0; what < 4; ++what) {
+    SCOPED_TRACE("case " + std::to_string(what));
+    Populated p;
+    auto* m = reinterpret_cast<pthread_mutex_t*>(&p.control().mutex);
+    const uint64_t recoveries = p.arena->recoveries();
+    scribble_arena([&] {
+      std::mt19937_64 rng(what);
+      switch (what) {
+        case 0:  // random bytes over all of it
+          for (std::size_t k = 0; k < sizeof *m; ++k) reinterpret_cast<std::byte*>(m)[k] = std::byte(rng() & 0xff);
+          break;
+        case 1:  // robust + priority inheritance, "held" by a thread that does not exist:
+                 // glibc asserts (aborts) when it meets that
+          m->__data.__kind = 16 | 32 | 128 | 2;  // ROBUST | PRIO_INHERIT | PSHARED | ERRORCHECK
+          m->__data.__lock = 0x3ffffff0;
+          break;
+        case 2:  // held by a thread that does not exist; the type word intact
+          m->__data.__lock = 0x3ffffff0;
+          break;
+        case 3:  // its holder died (the kernel's mark): the next locker recovers
+          m->__data.__lock = 0x40000000;
+          break;
+      }
+    });
+    if (what == 3) {
+      EXPECT_NO_THROW(p.arena->release(p.arena->alloc(100)));
+      EXPECT_GT(p.arena->recoveries(), recoveries);
+      EXPECT_EQ(p.arena->check(), "");
+      continue;
+    }
+    try {
+      p.arena->alloc(100);
+      ADD_FAILURE() << "alloc went on";
+    } catch (const CorruptFrameError& e) {
+      EXPECT_NE(what, 2) << e.what();
+      EXPECT_TRUE(contains(e.what(), "lock")) << e.what();
+    } catch (const std::runtime_error& e) {
+      EXPECT_EQ(what, 2) << e.what();
+      EXPECT_TRUE(contains(e.what(), "timed out")) << e.what();
+    }
+    const Outcome o = exercise(*p.arena, p.held, what);
+    expect_clean(o, "this process");
+    expect_another_process_survives(p, what + 10, "mutex garbage");
+  }  // and the arena goes without waiting long for the mutex
+}
+
+TEST(ArenaGarbage, DescriptorsWithRandomFieldsNeverTouchALiveBlock) {
+  Populated p;
+  SharedArena& a = *p.arena;
+  std::mt19937_64 rng(7);
+  auto names_a_held_block = [&](const Block& d) {
+    return std::any_of(p.held.begin(), p.held.end(), [&](const Block& h) {
+      return h.segment == d.segment && h.dedicated() == d.dedicated() && h.offset == d.offset &&
+             h.generation == d.generation;
+    });
+  };
+  int refused = 0;
+  for (int i = 0; i < 4000; ++i) {
+    Block d;
+    if (i % 2 == 0) {  // all fields random, from wild to near-plausible
+      d.segment = rng() % 3 == 0 ? static_cast<uint32_t>(rng()) : static_cast<uint32_t>(rng() % 8);
+      d.flags = static_cast<uint32_t>(rng() % 4);
+      d.offset = rng() % 2 ? rng() : 64 * (rng() % 200000);
+      d.size = rng() % 2 ? rng() : rng() % 100000;
+      d.generation = rng() % 2 ? rng() : rng() % 64;
+    } else {  // a live block's descriptor with one field changed
+      d = p.held[rng() % p.held.size()];
+      switch (rng() % 6) {
+        case 0: d.segment = static_cast<uint32_t>(rng() % 2 ? rng() : d.segment + 1 + rng() % 4); break;
+        case 1: d.flags ^= Block::kDedicated; break;
+        case 2: d.offset = rng() % 2 ? rng() : d.offset + 64 * (1 + rng() % 64); break;
+        case 3: d.size = (uint64_t{1} << 40) + rng() % (uint64_t{1} << 60); break;  // past any block
+        case 4: d.generation += 1 + rng() % 1000; break;
+        case 5: d.generation = 0; break;
+      }
+    }
+    if (names_a_held_block(d)) continue;
+    SCOPED_TRACE(std::to_string(d.segment) + "/" + std::to_string(d.flags) + "/" + std::to_string(d.offset) + "/" +
+                 std::to_string(d.size) + "/" + std::to_string(d.generation));
+    bool took = false;
+    try {
+      took = a.try_retain(d);
+    } catch (const std::exception&) {
+    }
+    EXPECT_FALSE(took) << "try_retain took a reference through garbage";
+    if (took) a.release(d);
+    EXPECT_ANY_THROW(a.retain(d));
+    EXPECT_ANY_THROW(a.release(d));
+    EXPECT_ANY_THROW(a.release_disowned(d));
+    EXPECT_ANY_THROW(a.refcount(d));
+    try {  // local bookkeeping only: a pooled segment's bytes are in bounds, or refused
+      a.adopt(d);
+      try {
+        volatile std::byte* at = a.data(d);
+        if (d.size > 0) (void)at[d.size - 1];
+        (void)a.hold_mapping(d);
+        auto m = a.map_private(d, 0, std::min<std::size_t>(d.size, 8192));
+        if (m.valid()) (void)static_cast<volatile std::byte*>(m.data())[m.size() - 1];
+      } catch (const std::exception&) {
+      }
+      a.disown(d);
+    } catch (const std::exception&) {
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 100);
+  for (const Block& h : p.held) EXPECT_EQ(a.refcount(h), 1u);
+  EXPECT_EQ(a.check(), "");
+}
+
+namespace {
+
+// Garbage of one kind over the arena of `p`, chosen by `seed`; says what it did.
+std::string garble_at_random(Populated& p, uint64_t seed) {
+  std::mt19937_64 rng(seed * 7919 + 17);
+  ad::Control& c = p.control();
+  auto value = [&]() -> uint64_t {
+    switch (rng() % 6) {
+      case 0: return 0;
+      case 1: return 1;
+      case 2: return ~uint64_t{0};
+      case 3: return rng();
+      case 4: return rng() % 4096;
+      default: return rng() % (uint64_t{1} << 40);
+    }
+  };
+  auto* base = reinterpret_cast<std::byte*>(&c);
+  const std::size_t mutex_at = reinterpret_cast<std::byte*>(&c.mutex) - base;
+  const std::size_t mutex_end = mutex_at + sizeof c.mutex;
+  const std::size_t slots_at = reinterpret_cast<std::byte*>(&c.slots[0]) - base;
+  std::vector<Block> pooled;
+  for (const Block& b : p.held)
+    if (!b.dedicated()) pooled.push_back(b);
+  const Block b = pooled[rng() % pooled.size()];
+  const uint32_t slot = static_cast<uint32_t>(rng() % (c.slot_count.load() + 1));
+  const uint64_t v = value();
+  const int field = static_cast<int>(rng() % 18);
+  std::string what;
+  std::function<void()> write;
+  auto put = [](void* at, uint64_t x, std::size_t n) { std::memcpy(at, &x, n); };
+  switch (seed % 7) {
+    case 0: {
+      what = "control field " + std::to_string(field) + " = " + std::to_string(v);
+      write = [&c, field, v, put, &rng] {
+        void* at[] = {&c.magic, &c.version, &c.max_segments, &c.limit_bytes, &c.segment_bytes, &c.owner_pid,
+                      &c.closed, &c.used_bytes, &c.mapped_bytes, &c.slot_count, &c.pooled_segments,
+                      &c.next_generation, &c.recovering, &c.backing, &c.pooled_bytes, &c.service_seq,
+                      &c.service_alive, &c.bins[rng() % ad::kBins]};
+        const std::size_t n[] = {8, 4, 4, 8, 8, 4, 4, 8, 8, 4, 4, 8, 4, 4, 8, 4, 4, 8};
+        put(at[field], v, n[field]);
+      };
+      break;
+    }
+    case 1:
+      what = "random bytes over the control block's head (all but the mutex) and bins";
+      write = [=, &rng] {
+        for (std::size_t k = 0; k < slots_at; ++k)
+          if (k < mutex_at || k >= mutex_end) base[k] = std::byte(rng() & 0xff);
+      };
+      break;
+    case 2: {
+      what = "slot " + std::to_string(slot) + " field " + std::to_string(field % 15) + " = " + std::to_string(v);
+      ad::SlotRecord& s = c.slots[slot];
+      write = [&s, field, v, put, &rng] {
+        void* at[] = {&s.kind, &s.refs, &s.generation, &s.bytes, &s.block_size, &s.creator, &s.purpose,
+                      &s.name[rng() % sizeof s.name], &s.backing, &s.owner_fd, &s.file_ino, &s.file_dev,
+                      &s.handoff, &s.creator_fd, &s.adopted_fd};
+        const std::size_t n[] = {4, 4, 8, 8, 8, 4, 4, 1, 4, 4, 8, 8, 4, 4, 4};
+        put(at[field % 15], v, n[field % 15]);
+      };
+      break;
+    }
+    case 3:
+      what = "random bytes over slot " + std::to_string(slot);
+      write = [&c, slot, &rng] {
+        auto* s = reinterpret_cast<std::byte*>(&c.slots[slot]);
+        for (std::size_t k = 0; k < sizeof(ad::SlotRecord); ++k) s[k] = std::byte(rng() & 0xff);
+      };
+      break;
+    case 4: {
+      // The block's own header, or the one after it (often a free block).
+      ad::BlockHeader* h = p.header(b);
+      if (rng() % 2) {
+        const uint64_t next = b.offset - ad::kHeaderBytes + h->span;
+        if (next < ArenaTestAccess::pooled_size(*p.arena, b.segment))
+          h = reinterpret_cast<ad::BlockHeader*>(ArenaTestAccess::pooled_base(*p.arena, b.segment) + next);
+      }
+      what = "header field " + std::to_string(field % 9) + " = " + std::to_string(v);
+      write = [h, field, v, put] {
+        void* at[] = {&h->state, &h->span, &h->prev_span, &h->generation, &h->refs, &h->bin,
+                      &h->next_free, &h->prev_free, &h->size};
+        const std::size_t n[] = {8, 8, 8, 8, 4, 4, 8, 8, 8};
+        put(at[field % 9], v, n[field % 9]);
+      };
+      break;
+    }
+    case 5: {
+      std::byte* seg = ArenaTestAccess::pooled_base(*p.arena, b.segment);
+      const std::size_t size = ArenaTestAccess::pooled_size(*p.arena, b.segment);
+      const std::size_t at = rng() % 2 ? b.offset - ad::kHeaderBytes : 64 * (rng() % (size / 64));
+      const std::size_t n = std::min<std::size_t>(rng() % 2 ? 64 : 4096, size - at);
+      what = "random bytes over " + std::to_string(n) + " bytes at offset " + std::to_string(at) + " of segment " +
+             std::to_string(b.segment);
+      write = [seg, at, n, &rng] {
+        for (std::size_t k = 0; k < n; ++k) seg[at + k] = std::byte(rng() & 0xff);
+      };
+      break;
+    }
+    default:
+      what = "random bytes over the mutex";
+      write = [=, &rng] {
+        for (std::size_t k = mutex_at; k < mutex_end; ++k) base[k] = std::byte(rng() & 0xff);
+      };
+      break;
+  }
+  scribble_arena(write);
+  return what;
+}
+
+}  // namespace
+
+// The randomized test: a few hundred arenas, each given one kind of garbage
+// (a field of the control block, random bytes over it, a slot record, a block
+// header, random bytes over a segment's blocks, the mutex), then used by this
+// process and by another one that attaches afresh, then closed.
+TEST(ArenaGarbage, RandomGarbageOverTheArenasMetadataNeverCrashesAnyProcess) {
+  ShortWaits short_waits;
+  constexpr int kRounds = 210;
+  int corrupt_seen = 0;
+  const auto before = names_of(getpid());
+  for (int round = 0; round < kRounds; ++round) {
+    std::string what;
+    {
+      Populated p(round % 5 == 4 ? SegmentBacking::dev_shm : SegmentBacking::automatic);
+      what = garble_at_random(p, round);
+      SCOPED_TRACE("round " + std::to_string(round) + ": " + what);
+      Outcome mine;
+      returns_within(60s, [&] { mine = exercise(*p.arena, p.held, round); });
+      expect_clean(mine, what);
+      corrupt_seen += mine.corrupt > 0;
+      expect_another_process_survives(p, round + 1000, what);
+      returns_within(60s, [&] { p.arena.reset(); });  // close and destroy
+    }
+    // Garbage over a slot's name can strand its segment's name (it is no
+    // longer known): this test removes it, as the owner's reclaim would.
+    for (const std::string& name : names_of(getpid()))
+      if (!before.count(name)) shm_unlink(("/" + name).c_str());
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  EXPECT_GT(corrupt_seen, kRounds / 4) << "the garbage was seldom noticed";
 }

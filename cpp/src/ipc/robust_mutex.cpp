@@ -3,20 +3,54 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <string>
 
 #include "shoal/base/errors.hpp"
 
 namespace shoal {
 
-RobustMutex::RobustMutex(bool recursive) {
+namespace {
+
+void init_mutex(pthread_mutex_t* m, bool recursive) {
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
   pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
   pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
   pthread_mutexattr_settype(&attr, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
-  int rc = pthread_mutex_init(&mutex_, &attr);
+  int rc = pthread_mutex_init(m, &attr);
   pthread_mutexattr_destroy(&attr);
   if (rc != 0) throw_errno("pthread_mutex_init", rc);
+}
+
+#if defined(__GLIBC__)
+// The type word glibc keeps in a mutex (robust, process-shared, error-checking
+// or recursive): written by pthread_mutex_init, never changed afterwards.
+int kind_of(const pthread_mutex_t& m) { return m.__data.__kind; }
+int expected_kind(bool recursive) {
+  pthread_mutex_t m;
+  init_mutex(&m, recursive);
+  const int kind = kind_of(m);
+  pthread_mutex_destroy(&m);
+  return kind;
+}
+#endif
+
+}  // namespace
+
+RobustMutex::RobustMutex(bool recursive) { init_mutex(&mutex_, recursive); }
+
+void RobustMutex::check_intact() const {
+#if defined(__GLIBC__)
+  // Another process may have written over the mutex (it lives in shared
+  // memory). A type word of anything else sends glibc down paths (priority
+  // inheritance, priority protection) whose assertions abort the process
+  // when the owner it reads is garbage: refuse it first. One load, two compares.
+  static const int errorcheck = expected_kind(false), recursive = expected_kind(true);
+  const int kind = __atomic_load_n(&mutex_.__data.__kind, __ATOMIC_RELAXED);
+  if (kind != errorcheck && kind != recursive)
+    throw CorruptFrameError("the process-shared mutex was overwritten (its type word is " + std::to_string(kind) +
+                            ", not one pthread_mutex_init writes)");
+#endif
 }
 
 // Other processes may still use the mutex; destroying it here would be wrong.
@@ -38,9 +72,13 @@ LockResult RobustMutex::adopt(int rc) {
   }
 }
 
-LockResult RobustMutex::try_lock() { return adopt(pthread_mutex_trylock(&mutex_)); }
+LockResult RobustMutex::try_lock() {
+  check_intact();
+  return adopt(pthread_mutex_trylock(&mutex_));
+}
 
 LockResult RobustMutex::lock(const Deadline& deadline) {
+  check_intact();
   auto left = deadline.remaining();
   if (!left) return adopt(pthread_mutex_lock(&mutex_));
 #if defined(__SANITIZE_THREAD__)

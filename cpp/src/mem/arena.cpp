@@ -79,6 +79,11 @@ SharedArena::SharedArena(SharedSegment control, bool owner)
       pooled_base_(new std::atomic<std::byte*>[kMaxSegments]),
       pooled_size_(new std::atomic<std::size_t>[kMaxSegments]),
       pooled_fd_(kMaxSegments) {
+  // Checked by create() and attach() before they get here.
+  arena_owner_ = ctl_->owner_pid;
+  limit_ = ctl_->limit_bytes;
+  segment_bytes_ = ctl_->segment_bytes;
+  backing_word_ = ctl_->backing;
   for (uint32_t i = 0; i < kMaxSegments; ++i) {
     pooled_base_[i].store(nullptr, std::memory_order_relaxed);
     pooled_size_[i].store(0, std::memory_order_relaxed);
@@ -133,6 +138,19 @@ std::shared_ptr<SharedArena> SharedArena::attach(const std::string& name_in) {
       std::atomic_ref<uint64_t>(c->magic).load(std::memory_order_acquire) != kControlMagic ||
       c->version != kLayoutVersion || c->max_segments != kMaxSegments)
     throw std::invalid_argument("shared-memory segment '" + name + "' does not hold a shoal arena");
+  // The fields every handle keeps a copy of (and later compares) must make
+  // sense now: garbage here would be trusted for the handle's life.
+  std::string fault;
+  if (c->owner_pid <= 0 || !is_segment_name(name, c->owner_pid))
+    fault = "its owner's pid (" + std::to_string(c->owner_pid) + ") is not the one its name carries";
+  else if (c->limit_bytes == 0 || c->segment_bytes == 0 || c->segment_bytes % page_size() != 0)
+    fault = "its limit (" + std::to_string(c->limit_bytes) + " bytes) or segment size (" +
+            std::to_string(c->segment_bytes) + " bytes) is impossible";
+  else if (c->backing != kBackedByName && c->backing != kBackedByMemfd)
+    fault = "its backing word is " + std::to_string(c->backing);
+  if (!fault.empty())
+    throw CorruptFrameError("shared-memory arena '" + name + "' was corrupted: " + fault +
+                            " (another process wrote over its shared memory)");
   std::shared_ptr<SharedArena> arena(new SharedArena(std::move(seg), false));
   register_handle(arena);
   return arena;
@@ -176,31 +194,44 @@ bool SharedArena::closed() const {
 void SharedArena::unlink_all_names() {
   // Under the mutex (if it can be had soon), so that no process is halfway
   // through creating a segment whose name we would miss.
-  LockResult r = ctl().mutex.lock(Deadline::after(std::chrono::seconds(2)));
+  LockResult r = LockResult::timed_out;
+  try {
+    r = ctl().mutex.lock(Deadline::after(std::chrono::seconds(2)));
+  } catch (const std::exception&) {
+    // Garbage over the mutex: go on without it, as after a timeout.
+  }
   // Its holder died: leave the rebuild to the next locker (this is no allocation).
   if (r == LockResult::previous_owner_died) ctl().recovering.store(1, std::memory_order_release);
   ctl().closed.store(1, std::memory_order_release);
-  const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
+  const uint32_t n = slot_count();
   for (uint32_t i = 0; i < n; ++i) {
     const SlotRecord& s = ctl().slots[i];
-    if (s.kind.load(std::memory_order_acquire) != kEmpty && s.backing.load(std::memory_order_acquire) == kBackedByName)
-      unlink_name(s.name);
+    if (s.kind.load(std::memory_order_acquire) != kEmpty && s.backing.load(std::memory_order_acquire) == kBackedByName) {
+      const std::string seg_name = slot_name_or_empty(i);  // none of another form
+      if (!seg_name.empty()) unlink_name(seg_name.c_str());
+    }
   }
-  if (r != LockResult::timed_out) ctl().mutex.unlock();
+  if (r != LockResult::timed_out) {
+    try {
+      ctl().mutex.unlock();
+    } catch (const std::exception&) {
+      // Overwritten while held: nothing more to do about it here.
+    }
+  }
   control_.unlink();
 }
 
 const std::string& SharedArena::name() const { return control_.name(); }
 bool SharedArena::owns_name() const { return owner_pid_ != 0 && owner_pid_ == getpid(); }
-std::size_t SharedArena::limit_bytes() const { return ctl().limit_bytes; }
-std::size_t SharedArena::segment_bytes() const { return ctl().segment_bytes; }
+std::size_t SharedArena::limit_bytes() const { return limit_; }
+std::size_t SharedArena::segment_bytes() const { return segment_bytes_; }
 std::size_t SharedArena::used_bytes() const { return ctl().used_bytes.load(std::memory_order_acquire); }
 std::size_t SharedArena::mapped_bytes() const { return ctl().mapped_bytes.load(std::memory_order_acquire); }
 uint64_t SharedArena::recoveries() const { return ctl().recoveries.load(std::memory_order_acquire); }
 
 std::size_t SharedArena::segment_count() const {
   std::size_t live = 0;
-  const uint32_t n = ctl().slot_count.load(std::memory_order_acquire);
+  const uint32_t n = slot_count();
   for (uint32_t i = 0; i < n; ++i) {
     const uint32_t k = ctl().slots[i].kind.load(std::memory_order_acquire);
     live += (k == kPooled || k == kDedicated);
@@ -208,25 +239,104 @@ std::size_t SharedArena::segment_count() const {
   return live;
 }
 
+// --- garbage in shared memory --------------------------------------------------
+
+std::atomic<int64_t> SharedArena::lock_timeout_ms_{
+    std::chrono::duration_cast<std::chrono::milliseconds>(kArenaLockTimeout).count()};
+
+void SharedArena::corrupt(const std::string& what) const {
+  throw CorruptFrameError("shared-memory arena '" + name() + "' was corrupted: " + what +
+                          " (another process wrote over its shared memory)");
+}
+
+void SharedArena::check_control() const {
+  const Control& c = ctl();
+  if (std::atomic_ref<const uint64_t>(c.magic).load(std::memory_order_relaxed) != kControlMagic ||
+      c.version != kLayoutVersion || c.max_segments != kMaxSegments)
+    corrupt("its control block's magic number or layout version was overwritten");
+  if (c.owner_pid != arena_owner_ || c.limit_bytes != limit_ || c.segment_bytes != segment_bytes_ ||
+      c.backing != backing_word_)
+    corrupt("its control block's owner, limit, segment size or backing changed (owner pid " +
+            std::to_string(c.owner_pid) + ", limit " + std::to_string(c.limit_bytes) + ")");
+}
+
+uint32_t SharedArena::slot_count() const {
+  return std::min(ctl().slot_count.load(std::memory_order_acquire), kMaxSegments);
+}
+
+std::string SharedArena::slot_name_or_empty(uint32_t slot) const {
+  const SlotRecord& s = ctl().slots[slot];
+  char buf[sizeof s.name];
+  std::memcpy(buf, s.name, sizeof buf);  // once: the checked copy is the one used
+  std::string seg_name(buf, strnlen(buf, sizeof buf));
+  return is_segment_name(seg_name, arena_owner_) ? seg_name : std::string();
+}
+
+std::string SharedArena::slot_name(uint32_t slot) const {
+  std::string seg_name = slot_name_or_empty(slot);
+  if (seg_name.empty())
+    corrupt("segment slot " + std::to_string(slot) + " holds a name not of the arena's form (shoal-" +
+            std::to_string(arena_owner_) + "-<16 hex digits>)");
+  return seg_name;
+}
+
+uint64_t SharedArena::next_generation_locked() {
+  uint64_t g = ctl().next_generation++;
+  if (g == 0) g = ctl().next_generation++;  // 0 names no live block: garbage wrapped it
+  return g;
+}
+
+BlockHeader* SharedArena::live_header(const Block& b) const {
+  BlockHeader* h = pooled_header(b);
+  if (b.generation == 0 || h->generation.load(std::memory_order_acquire) != b.generation)
+    throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
+  // The generation matches: the header is the block's, and must say so.
+  const uint64_t at = b.offset - kHeaderBytes, span = h->span;
+  const uint64_t state = std::atomic_ref<uint64_t>(h->state).load(std::memory_order_acquire);
+  if (state != kUsedWord || !span_fits(at, span, pooled_size_[b.segment].load(std::memory_order_relaxed)))
+    corrupt("the header of the block at offset " + std::to_string(at) + " of segment " + std::to_string(b.segment) +
+            " was overwritten (state word " + std::to_string(state) + ", span " + std::to_string(span) + ")");
+  if (b.size > span - kHeaderBytes)
+    throw std::invalid_argument("block descriptor claims " + std::to_string(b.size) + " bytes of a " +
+                                std::to_string(span - kHeaderBytes) + "-byte block");
+  return h;
+}
+
 // --- the lock ----------------------------------------------------------------
 
 SharedArena::Locked::Locked(SharedArena& arena) : arena_(arena) {
+  arena.check_control();
   Control& c = arena.ctl();
-  const LockResult r = c.mutex.lock(Deadline::after(kArenaLockTimeout));
+  LockResult r;
+  try {
+    r = c.mutex.lock(Deadline::after(std::chrono::milliseconds(lock_timeout_ms_.load(std::memory_order_relaxed))));
+  } catch (const std::exception& e) {  // garbage over the mutex (CorruptFrameError, or glibc's EINVAL...)
+    arena.corrupt(std::string("its lock is unusable: ") + e.what());
+  }
   if (r == LockResult::timed_out)
     throw std::runtime_error("timed out waiting for the lock of shared-memory arena '" + arena.name() +
-                             "' (a process holding it may be stopped)");
+                             "' (a process holding it may be stopped, or its lock was overwritten)");
   if (r == LockResult::previous_owner_died || c.recovering.load(std::memory_order_acquire) != 0) {
     try {
       arena.recover_locked();
     } catch (...) {
-      c.mutex.unlock();
+      try {
+        c.mutex.unlock();
+      } catch (...) {
+      }
       throw;
     }
   }
 }
 
-SharedArena::Locked::~Locked() { arena_.ctl().mutex.unlock(); }
+SharedArena::Locked::~Locked() {
+  try {
+    arena_.ctl().mutex.unlock();
+  } catch (...) {
+    // The mutex was overwritten while held (EPERM): the next locker times out
+    // or finds it unusable, and says so; this destructor must not throw.
+  }
+}
 
 // --- limits ------------------------------------------------------------------
 
@@ -246,10 +356,17 @@ uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
   if (c.closed.load(std::memory_order_acquire) != 0)
     throw ClosedError("shared-memory arena '" + name() + "' is closed");
   const uint32_t n = c.slot_count.load(std::memory_order_relaxed);
+  if (n > kMaxSegments)
+    corrupt("its slot count is " + std::to_string(n) + ", more than the " + std::to_string(kMaxSegments) +
+            " slots it has");
   uint32_t slot = n;
   for (uint32_t i = 0; i < n && slot == n; ++i) {
     SlotRecord& s = c.slots[i];
     const uint32_t kind = s.kind.load(std::memory_order_relaxed);
+    // A slot this process maps as a pooled segment is never empty (pooled
+    // segments live as long as the arena): a kind saying so is garbage, and
+    // reusing the slot would replace a mapping other threads read.
+    if (pooled_base_[i].load(std::memory_order_relaxed) != nullptr) continue;
     if (kind == kEmpty) {
       slot = i;
     } else if (kind == kCreating && s.purpose == kForBlock && !process_alive(s.creator)) {
@@ -262,7 +379,7 @@ uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
   }
   if (slot == kMaxSegments) throw_limit(bytes, "the arena has no free segment slot left");
   SlotRecord& s = c.slots[slot];
-  const std::string seg_name = segment_name(c.owner_pid);
+  const std::string seg_name = segment_name(arena_owner_);
   std::memset(s.name, 0, sizeof s.name);
   std::memcpy(s.name, seg_name.data(), std::min(seg_name.size(), sizeof s.name - 1));
   s.bytes = bytes;
@@ -303,8 +420,13 @@ std::byte* SharedArena::pooled_base(uint32_t slot) const {
   if (s.kind.load(std::memory_order_acquire) != kPooled)
     throw std::invalid_argument("block descriptor names no live segment of shared-memory arena '" + name() + "'");
   auto seg = std::make_unique<SharedSegment>(map_segment(slot));
+  // Every offset into the segment is checked against this size: this
+  // process's own mapping, whatever the slot table says later.
+  const std::size_t size = std::min<std::size_t>(seg->size(), s.bytes);
+  if (size < kMinSpan || size % kAlignment != 0)
+    corrupt("segment " + std::to_string(slot) + " is " + std::to_string(size) + " bytes long");
   base = seg->bytes();
-  pooled_size_[slot].store(std::min<std::size_t>(seg->size(), s.bytes), std::memory_order_relaxed);
+  pooled_size_[slot].store(size, std::memory_order_relaxed);
   pooled_[slot] = std::move(seg);
   pooled_base_[slot].store(base, std::memory_order_release);
   return base;
@@ -317,8 +439,8 @@ std::size_t SharedArena::pooled_size(uint32_t slot) const {
 
 BlockHeader* SharedArena::pooled_header(const Block& b) const {
   std::byte* base = pooled_base(b.segment);
-  const std::size_t size = pooled_size(b.segment);
-  if (b.offset < kHeaderBytes || b.offset % kAlignment != 0 || b.offset + b.size > size)
+  const std::size_t size = pooled_size_[b.segment].load(std::memory_order_relaxed);
+  if (b.offset < kHeaderBytes || b.offset % kAlignment != 0 || b.offset > size || b.size > size - b.offset)
     throw std::invalid_argument("block descriptor lies outside its segment");
   return reinterpret_cast<BlockHeader*>(base + b.offset - kHeaderBytes);
 }
@@ -327,14 +449,14 @@ std::atomic<uint32_t>& SharedArena::refs_of(const Block& b) const {
   if (b.dedicated()) {
     if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
     SlotRecord& s = ctl().slots[b.segment];
-    if (s.generation.load(std::memory_order_acquire) != b.generation)
+    if (b.generation == 0 || s.generation.load(std::memory_order_acquire) != b.generation ||
+        s.kind.load(std::memory_order_acquire) != kDedicated)
       throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
+    if (b.offset != 0 || b.size > s.bytes)  // a huge block is its whole segment
+      throw std::invalid_argument("block descriptor lies outside its segment");
     return s.refs;
   }
-  BlockHeader* h = pooled_header(b);
-  if (h->generation.load(std::memory_order_acquire) != b.generation)
-    throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
-  return h->refs;
+  return live_header(b)->refs;
 }
 
 void SharedArena::pin(const Block& b) {
@@ -346,16 +468,22 @@ void SharedArena::pin(const Block& b) {
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
   if (it != dedicated_.end()) {
+    if (it->second.slot != b.segment)
+      throw std::invalid_argument("block descriptor names segment " + std::to_string(b.segment) +
+                                  ", but its generation is that of segment " + std::to_string(it->second.slot));
     if (it->second.pins++ == 0) --idle_count_;
     it->second.last_used = ++use_clock_;
     return;
   }
   if (b.segment >= kMaxSegments) throw std::invalid_argument("block descriptor names no segment of this arena");
   const SlotRecord& s = ctl().slots[b.segment];
-  if (s.generation.load(std::memory_order_acquire) != b.generation)
+  if (b.generation == 0 || s.generation.load(std::memory_order_acquire) != b.generation ||
+      s.kind.load(std::memory_order_acquire) != kDedicated)
     throw std::invalid_argument("shared-memory block was already freed");
-  dedicated_.emplace(b.generation, LocalDedicated{std::make_shared<SharedSegment>(map_segment(b.segment)),
-                                                  b.segment, 1, ++use_clock_});
+  auto seg = std::make_shared<SharedSegment>(map_segment(b.segment));
+  if (b.offset != 0 || b.size > seg->size())
+    throw std::invalid_argument("block descriptor lies outside its segment");
+  dedicated_.emplace(b.generation, LocalDedicated{std::move(seg), b.segment, 1, ++use_clock_});
   collect_idle_locked(dropped);
 }
 
@@ -366,7 +494,7 @@ void SharedArena::unpin(const Block& b) {
   auto it = dedicated_.find(b.generation);
   // No pin here to undo (a reference disowned elsewhere, dropped with release()
   // instead of release_disowned()): nothing to do, and never a count below zero.
-  if (it == dedicated_.end() || it->second.pins == 0) return;
+  if (it == dedicated_.end() || it->second.pins == 0 || it->second.slot != b.segment) return;
   if (--it->second.pins == 0) {
     if (mapping_cache_enabled.load(std::memory_order_relaxed) && dedicated_alive(b.segment, b.generation)) {
       ++idle_count_;
@@ -440,8 +568,11 @@ std::byte* SharedArena::data(const Block& b) {
   }
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
-  if (it == dedicated_.end() || it->second.pins == 0)
+  if (it == dedicated_.end() || it->second.pins == 0 || it->second.slot != b.segment)
     throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
+  const std::size_t size = it->second.segment->size();
+  if (b.offset > size || b.size > size - b.offset)
+    throw std::invalid_argument("block descriptor lies outside its segment");
   return it->second.segment->bytes() + b.offset;
 }
 
@@ -452,9 +583,11 @@ std::shared_ptr<std::byte> SharedArena::hold_mapping(const Block& b) {
   }
   std::lock_guard<std::mutex> lock(local_mu_);
   auto it = dedicated_.find(b.generation);
-  if (it == dedicated_.end() || it->second.pins == 0)
+  if (it == dedicated_.end() || it->second.pins == 0 || it->second.slot != b.segment)
     throw std::logic_error("this process holds no reference to the shared-memory block (adopt() it first)");
   const std::shared_ptr<SharedSegment>& seg = it->second.segment;
+  if (b.offset > seg->size() || b.size > seg->size() - b.offset)
+    throw std::invalid_argument("block descriptor lies outside its segment");
   return std::shared_ptr<std::byte>(seg, seg->bytes() + b.offset);
 }
 
@@ -488,7 +621,7 @@ int SharedArena::segment_fd(const Block& b, std::size_t need_bytes, UniqueFd& ow
     // Out of descriptors is an error; anything else (unlinked, its owner gone
     // or done with it, not ours to open) means the caller copies instead.
     if (!fd && (err == EMFILE || err == ENFILE))
-      throw_errno(std::string("open shared-memory segment ") + ctl().slots[slot].name + " read-only", err);
+      throw_errno("open shared-memory segment " + slot_name_or_empty(slot) + " read-only", err);
     return fd;
   };
   if (b.dedicated()) {
@@ -516,7 +649,14 @@ PrivateMapping SharedArena::map_private(const Block& b, std::size_t offset, std:
   const uint64_t at = b.offset + offset;  // the window's first byte in the segment
   const uint64_t start = at / page * page;
   const std::size_t mapped = round_up(at + length - start, page);
-  const std::size_t segment_bytes = b.dedicated() ? ctl().slots[b.segment].bytes : pooled_size(b.segment);
+  // This process's mapping of the segment (what it checked when it mapped it).
+  std::size_t segment_bytes;
+  if (b.dedicated()) {
+    std::lock_guard<std::mutex> lock(local_mu_);
+    segment_bytes = dedicated_.at(b.generation).segment->size();  // data() found it
+  } else {
+    segment_bytes = pooled_size(b.segment);
+  }
   if (start + mapped > segment_bytes) throw std::invalid_argument("block descriptor lies outside its segment");
   UniqueFd owned;  // a dedicated segment's descriptor, closed once mapped
   const int fd = segment_fd(b, segment_bytes, owned);
@@ -595,9 +735,11 @@ void PrivateMapping::reset() noexcept {
 void SharedArena::retain(const Block& b) {
   std::atomic<uint32_t>& refs = refs_of(b);
   pin(b);
-  if (refs.fetch_add(1, std::memory_order_relaxed) == 0) {
+  const uint32_t before = refs.fetch_add(1, std::memory_order_relaxed);
+  if (before == 0 || before >= kMaxRefs) {
     refs.fetch_sub(1, std::memory_order_relaxed);
     unpin(b);
+    if (before != 0) corrupt("a block's reference count is " + std::to_string(before) + " (one more would overflow)");
     throw std::invalid_argument("retain() of a shared-memory block that holds no reference");
   }
 }
@@ -606,26 +748,26 @@ bool SharedArena::try_retain(const Block& b) {
   if (b.segment >= kMaxSegments || b.generation == 0) return false;
   {
     Locked lock(*this);
-    if (b.segment >= ctl().slot_count.load(std::memory_order_relaxed)) return false;
+    if (b.segment >= slot_count()) return false;
     SlotRecord& s = ctl().slots[b.segment];
     const uint32_t kind = s.kind.load(std::memory_order_acquire);
     std::atomic<uint32_t>* refs = nullptr;
     if (b.dedicated()) {
       if (kind != kDedicated || s.generation.load(std::memory_order_relaxed) != b.generation) return false;
+      if (b.offset != 0 || b.size > s.bytes) return false;  // not the huge block's descriptor
       refs = &s.refs;
     } else {
       if (kind != kPooled) return false;
-      BlockHeader* h;
       try {
-        h = pooled_header(b);
-      } catch (const std::invalid_argument&) {
+        refs = &live_header(b)->refs;
+      } catch (const std::invalid_argument&) {  // names no live block (garbage in the header throws on)
         return false;
       }
-      if (h->state != kUsedWord || h->generation.load(std::memory_order_relaxed) != b.generation) return false;
-      refs = &h->refs;
     }
     // Under the mutex, and the last reference is only ever dropped under it.
-    if (refs->load(std::memory_order_relaxed) == 0) return false;
+    const uint32_t r = refs->load(std::memory_order_relaxed);
+    if (r == 0) return false;
+    if (r >= kMaxRefs) corrupt("a block's reference count is " + std::to_string(r) + " (one more would overflow)");
     refs->fetch_add(1, std::memory_order_relaxed);
   }
   try {
@@ -649,10 +791,15 @@ void SharedArena::drop_reference(const Block& b) {
     if (r == 0) throw std::invalid_argument("release() of a shared-memory block that holds no reference");
   } while (!refs.compare_exchange_weak(r, r - 1, std::memory_order_acq_rel, std::memory_order_relaxed));
   if (r == 1) {
-    if (b.dedicated())
+    if (b.dedicated()) {
+      const SlotRecord& s = ctl().slots[b.segment];
+      if (s.kind.load(std::memory_order_acquire) != kDedicated ||
+          s.generation.load(std::memory_order_acquire) != b.generation)
+        corrupt("segment slot " + std::to_string(b.segment) + " changed under a reference to its block");
       free_dedicated_locked(b.segment);
-    else
+    } else {
       free_pooled_locked(b.segment, b.offset - kHeaderBytes);
+    }
   }
 }
 
@@ -676,7 +823,7 @@ uint32_t SharedArena::refcount(const Block& b) { return refs_of(b).load(std::mem
 
 Block SharedArena::alloc(std::size_t size, bool zero) {
   if (closed()) throw ClosedError("shared-memory arena '" + name() + "' is closed");
-  if (size <= segment_bytes() / 4) {
+  if (size <= segment_bytes_ / 4) {
     Block b = alloc_pooled(size, zero);
     if (b.generation != 0) return b;
     // The pooled segments cannot grow within the limit: a segment of its own.
@@ -688,14 +835,13 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
   const std::size_t bytes = round_up(std::max<std::size_t>(size, 1), page_size());
   if (bytes < size) throw_limit(size, "the size is too large");
   uint32_t slot;
-  std::string seg_name;
   {
     Locked lock(*this);
     Control& c = ctl();
+    check_counters_locked();
     const uint64_t used = c.used_bytes.load(std::memory_order_relaxed);
-    if (bytes > c.limit_bytes || used + bytes > c.limit_bytes) throw_limit(size, "the limit would be passed");
+    if (bytes > limit_ || used + bytes > limit_) throw_limit(size, "the limit would be passed");
     slot = claim_slot_locked(bytes, kForBlock);
-    seg_name = c.slots[slot].name;
     // Reserved now; the segment is made without the mutex (backing a huge one takes a while).
     c.used_bytes.fetch_add(bytes, std::memory_order_relaxed);
     c.mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -728,7 +874,14 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
       forget_slot_locked(slot);
       throw ClosedError("shared-memory arena '" + name() + "' is closed");
     }
-    generation = c.next_generation++;
+    if (s.kind.load(std::memory_order_relaxed) != kCreating) {
+      // Garbage (another process may have taken the slot since): leave it be;
+      // the segment goes with the arena.
+      c.used_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      c.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+      corrupt("segment slot " + std::to_string(slot) + " changed while its huge block was being made");
+    }
+    generation = next_generation_locked();
     s.block_size = size;
     s.refs.store(1, std::memory_order_relaxed);
     s.generation.store(generation, std::memory_order_relaxed);

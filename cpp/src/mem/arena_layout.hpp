@@ -31,6 +31,21 @@ inline constexpr int kBins = 64;  // bin b holds free blocks with 2^b <= span < 
 inline constexpr int kOffsetBits = 40;
 inline constexpr uint64_t kOffsetMask = (uint64_t{1} << kOffsetBits) - 1;
 
+// A reference count at or past this is garbage (or one more would overflow it).
+inline constexpr uint32_t kMaxRefs = 0xffff0000u;
+
+// Validation of what is read from shared memory. Another process of the user
+// may have written anything there; the geometry each check uses (a segment's
+// size) is this process's own, learned when it mapped the segment.
+// A header can be read at `off` in a segment of `end` bytes.
+inline bool header_fits(uint64_t off, uint64_t end) {
+  return off % kHeaderBytes == 0 && off < end && end - off >= kHeaderBytes;
+}
+// A block of `span` bytes (header included) can start at `off`.
+inline bool span_fits(uint64_t off, uint64_t span, uint64_t end) {
+  return span >= kMinSpan && span % SharedArena::kAlignment == 0 && off <= end && span <= end - off;
+}
+
 // A store to a commit word: one aligned store, which neither the compiler nor
 // the CPU moves before the stores it publishes.
 inline void commit(uint64_t& word, uint64_t value) {

@@ -20,7 +20,7 @@ using namespace arena_detail;
 namespace {
 
 uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
-int bin_of(uint64_t span) { return 63 - __builtin_clzll(span); }
+int bin_of(uint64_t span) { return 63 - __builtin_clzll(span | 1); }  // | 1: garbage 0 is bin 0, not UB
 uint64_t page_size() { return static_cast<uint64_t>(sysconf(_SC_PAGESIZE)); }
 
 // How many entries of the first candidate list a search looks at before it
@@ -30,36 +30,84 @@ constexpr int kFirstListBudget = 32;
 }  // namespace
 
 BlockHeader* SharedArena::header_at(uint64_t ref) const {
-  return reinterpret_cast<BlockHeader*>(pooled_base(ref_slot(ref)) + ref_offset(ref));
+  const uint32_t slot = ref_slot(ref);
+  const uint64_t off = ref_offset(ref);
+  if (slot >= kMaxSegments)
+    corrupt("a free-list link names segment " + std::to_string(slot) + " of " + std::to_string(kMaxSegments));
+  std::byte* base;
+  try {
+    base = pooled_base(slot);
+  } catch (const std::invalid_argument&) {
+    corrupt("a free-list link names segment " + std::to_string(slot) + ", which is no pooled segment");
+  }
+  if (!header_fits(off, pooled_size_[slot].load(std::memory_order_relaxed)))
+    corrupt("a free-list link points at offset " + std::to_string(off) + " of segment " + std::to_string(slot) +
+            ", outside its " + std::to_string(pooled_size_[slot].load(std::memory_order_relaxed)) + " bytes");
+  return reinterpret_cast<BlockHeader*>(base + off);
 }
 
 void SharedArena::push_free_locked(uint64_t ref, BlockHeader* h) {
   Control& c = ctl();
-  const int bin = bin_of(h->span);
+  const int bin = bin_of(h->span);  // the caller checked the span (never 0)
+  const uint64_t head = c.bins[bin];
+  BlockHeader* first = nullptr;
+  if (head != kNil) {
+    first = header_at(head);
+    if (first->state != kFreeWord || first->prev_free != kNil)
+      corrupt("the head of free list " + std::to_string(bin) + " is no free block at the head of a list");
+  }
   h->bin = static_cast<uint32_t>(bin);
   h->prev_free = kNil;
-  h->next_free = c.bins[bin];
-  if (h->next_free != kNil) header_at(h->next_free)->prev_free = ref;
+  h->next_free = head;
+  if (first) first->prev_free = ref;
   c.bins[bin] = ref;
 }
 
-void SharedArena::unlink_free_locked(BlockHeader* h) {
-  if (h->prev_free != kNil)
-    header_at(h->prev_free)->next_free = h->next_free;
+bool SharedArena::unlink_free_locked(uint64_t ref, BlockHeader* h) {
+  Control& c = ctl();
+  const uint32_t bin = h->bin;
+  const uint64_t prev = h->prev_free, next = h->next_free;
+  if (bin >= static_cast<uint32_t>(kBins)) return false;
+  BlockHeader* p = nullptr;
+  BlockHeader* n = nullptr;
+  // Both neighbours must point back at `ref` before anything is written:
+  // links that disagree are garbage, and following them would spread it.
+  try {
+    if (prev != kNil) {
+      p = header_at(prev);
+      if (p->next_free != ref) return false;
+    } else if (c.bins[bin] != ref) {
+      return false;
+    }
+    if (next != kNil) {
+      n = header_at(next);
+      if (n->prev_free != ref) return false;
+    }
+  } catch (const std::exception&) {  // a link outside the segments, or to one that cannot be mapped
+    return false;
+  }
+  if (p)
+    p->next_free = next;
   else
-    ctl().bins[h->bin] = h->next_free;
-  if (h->next_free != kNil) header_at(h->next_free)->prev_free = h->prev_free;
+    c.bins[bin] = next;
+  if (n) n->prev_free = prev;
   h->next_free = h->prev_free = kNil;
+  return true;
 }
 
-uint64_t SharedArena::take_free_locked(uint64_t span) {
+uint64_t SharedArena::search_free_locked(uint64_t span) {
   Control& c = ctl();
   for (int b = bin_of(span); b < kBins; ++b) {
     uint64_t ref = c.bins[b];
     for (int budget = kFirstListBudget; ref != kNil && budget > 0; --budget) {
       BlockHeader* h = header_at(ref);
-      if (h->span >= span) {
-        unlink_free_locked(h);
+      const uint64_t s = h->span;
+      if (h->state != kFreeWord || h->bin != static_cast<uint32_t>(b) ||
+          !span_fits(ref_offset(ref), s, pooled_size_[ref_slot(ref)].load(std::memory_order_relaxed)) ||
+          bin_of(s) != b)
+        corrupt("free list " + std::to_string(b) + " holds a block that is not free or not of its size class");
+      if (s >= span) {
+        if (!unlink_free_locked(ref, h)) corrupt("the links of free list " + std::to_string(b) + " disagree");
         return ref;
       }
       ref = h->next_free;
@@ -68,18 +116,39 @@ uint64_t SharedArena::take_free_locked(uint64_t span) {
   return kNil;
 }
 
+uint64_t SharedArena::take_free_locked(uint64_t span) {
+  try {
+    return search_free_locked(span);
+  } catch (const CorruptFrameError&) {
+    // The free lists are derived state: rebuild them from the headers (which
+    // are checked as they are walked), and search again. The search changes
+    // nothing until it has checked what it changes.
+  }
+  recover_locked();
+  return search_free_locked(span);  // garbage again: the caller gets the error
+}
+
+void SharedArena::check_counters_locked() {
+  // used_bytes and pooled_bytes never pass the limit (allocations that would
+  // are refused): past it, they are garbage. They are derived: rebuild.
+  const Control& c = ctl();
+  if (c.used_bytes.load(std::memory_order_relaxed) > limit_ ||
+      c.pooled_bytes.load(std::memory_order_relaxed) > limit_)
+    recover_locked();
+}
+
 uint64_t SharedArena::grow_locked(uint64_t span) {
   Control& c = ctl();
   const uint64_t page = page_size();
   const uint64_t need = round_up(span, page);
-  uint64_t want = c.segment_bytes;
+  uint64_t want = segment_bytes_;
   if (c.pooled_segments < 16) want = std::min<uint64_t>(want, uint64_t{kFirstSegmentBytes} << c.pooled_segments);
   want = std::max(want, need);
   // Pooled segments together stay within the limit; past it, callers get a
   // segment of their own (counted exactly) instead.
   const uint64_t pooled = c.pooled_bytes.load(std::memory_order_relaxed);
-  if (pooled + need > c.limit_bytes) return kNil;
-  if (pooled + want > c.limit_bytes) want = (c.limit_bytes - pooled) / page * page;
+  if (pooled > limit_ || need > limit_ - pooled) return kNil;
+  if (want > limit_ - pooled) want = (limit_ - pooled) / page * page;
   if (want < need) return kNil;
 
   const uint32_t slot = claim_slot_locked(want, kForPool);
@@ -129,34 +198,55 @@ Block SharedArena::alloc_pooled(std::size_t size, bool zero) {
   {
     Locked lock(*this);
     Control& c = ctl();
-    if (c.used_bytes.load(std::memory_order_relaxed) + span > c.limit_bytes)
-      throw_limit(size, "the limit would be passed");
+    check_counters_locked();
+    if (c.used_bytes.load(std::memory_order_relaxed) + span > limit_) throw_limit(size, "the limit would be passed");
     ref = take_free_locked(span);
     if (ref == kNil) ref = grow_locked(span);
     if (ref == kNil) return Block{};  // no pooled room within the limit
     h = header_at(ref);
-    const uint64_t rest = h->span - span;
+    const uint64_t have = h->span;  // checked by the search; read once more, and checked again
+    const uint64_t end = pooled_size_[ref_slot(ref)].load(std::memory_order_relaxed);
+    if (have < span || !span_fits(ref_offset(ref), have, end))
+      corrupt("the header of a free block changed under the arena's lock");
+    const uint64_t rest = have - span;
+    BlockHeader* r = nullptr;
+    bool consistent = true;
     if (rest >= kMinSpan) {
       // The remainder's header is written first, inside the block's own span,
       // where nothing reads it until the commit below shortens the block.
-      auto* r = reinterpret_cast<BlockHeader*>(reinterpret_cast<std::byte*>(h) + span);
+      r = reinterpret_cast<BlockHeader*>(reinterpret_cast<std::byte*>(h) + span);
       r->state = kFreeWord;
       r->span = rest;
       r->prev_span = span;
       r->generation.store(0, std::memory_order_relaxed);
       r->refs.store(0, std::memory_order_relaxed);
       r->size = 0;
-      const uint64_t next = ref_offset(ref) + h->span;
-      if (next < pooled_size(ref_slot(ref))) header_at(block_ref(ref_slot(ref), next))->prev_span = rest;
+      const uint64_t next = ref_offset(ref) + have;
+      if (next < end) {
+        try {
+          header_at(block_ref(ref_slot(ref), next))->prev_span = rest;
+        } catch (const CorruptFrameError&) {
+          consistent = false;  // derived: rebuilt below
+        }
+      }
       commit(h->span, span);
-      push_free_locked(ref + span, r);
     }
-    generation = c.next_generation++;
+    generation = next_generation_locked();
     h->size = size;
     h->generation.store(generation, std::memory_order_relaxed);
     h->refs.store(1, std::memory_order_relaxed);
     commit(h->state, kUsedWord);
     c.used_bytes.fetch_add(h->span, std::memory_order_relaxed);
+    // The remainder goes on a list once the block is committed used: a
+    // rebuild (should its list be garbage) then never hands the block out.
+    if (r && consistent) {
+      try {
+        push_free_locked(ref + span, r);
+      } catch (const CorruptFrameError&) {
+        consistent = false;
+      }
+    }
+    if (!consistent) recover_locked();
   }
   std::byte* data = reinterpret_cast<std::byte*>(h) + kHeaderBytes;
   if (zero) std::memset(data, 0, size);
@@ -166,30 +256,54 @@ Block SharedArena::alloc_pooled(std::size_t size, bool zero) {
 void SharedArena::free_pooled_locked(uint32_t slot, uint64_t offset) {
   Control& c = ctl();
   std::byte* base = pooled_base(slot);
-  const uint64_t end = pooled_size(slot);
+  const uint64_t end = pooled_size_[slot].load(std::memory_order_relaxed);
   auto at = [base](uint64_t off) { return reinterpret_cast<BlockHeader*>(base + off); };
-  BlockHeader* h = at(offset);
-  c.used_bytes.fetch_sub(h->span, std::memory_order_relaxed);
+  BlockHeader* h = at(offset);  // the caller's descriptor was checked against the segment
+  const uint64_t span = h->span;
+  if (h->state != kUsedWord || !span_fits(offset, span, end))
+    corrupt("the header of the block at offset " + std::to_string(offset) + " of segment " + std::to_string(slot) +
+            " was overwritten");
+  c.used_bytes.fetch_sub(span, std::memory_order_relaxed);
   h->generation.store(0, std::memory_order_relaxed);
   commit(h->state, kFreeWord);
-  uint64_t next = offset + h->span;
-  if (next < end && at(next)->state == kFreeWord) {
+  // From here on the block is free (the authoritative word says so). Its
+  // neighbours are merged only if their headers and links check out; if not,
+  // the lists are rebuilt from the chain, which puts this block on one.
+  bool consistent = true;
+  uint64_t next = offset + span;
+  if (next < end && at(next)->state == kFreeWord) {  // `next` is 64-aligned and inside: a header fits
     BlockHeader* n = at(next);
-    unlink_free_locked(n);
-    commit(h->span, h->span + n->span);
-    next = offset + h->span;
-  }
-  if (h->prev_span != 0) {
-    BlockHeader* p = at(offset - h->prev_span);
-    if (p->state == kFreeWord) {
-      unlink_free_locked(p);
-      commit(p->span, p->span + h->span);
-      offset -= h->prev_span;
-      h = p;
+    if (span_fits(next, n->span, end) && unlink_free_locked(block_ref(slot, next), n)) {
+      commit(h->span, h->span + n->span);
+      next = offset + h->span;
+    } else {
+      consistent = false;
     }
   }
-  if (next < end) at(next)->prev_span = h->span;
-  push_free_locked(block_ref(slot, offset), h);
+  const uint64_t prev_span = h->prev_span;
+  if (consistent && prev_span != 0) {
+    if (prev_span % kAlignment != 0 || prev_span < kMinSpan || prev_span > offset ||
+        at(offset - prev_span)->span != prev_span) {
+      consistent = false;  // the boundary tag is derived: garbage there is rebuilt
+    } else if (BlockHeader* p = at(offset - prev_span); p->state == kFreeWord) {
+      if (unlink_free_locked(block_ref(slot, offset - prev_span), p)) {
+        commit(p->span, p->span + h->span);
+        offset -= prev_span;
+        h = p;
+      } else {
+        consistent = false;
+      }
+    }
+  }
+  if (consistent) {
+    if (next < end) at(next)->prev_span = h->span;
+    try {
+      push_free_locked(block_ref(slot, offset), h);
+    } catch (const CorruptFrameError&) {
+      consistent = false;
+    }
+  }
+  if (!consistent) recover_locked();
 }
 
 // --- recovery ----------------------------------------------------------------
@@ -200,7 +314,7 @@ void SharedArena::recover_locked() {
   for (auto& b : c.bins) b = kNil;
   uint64_t used = 0, mapped = 0, pooled_bytes = 0;
   uint32_t pooled = 0;
-  const uint32_t n = c.slot_count.load(std::memory_order_acquire);
+  const uint32_t n = slot_count();
   for (uint32_t i = 0; i < n; ++i) {
     SlotRecord& s = c.slots[i];
     switch (s.kind.load(std::memory_order_acquire)) {
@@ -252,10 +366,11 @@ void SharedArena::recover_locked() {
 
 uint64_t SharedArena::rebuild_segment_locked(uint32_t slot) {
   std::byte* base = pooled_base(slot);
-  const uint64_t end = pooled_size(slot);
+  const uint64_t end = pooled_size_[slot].load(std::memory_order_relaxed);  // 64-aligned: checked when mapped
   auto at = [base](uint64_t off) { return reinterpret_cast<BlockHeader*>(base + off); };
   uint64_t off = 0, prev_span = 0, used = 0;
   uint64_t run = kNil;  // the free block that following free blocks merge into
+  uint64_t run_span = 0;
   auto close_run = [&] {
     if (run != kNil) push_free_locked(block_ref(slot, run), at(run));
     run = kNil;
@@ -286,12 +401,12 @@ uint64_t SharedArena::rebuild_segment_locked(uint32_t slot) {
       if (run == kNil) {
         commit(h->state, kFreeWord);
         run = off;
-        prev_span = span;
+        run_span = span;
       } else {
-        BlockHeader* r = at(run);
-        commit(r->span, r->span + span);
-        prev_span = r->span;
+        run_span += span;
+        commit(at(run)->span, run_span);
       }
+      prev_span = run_span;
     }
     off += span;
   }
@@ -313,7 +428,8 @@ std::string SharedArena::check_locked() {
     if (problems.size() < 2000) problems += what + "; ";
   };
   uint64_t used = 0, mapped = 0, pooled_bytes = 0, free_blocks = 0;
-  const uint32_t n = c.slot_count.load(std::memory_order_acquire);
+  if (c.slot_count.load(std::memory_order_acquire) > kMaxSegments) problem("slot count past the table");
+  const uint32_t n = slot_count();
   for (uint32_t i = 0; i < n; ++i) {
     const SlotRecord& s = c.slots[i];
     const uint32_t kind = s.kind.load(std::memory_order_acquire);
@@ -330,15 +446,22 @@ std::string SharedArena::check_locked() {
     } else if (kind == kPooled) {
       mapped += s.bytes;
       pooled_bytes += s.bytes;
-      std::byte* base = pooled_base(i);
-      const uint64_t end = pooled_size(i);
+      std::byte* base;
+      try {
+        base = pooled_base(i);
+      } catch (const std::exception& e) {
+        problem(where + ": cannot be mapped: " + e.what());
+        continue;
+      }
+      const uint64_t end = pooled_size_[i].load(std::memory_order_relaxed);
       uint64_t off = 0, prev = 0;
       bool prev_free = false;
       while (off < end) {
         auto* h = reinterpret_cast<BlockHeader*>(base + off);
         const std::string at = where + " offset " + std::to_string(off);
-        if (h->span < kMinSpan || h->span % kAlignment != 0 || h->span > end - off) {
-          problem(at + ": bad span " + std::to_string(h->span));
+        const uint64_t span = h->span;  // read once: what is checked is what is used
+        if (!span_fits(off, span, end)) {
+          problem(at + ": bad span " + std::to_string(span));
           break;
         }
         if (h->prev_span != prev) problem(at + ": prev_span " + std::to_string(h->prev_span) + " != " + std::to_string(prev));
@@ -348,13 +471,13 @@ std::string SharedArena::check_locked() {
         if (is_free) {
           ++free_blocks;
         } else {
-          used += h->span;
+          used += span;
           if (h->refs.load() == 0) problem(at + ": used block with no reference");
           if (h->generation.load() == 0) problem(at + ": used block without generation");
         }
         prev_free = is_free;
-        prev = h->span;
-        off += h->span;
+        prev = span;
+        off += span;
       }
       if (off != end && problems.empty()) problem(where + ": chain does not end at the segment's end");
     }
@@ -362,17 +485,25 @@ std::string SharedArena::check_locked() {
   uint64_t listed = 0;
   for (int b = 0; b < kBins; ++b) {
     uint64_t prev = kNil;
-    for (uint64_t ref = c.bins[b]; ref != kNil; ref = header_at(ref)->next_free) {
-      BlockHeader* h = header_at(ref);
+    for (uint64_t ref = c.bins[b]; ref != kNil;) {
+      BlockHeader* h;
+      try {
+        h = header_at(ref);
+      } catch (const std::exception& e) {
+        problem("free list " + std::to_string(b) + ": " + e.what());
+        break;
+      }
       if (h->state != kFreeWord) problem("free list " + std::to_string(b) + " holds a used block");
       if (h->prev_free != prev) problem("free list " + std::to_string(b) + ": broken back link");
-      if (static_cast<int>(h->bin) != b || bin_of(h->span) != b) problem("free list " + std::to_string(b) + ": block of the wrong size class");
+      if (static_cast<int>(h->bin) != b || h->span == 0 || bin_of(h->span) != b)
+        problem("free list " + std::to_string(b) + ": block of the wrong size class");
       prev = ref;
       if (++listed > free_blocks + 1) {
         problem("free lists hold more blocks than the segments (a cycle?)");
         b = kBins;
         break;
       }
+      ref = h->next_free;
     }
   }
   if (listed != free_blocks)

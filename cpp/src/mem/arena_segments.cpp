@@ -208,15 +208,15 @@ std::size_t SharedArena::default_limit(SegmentBacking backing) {
 }
 
 SegmentBacking SharedArena::backing() const {
-  return ctl().backing == kBackedByMemfd ? SegmentBacking::memfd : SegmentBacking::dev_shm;
+  return backing_word_ == kBackedByMemfd ? SegmentBacking::memfd : SegmentBacking::dev_shm;
 }
 
 // --- making, opening and dropping segments ---------------------------------------
 
 SharedSegment SharedArena::make_segment(uint32_t slot, std::size_t bytes) {
   SlotRecord& s = ctl().slots[slot];
-  const std::string label = s.name;
-  if (ctl().backing == kBackedByMemfd) {
+  const std::string label = slot_name(slot);  // written by claim_slot_locked(); checked all the same
+  if (backing_word_ == kBackedByMemfd) {
     UniqueFd fd(memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
     // No memfd (out of descriptors, say): this segment goes to /dev/shm.
     if (fd) {
@@ -259,14 +259,17 @@ UniqueFd SharedArena::open_segment(uint32_t slot, int flags, std::size_t need_by
   const SlotRecord& s = ctl().slots[slot];
   struct stat st {};
   if (s.backing.load(std::memory_order_acquire) == kBackedByName) {
-    UniqueFd fd(shm_open((std::string("/") + s.name).c_str(), flags | O_CLOEXEC, 0));
+    std::string path("/");
+    path += slot_name(slot);
+    UniqueFd fd(shm_open(path.c_str(), flags | O_CLOEXEC, 0));
     if (fd && (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) < need_bytes)) {
       fd.reset();
       errno = ESTALE;  // not the file the arena made
     }
     return fd;
   }
-  UniqueFd fd(open(proc_fd_path(ctl().owner_pid, s.owner_fd.load(std::memory_order_relaxed)).c_str(),
+  // The owner's pid is this handle's copy: the slot only says which of its descriptors.
+  UniqueFd fd(open(proc_fd_path(arena_owner_, s.owner_fd.load(std::memory_order_relaxed)).c_str(),
                    flags | O_CLOEXEC));
   if (fd && (fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_ino) != s.file_ino.load() ||
              static_cast<uint64_t>(st.st_dev) != s.file_dev.load() ||
@@ -279,27 +282,37 @@ UniqueFd SharedArena::open_segment(uint32_t slot, int flags, std::size_t need_by
 
 SharedSegment SharedArena::map_segment(uint32_t slot) const {
   const SlotRecord& s = ctl().slots[slot];
-  if (s.backing.load(std::memory_order_acquire) == kBackedByName) return SharedSegment::attach(s.name);
-  UniqueFd fd = open_segment(slot, O_RDWR, s.bytes);
+  const std::string seg_name = slot_name(slot);
+  // Every segment is whole pages, and none is larger than the limit (a larger
+  // block is refused): a size past that is garbage, and mapping it would let
+  // offsets reach past the file (SIGBUS).
+  const uint64_t bytes = s.bytes;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t most = limit_ > ~uint64_t{0} - page ? ~uint64_t{0} : (limit_ + page - 1) / page * page;
+  if (bytes == 0 || bytes % page != 0 || bytes > most)
+    corrupt("segment slot " + std::to_string(slot) + " says its segment is " + std::to_string(bytes) + " bytes long");
+  if (s.backing.load(std::memory_order_acquire) == kBackedByName) return SharedSegment::attach(seg_name);
+  UniqueFd fd = open_segment(slot, O_RDWR, bytes);  // checks the file holds `bytes`
   if (!fd) {
     const int err = errno;
-    if (err == EMFILE || err == ENFILE || err == ENOMEM)
-      throw_errno(std::string("open shared-memory segment ") + s.name, err);
-    throw NotFoundError(std::string("shared-memory segment '") + s.name + "' of arena '" + name() +
-                        "' cannot be reached: its owner (pid " + std::to_string(ctl().owner_pid) +
+    if (err == EMFILE || err == ENFILE || err == ENOMEM) throw_errno("open shared-memory segment " + seg_name, err);
+    throw NotFoundError("shared-memory segment '" + seg_name + "' of arena '" + name() +
+                        "' cannot be reached: its owner (pid " + std::to_string(arena_owner_) +
                         ") has exited or closed the arena" +
                         (err == EACCES || err == EPERM
                              ? ", or may not be inspected by this process (/proc/<pid>/fd: another user, or "
                                "not dumpable; SHOAL_ARENA_BACKING=shm puts segments in /dev/shm instead)"
                              : ""));
   }
-  return SharedSegment::map_descriptor(fd.get(), s.bytes, s.name);
+  return SharedSegment::map_descriptor(fd.get(), bytes, seg_name);
 }
 
 void SharedArena::release_segment_locked(uint32_t slot) {
   SlotRecord& s = ctl().slots[slot];
   if (s.backing.load(std::memory_order_acquire) == kBackedByName) {
-    unlink_name(s.name);
+    // Never a name of another form: garbage must not make us remove other segments.
+    const std::string seg_name = slot_name_or_empty(slot);
+    if (!seg_name.empty()) unlink_name(seg_name.c_str());
     return;
   }
   if (!owns_name()) {
@@ -333,7 +346,7 @@ int SharedArena::hand_to_owner(uint32_t slot, int fd) {
     if (state == kHandoffAdopted) return s.adopted_fd.load(std::memory_order_relaxed);
     if (state == kHandoffRefused) return -1;
     if (deadline.expired() || c.service_alive.load(std::memory_order_acquire) == 0 ||
-        !process_alive(c.owner_pid)) {
+        !process_alive(arena_owner_)) {
       // Stop waiting, unless the answer just came: the service's answer then loses.
       if (s.handoff.compare_exchange_strong(state, kHandoffAbandoned, std::memory_order_acq_rel)) return -1;
       continue;
@@ -374,7 +387,7 @@ void SharedArena::stop_service() {
     wake_service();
     pthread_join(service_thread_, nullptr);
     // Requests nobody will answer now: refuse them rather than let their creators wait.
-    const uint32_t n = c.slot_count.load(std::memory_order_acquire);
+    const uint32_t n = slot_count();
     for (uint32_t i = 0; i < n; ++i) {
       uint32_t requested = kHandoffRequested;
       if (c.slots[i].handoff.compare_exchange_strong(requested, kHandoffRefused, std::memory_order_acq_rel))
@@ -406,7 +419,7 @@ void SharedArena::serve() {
 
 void SharedArena::adopt_handoffs() {
   Control& c = ctl();
-  const uint32_t n = c.slot_count.load(std::memory_order_acquire);
+  const uint32_t n = slot_count();  // never past owned_ (kMaxSegments entries)
   for (uint32_t i = 0; i < n; ++i) {
     SlotRecord& s = c.slots[i];
     uint32_t state = kHandoffRequested;

@@ -15,6 +15,14 @@ namespace shoal::arena_detail {
 
 std::string segment_name(pid_t owner) { return segment_detail::random_segment_name(owner); }
 
+bool is_segment_name(std::string_view name, pid_t owner) {
+  const std::string prefix = std::string(kSegmentPrefix) + std::to_string(owner) + "-";
+  if (owner <= 0 || name.size() != prefix.size() + 16 || !name.starts_with(prefix)) return false;
+  for (char c : name.substr(prefix.size()))
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
 SharedSegment create_named_segment(const std::string& name, std::size_t bytes) {
   const std::string path = "/" + name;
   // The owner's token keeps the name alive (reclaim_stale_segments). Made by

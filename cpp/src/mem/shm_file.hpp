@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 #include "shoal/ipc/segment.hpp"
 
@@ -15,6 +16,11 @@ namespace shoal::arena_detail {
 
 // A fresh random name for a segment of the arena owned by `owner`.
 std::string segment_name(pid_t owner);
+
+// Whether `name` has the form of a segment name of the arena owned by `owner`:
+// `shoal-<owner pid>-<16 lowercase hex digits>`. A name read from shared memory
+// of any other form is never opened or unlinked.
+bool is_segment_name(std::string_view name, pid_t owner);
 
 // Creates the segment `name` (mode 0600, O_EXCL) of `bytes` bytes, backs all of
 // it with memory now (so a full /dev/shm fails here with ENOSPC, never later

@@ -22,6 +22,8 @@ class RobustMutex {
   RobustMutex& operator=(const RobustMutex&) = delete;
   ~RobustMutex();
 
+  // Both throw CorruptFrameError if the mutex's type word is not one this
+  // class writes (another process wrote over it), before glibc reads it.
   LockResult lock(const Deadline& deadline = Deadline::never());
   LockResult try_lock();
   // Throws std::system_error(EPERM) if the calling thread does not hold it.
@@ -29,6 +31,7 @@ class RobustMutex {
 
  private:
   LockResult adopt(int rc);
+  void check_intact() const;
   pthread_mutex_t mutex_;
 };
 

@@ -306,6 +306,32 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   static void register_handle(const std::shared_ptr<SharedArena>& arena);
 
   arena_detail::Control& ctl() const { return *ctl_; }
+
+  // Garbage in shared memory. Another process of the user may write anything
+  // over the control segment, the slot table, the block headers. Nothing read
+  // from there is used unchecked: indices against the table's size, offsets and
+  // spans against this process's own mapping of the segment, names against the
+  // form the arena gives them, counts against overflow. What cannot be so
+  // (the fixed fields of the control block) is kept here from attach time and
+  // compared on every locked operation. A violation throws CorruptFrameError
+  // (RuntimeError in Python) naming the arena and what was wrong; a descriptor
+  // (Block) whose fields name nothing live throws std::invalid_argument. Free
+  // lists and counters are derived state: found inconsistent, they are rebuilt
+  // from the headers (recovery), and the operation goes on.
+  [[noreturn]] void corrupt(const std::string& what) const;
+  // Magic, version and geometry against this handle's copy (throws corrupt()).
+  void check_control() const;
+  // The slots ever used, never more than the table holds.
+  uint32_t slot_count() const;
+  // The slot's segment name, if it is of the arena's form (else corrupt()).
+  std::string slot_name(uint32_t slot) const;
+  // Like slot_name(), but "" instead of throwing (for cleanup paths).
+  std::string slot_name_or_empty(uint32_t slot) const;
+  // A used block's header, checked: the descriptor against the segment and the
+  // header (generation; throws std::invalid_argument if it names no live
+  // block), the header against the segment (state word, span; corrupt()).
+  arena_detail::BlockHeader* live_header(const Block& block) const;
+  uint64_t next_generation_locked();
   // Slots and mappings.
   uint32_t claim_slot_locked(std::size_t bytes, uint32_t purpose);
   void forget_slot_locked(uint32_t slot);
@@ -368,12 +394,19 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // split on allocation, coalesce on free.
   // An empty Block (generation 0) when the pooled segments cannot grow within the limit.
   Block alloc_pooled(std::size_t size, bool zero);
+  // Rebuilds the derived state if a counter is out of its bounds (garbage).
+  void check_counters_locked();
   uint64_t take_free_locked(uint64_t span);
+  uint64_t search_free_locked(uint64_t span);
   uint64_t grow_locked(uint64_t span);
   void free_pooled_locked(uint32_t slot, uint64_t header_offset);
+  // The header a free-list link or chain position names, checked to lie in
+  // its segment (else corrupt()).
   arena_detail::BlockHeader* header_at(uint64_t ref) const;
   void push_free_locked(uint64_t ref, arena_detail::BlockHeader* h);
-  void unlink_free_locked(arena_detail::BlockHeader* h);
+  // Takes `h` (at `ref`) off its free list; false, changing nothing, if its
+  // links or its neighbours' do not agree (the lists are then rebuilt).
+  bool unlink_free_locked(uint64_t ref, arena_detail::BlockHeader* h);
   void recover_locked();
   uint64_t rebuild_segment_locked(uint32_t slot);
   std::string check_locked();
@@ -381,6 +414,14 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   SharedSegment control_;
   arena_detail::Control* ctl_ = nullptr;
   pid_t owner_pid_ = 0;  // the creating process; 0 in attached handles
+  // The control block's fixed fields as they were at create/attach time: the
+  // arena's owner (in every handle), its limit, segment size and backing.
+  pid_t arena_owner_ = 0;
+  uint64_t limit_ = 0;
+  uint64_t segment_bytes_ = 0;
+  uint32_t backing_word_ = 0;
+  // How long a locker waits for the arena's mutex (tests shorten it).
+  static std::atomic<int64_t> lock_timeout_ms_;
   std::atomic<bool> closed_{false};
 
   // The owner's memfds, by slot (descriptor and inode; -1 where none), under
