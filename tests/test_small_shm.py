@@ -194,3 +194,111 @@ def test_once_a_shared_arrays_owner_is_killed_mappings_stay_and_new_attaches_fai
     # The killed owner's control segment and token go with the next shoal start.
     subprocess.run([sys.executable, "-c", "import shoal"], env=_env(), check=True, timeout=60)
     assert shoal_segments_of(owner.pid, locks=True) == set()
+
+
+# A spill that hits ENOSPC (issue 12). A payload too big for its ring travels
+# through a segment of its own in /dev/shm (not the arena: bytes and str pickle
+# in-band). With /dev/shm full, the one payload that cannot be spilled fails,
+# with a clear error through the normal result path; its worker, the pool and
+# /dev/shm are left as they were.
+FULL_SHM_SCRIPT = textwrap.dedent(
+    """
+    import errno, os, sys
+    import shoal
+
+    SHM = "/dev/shm"
+
+    def big(n):
+        return b"r" * n
+
+    def length(data):
+        return len(data)
+
+    def names():
+        return set(os.listdir(SHM))
+
+    def fill(path):
+        # Every free block of /dev/shm, reserved at once; then byte by byte past it.
+        free = os.statvfs(SHM)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, free.f_bavail * free.f_frsize)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+            chunk = b"f" * 4096
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+        finally:
+            os.close(fd)
+        assert os.statvfs(SHM).f_bavail == 0
+
+    def main():
+        with shoal.Executor(2) as ex:
+            n = 2 * ex._runtime.inline_payload_limit + 12345  # too big for a ring frame
+            assert len(ex.submit(big, n).result(timeout=60)) == n  # spilled: /dev/shm has room
+            assert ex.submit(length, b"a" * n).result(timeout=60) == n
+            before = names()
+            filler = os.path.join(SHM, "filler-%d" % os.getpid())
+            fill(filler)
+            try:
+                # A result that cannot be spilled: that task fails, through its result.
+                try:
+                    ex.submit(big, n).result(timeout=60)
+                    print("FAIL: the result arrived")
+                except MemoryError as e:
+                    print("RESULT-ERROR", type(e).__name__, str(e).replace("\\n", " "))
+                # The worker goes on (no worker was lost), and so does the pool.
+                assert [ex.submit(pow, 3, i).result(timeout=60) for i in range(8)] == [3 ** i for i in range(8)]
+                assert ex.stats()["workers_lost"] == 0, ex.stats()
+                # Arguments that cannot be spilled: that submit's future fails.
+                try:
+                    ex.submit(length, b"a" * n).result(timeout=60)
+                    print("FAIL: the arguments arrived")
+                except Exception as e:
+                    print("ARGUMENT-ERROR", type(e).__name__, str(e).replace("\\n", " "))
+                assert ex.submit(pow, 2, 5).result(timeout=60) == 32
+                assert ex.stats()["workers_lost"] == 0, ex.stats()
+                # Nothing was left in /dev/shm by the failed spills.
+                assert names() == before | {os.path.basename(filler)}, names() ^ before
+            finally:
+                os.unlink(filler)
+            # Room again: the same work goes through.
+            assert len(ex.submit(big, n).result(timeout=60)) == n
+            assert ex.submit(length, b"a" * n).result(timeout=60) == n
+        left = {name for name in names() if not name.startswith("shoal-lock-")}  # but this process's token
+        assert left == set(), left
+        print("OK", flush=True)
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_a_spill_into_a_full_dev_shm_fails_that_task_only(tmp_path):
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    prefix = [unshare, "-m", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$@"', "sh"]
+    probe = subprocess.run(prefix + ["true"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private /dev/shm here: {probe.stderr.strip() or probe.returncode}")
+    script = tmp_path / "full_shm.py"
+    script.write_text(FULL_SHM_SCRIPT)
+    proc = subprocess.run(prefix + [sys.executable, str(script)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    assert proc.returncode == 0 and "OK" in out and "FAIL" not in out, out + proc.stderr[-6000:]
+    result = [line for line in out.splitlines() if line.startswith("RESULT-ERROR")]
+    assert len(result) == 1, out
+    assert "MemoryError" in result[0] and "the result (" in result[0], result[0]
+    assert "could not be spilled to /dev/shm: No space left on device" in result[0], result[0]
+    argument = [line for line in out.splitlines() if line.startswith("ARGUMENT-ERROR")]
+    assert len(argument) == 1, out
+    assert "could not be spilled to /dev/shm: No space left on device" in argument[0], argument[0]

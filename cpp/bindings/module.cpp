@@ -25,6 +25,8 @@ NB_MODULE(_core, m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const shoal::CorruptFrameError& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (const shoal::SpillError& e) {  // /dev/shm had no room for a payload: that payload fails
+      PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const std::system_error& e) {
       PyErr_SetObject(PyExc_OSError, nb::make_tuple(e.code().value(), e.what()).ptr());
     }

@@ -251,9 +251,47 @@ TEST_P(FaultTest, PayloadThatCannotBeSpilledFailsOnlyItsJob) {
   ASSERT_TRUE(done.count(doomed));
   EXPECT_EQ(done[doomed].status, Status::broken);
   EXPECT_TRUE(contains(done[doomed].payload, "could not be handed to a worker")) << done[doomed].payload;
+  EXPECT_TRUE(contains(done[doomed].payload, "could not be spilled to /dev/shm")) << done[doomed].payload;
   ASSERT_TRUE(done.count(fine));
   EXPECT_EQ(done[fine].status, Status::ok);
   EXPECT_FALSE(e.broken().has_value());
+}
+
+// A result that cannot be spilled (here its worker has no descriptor left for
+// the segment; a full /dev/shm is tested in tests/test_small_shm.py) fails its
+// job alone: the worker is told (SpillError) before anything is sent, reports
+// the job as failed through the result path, and goes on. No name is left.
+TEST_P(FaultTest, ResultThatCannotBeSpilledFailsOnlyItsJobAndItsWorkerGoesOn) {
+  Engine e(options(1, GetParam()));
+  uint64_t fn = e.define_function("f");
+  const std::size_t n = e.inline_payload_limit() * 2 + 7;
+  const uint64_t warm = e.submit(fn, 0, "echo:warm");
+  ASSERT_EQ(collect(e, 1).count(warm), 1u);
+  auto names = [] {
+    std::vector<std::string> found;
+    const std::string prefix = "shoal-" + std::to_string(getpid()) + "-";
+    for (const auto& entry : std::filesystem::directory_iterator("/dev/shm"))
+      if (entry.path().filename().string().starts_with(prefix)) found.push_back(entry.path().filename().string());
+    std::sort(found.begin(), found.end());
+    return found;
+  };
+  const auto before = names();
+  const uint64_t doomed = e.submit(fn, 0, "big-nofd:" + std::to_string(n));
+  const std::string big(n, 'q');
+  const uint64_t fine = e.submit(fn, 0, "echo:" + big);
+  auto done = collect(e, 2);
+  ASSERT_TRUE(done.count(doomed));
+  EXPECT_EQ(done[doomed].status, Status::error);
+  EXPECT_TRUE(contains(done[doomed].payload, "the result (" + std::to_string(n) + " bytes) could not be spilled to "
+                                             "/dev/shm: Too many open files"))
+      << done[doomed].payload;
+  ASSERT_TRUE(done.count(fine));
+  EXPECT_EQ(done[fine].status, Status::ok);
+  EXPECT_EQ(done[fine].payload, big);  // spilled, by the same worker
+  EXPECT_EQ(e.stats().workers_lost, 0u);
+  EXPECT_EQ(e.stats().workers_started, 1u);
+  EXPECT_FALSE(e.broken().has_value());
+  EXPECT_EQ(names(), before);
 }
 
 INSTANTIATE_TEST_SUITE_P(Launchers, FaultTest, ::testing::Values(true, false),

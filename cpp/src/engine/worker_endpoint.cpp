@@ -51,8 +51,10 @@ void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {
     // Named after the pool's owner, not this worker: the parent may read it after
     // this worker has exited, and a stale-segment cleanup in between (any
     // program's `import shoal`) removes the names of processes that are gone.
-    // The parent unlinks it after reading.
-    spilled = spill_for(owner_pid_, payload);
+    // The parent unlinks it after reading. No room for it (SpillError): nothing
+    // was pushed or left behind, and only this payload fails (the caller
+    // reports that instead: see send_result()).
+    spilled = spill_for(owner_pid_, payload, h.kind == proto::Kind::result ? "the result" : "the worker's report");
     payload = spilled;
     h.tag |= proto::kSpilled;
   }

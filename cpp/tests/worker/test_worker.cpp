@@ -7,10 +7,14 @@
 // "ppid" returns the parent's pid (a forked worker's: the fork server's);
 // "spill-gone" publishes a result spilled into a segment of its own whose name
 // is removed before the parent can read it (as another process's cleanup may);
-// "spill-name:<name>" publishes a result that claims to be spilled into <name>.
+// "spill-name:<name>" publishes a result that claims to be spilled into <name>;
+// "big-nofd:<n>" returns <n> bytes with no descriptor left to spill them with.
+// A result that cannot be spilled (SpillError) is sent as an error result
+// carrying its message, and the worker goes on, as the Python worker does.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -84,7 +88,27 @@ int serve(const std::string& segment, uint32_t slot) {
                      1000, payload.substr(11));
       continue;
     }
-    ep.send_result(h.id, proto::Status::ok, 1000, run(payload));
+    rlimit saved{};
+    const bool starved = payload.starts_with("big-nofd:");
+    if (starved) {
+      payload = std::string(std::stoul(payload.substr(9)), 'b');
+      getrlimit(RLIMIT_NOFILE, &saved);
+      const int lowest_free = dup(0);
+      close(lowest_free);
+      rlimit none_left = saved;
+      none_left.rlim_cur = static_cast<rlim_t>(lowest_free);  // every new descriptor fails with EMFILE
+      setrlimit(RLIMIT_NOFILE, &none_left);
+    } else {
+      payload = run(payload);
+    }
+    try {
+      ep.send_result(h.id, proto::Status::ok, 1000, payload);
+    } catch (const SpillError& e) {
+      if (starved) setrlimit(RLIMIT_NOFILE, &saved);
+      ep.send_result(h.id, proto::Status::error, 1000, e.what());
+      continue;
+    }
+    if (starved) setrlimit(RLIMIT_NOFILE, &saved);
   }
 }
 

@@ -125,7 +125,12 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
         if kind == JOB:
             start = perf_counter_ns()
             status, out = _run_job(functions[arg], tag, payload)
-            endpoint.send_result(ident, status, perf_counter_ns() - start, out)
+            try:
+                endpoint.send_result(ident, status, perf_counter_ns() - start, out)
+            except MemoryError as exc:
+                # Too big for the ring, and /dev/shm has no room to spill it:
+                # nothing was sent; this task fails with that, the worker goes on.
+                endpoint.send_result(ident, ERROR, perf_counter_ns() - start, dumps_exception(exc))
         elif kind == DEFINE_FUNCTION:
             functions[ident] = loads(payload)
         elif kind == DROP_FUNCTION:

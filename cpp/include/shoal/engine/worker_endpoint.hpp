@@ -61,7 +61,11 @@ class WorkerEndpoint {
     }
   }
 
-  // Publishes a job's outcome and rings the parent's doorbell.
+  // Publishes a job's outcome and rings the parent's doorbell. A payload too
+  // big for the ring is spilled into a segment of its own; if /dev/shm has no
+  // room for it, throws SpillError having sent nothing and left nothing behind:
+  // the worker goes on, and sends an error result for the job instead (the
+  // Python worker sends the MemoryError the bindings make of it).
   void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload);
   void send_init_failed(std::string_view reason);
 

@@ -20,17 +20,28 @@ class Blob {
   explicit Blob(std::string bytes) : bytes_(std::move(bytes)) {}
 
   // What travels in the frame: the bytes, or a segment name once spilled.
-  // Spills on first call if the bytes exceed `inline_limit`.
+  // Spills on first call if the bytes exceed `inline_limit`, into a segment
+  // backed when made: a full /dev/shm throws SpillError here (the bytes stay,
+  // nothing is left in /dev/shm), never SIGBUS while copying.
   std::string_view wire(std::size_t inline_limit);
   bool spilled() const { return spill_ != nullptr; }
   // Leaves the spilled segment's name for the receiver to unlink.
   void hand_over_spill() {
-    if (spill_) spill_->disown();
+    if (spill_) spill_->owned = false;
   }
 
  private:
+  // A spilled segment's name, unlinked with the Blob unless handed over.
+  struct Spill {
+    std::string name;
+    bool owned = true;
+    explicit Spill(std::string n) : name(std::move(n)) {}
+    Spill(const Spill&) = delete;
+    Spill& operator=(const Spill&) = delete;
+    ~Spill();
+  };
   std::string bytes_;
-  std::unique_ptr<SharedSegment> spill_;
+  std::unique_ptr<Spill> spill_;
 };
 
 // Spills `bytes` into a new segment laid out as Blob::wire() lays it out, but
@@ -41,8 +52,9 @@ class Blob {
 // stale-segment cleanup could remove it before that. The owner's token keeps
 // it (src/ipc/segment.cpp), and the name is the receiver's to unlink; this
 // process keeps nothing. The segment is backed when made, so a full /dev/shm
-// throws std::system_error (ENOSPC) here instead of a SIGBUS later.
-std::string spill_for(pid_t owner, std::string_view bytes);
+// throws SpillError here (nothing left behind), never a SIGBUS later; `what`
+// names the payload in its message ("the result", ...).
+std::string spill_for(pid_t owner, std::string_view bytes, std::string_view what = "the payload");
 
 // A spilled payload's segment: kSpillMagic, the payload's length n (both
 // 8-byte words), then the n bytes; whole pages, no more than it needs.
