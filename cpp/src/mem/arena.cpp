@@ -196,7 +196,8 @@ void SharedArena::unlink_all_names() {
   // through creating a segment whose name we would miss.
   LockResult r = LockResult::timed_out;
   try {
-    r = ctl().mutex.lock(Deadline::after(std::chrono::seconds(2)));
+    r = ctl().mutex.lock(Deadline::after(std::min<std::chrono::milliseconds>(
+        std::chrono::seconds(2), std::chrono::milliseconds(lock_timeout_ms_.load(std::memory_order_relaxed)))));
   } catch (const std::exception&) {
     // Garbage over the mutex: go on without it, as after a timeout.
   }
