@@ -302,6 +302,49 @@ TEST_P(EngineTest, WaitersGetTheirOwnResultsWhileACollectorTakesEveryOther) {
   e.shutdown(true, false);
 }
 
+TEST_P(EngineTest, SpilledResultsReachTheirWaitersAndTheCollectorOnceEach) {
+  // A spilled result is read without the engine's lock, after its job left
+  // its worker: a waiter for it must still find it unfinished (with no
+  // collector running, nobody else can have taken it), the results behind it
+  // from the same worker must be judged against the jobs after it, and each
+  // must arrive once, with its own payload.
+  Engine e(options(2, GetParam()));
+  const uint64_t fn = e.define_function("f");
+  const std::size_t big = e.inline_payload_limit() * 3;
+  std::map<uint64_t, std::string> expected;
+  std::vector<std::vector<uint64_t>> awaited(3);
+  for (int i = 0; i < 150; ++i) {
+    const std::string payload = i % 3 == 0 ? std::string(big + i, static_cast<char>('a' + i % 26)) : std::to_string(i);
+    const uint64_t id = e.submit(fn, 0, "echo:" + payload);
+    expected[id] = payload;
+    if (i % 5 == 0) awaited[i % 3].push_back(id);
+  }
+  std::vector<std::map<uint64_t, Completion>> waited(awaited.size());
+  std::vector<std::thread> waiters;
+  for (std::size_t w = 0; w < awaited.size(); ++w)
+    waiters.emplace_back([&, w] {
+      for (uint64_t id : awaited[w]) {
+        std::optional<Completion> got;
+        EXPECT_TRUE(e.wait_for(id, Deadline::after(30s), got)) << "job " << id << " was not waiting to finish";
+        if (got) waited[w][id] = std::move(*got);
+      }
+    });
+  for (auto& t : waiters) t.join();
+  std::map<uint64_t, Completion> done;
+  for (std::size_t w = 0; w < awaited.size(); ++w) {
+    EXPECT_EQ(waited[w].size(), awaited[w].size());
+    done.insert(waited[w].begin(), waited[w].end());
+  }
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  collect_into(e, done, [&] { return done.size() < expected.size() && std::chrono::steady_clock::now() < until; });
+  ASSERT_EQ(done.size(), expected.size());
+  for (const auto& [id, payload] : expected) {
+    EXPECT_EQ(done[id].status, Status::ok) << done[id].payload;
+    EXPECT_EQ(done[id].payload, payload) << "job " << id;
+  }
+  e.shutdown(true, false);
+}
+
 TEST_P(EngineTest, WaitForGivesUpAtItsDeadlineAndSeesAWorkerDeath) {
   Engine e(options(1, GetParam()));
   uint64_t fn = e.define_function("f");

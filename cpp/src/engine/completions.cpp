@@ -48,6 +48,7 @@ bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline)
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
     if (!stopped_) {
       drain_outboxes_locked();
+      finish_drains_locked();
       dispatch_locked();
     }
     left_for_collector_.store(false);  // whatever is there now is taken below
@@ -111,6 +112,7 @@ bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::option
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
     if (!stopped_) {
       drain_outboxes_locked();
+      finish_drains_locked();
       dispatch_locked();
     }
     auto it = std::find_if(completions_.begin(), completions_.end(),
@@ -185,13 +187,14 @@ void EngineImpl::wake_engine_thread() {
 
 bool EngineImpl::unfinished_locked(uint64_t job_id) const {
   if (pending_ids_.count(job_id)) return true;
+  if (std::find(receiving_.begin(), receiving_.end(), job_id) != receiving_.end()) return true;
   return std::any_of(slots_.begin(), slots_.end(), [&](const Slot& s) {
     return std::any_of(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == job_id; });
   });
 }
 
 bool EngineImpl::idle_locked() const {
-  if (!pending_ids_.empty()) return false;
+  if (!pending_ids_.empty() || !receiving_.empty()) return false;
   return std::all_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.in_flight.empty(); });
 }
 

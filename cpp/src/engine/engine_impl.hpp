@@ -21,7 +21,9 @@
 // (SHOAL_REQUIRES); the public operations take it themselves (SHOAL_EXCLUDES).
 // Invariants under mu_:
 //  * a job is in exactly one place: pending_ (with its id in pending_ids_),
-//    one slot's in_flight, or, once ended, completions_;
+//    one slot's in_flight, spilled_ or a local list of a thread reading its
+//    spilled result (its id in receiving_ in both cases), or, once ended,
+//    completions_;
 //  * a slot's in_flight is in the order its inbox received the jobs;
 //  * SlotWatch::live == (state != dead && !quarantined), stored together.
 #include <sys/types.h>
@@ -53,6 +55,24 @@
 #include "engine/slot.hpp"
 
 namespace shoal {
+
+// A result whose frame was taken from its worker's outbox under the lock and
+// whose payload, spilled into a segment of its own, is copied out of it
+// without the lock (outbox.cpp). Its job has left the slot's in_flight: the
+// worker did finish it, and the next result from the worker is for the job
+// after it.
+struct SpilledResult {
+  uint32_t slot;
+  uint64_t incarnation;  // the slot's when the frame was taken
+  pid_t pid;             // its worker's, for messages
+  proto::FrameHeader h;  // tag without proto::kSpilled
+  std::string payload;   // the segment's name; once read, the payload
+  Job job;
+  // Set by the read: what went wrong, and whether the segment was not a
+  // spilled payload at all (corruption) rather than gone or unreadable.
+  std::string error;
+  bool corrupt = false;
+};
 
 // Shared by several of the engine's files.
 using Clock = std::chrono::steady_clock;
@@ -109,10 +129,26 @@ class EngineImpl {
   void drain_outboxes_locked() SHOAL_REQUIRES(mu_);  // every live worker's
   void drain_outbox_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
   // A frame from `slot` whose spilled payload (segment `name`) could not be read.
-  void spilled_payload_lost_locked(uint32_t slot, const proto::FrameHeader& h, const std::string& name,
+  void spilled_payload_lost_locked(const std::string& worker, const proto::FrameHeader& h, const std::string& name,
                                    const std::string& what) SHOAL_REQUIRES(mu_);
   // Whether some live slot's outbox holds a frame; without the lock (a hint).
   bool any_outbox_readable() const;
+  // What the drains left for outside the lock: the spilled results they took
+  // are read and completed, the workers that finished jobs have their
+  // resident size compared with the soft memory limit. Releases mu_ while it
+  // reads, and holds it again when it returns: a caller must not keep
+  // anything it read under mu_ across this call. Every thread that drains
+  // calls it before it lets go of mu_ for good. Costs two loads when there
+  // is nothing to do.
+  void finish_drains_locked() SHOAL_REQUIRES(mu_) {
+    if (!spilled_.empty()) read_spilled_results_locked();
+    if (rss_checks_due_) check_soft_limits_locked();
+  }
+  void read_spilled_results_locked() SHOAL_REQUIRES(mu_);
+  void complete_spilled_locked(SpilledResult& r) SHOAL_REQUIRES(mu_);
+  // A job whose worker can no longer deliver its result (its shared memory
+  // went bad) and that no slot holds: retried if it may be, else failed with `why`.
+  void fail_over_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
 
   // ---- completions.cpp: completions -> callers -----------------------------
   void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
@@ -132,6 +168,7 @@ class EngineImpl {
   void handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) SHOAL_REQUIRES(mu_);
   void retire_locked(Slot& s) SHOAL_REQUIRES(mu_);
   std::string worker_name(uint32_t slot) const SHOAL_REQUIRES(mu_);
+  static std::string worker_name(uint32_t slot, pid_t pid);
 
   // ---- faults.cpp: what breaks a slot or the pool ----------------------------
   // An unexpected error on one of the pool's own threads: logged, and the
@@ -146,9 +183,18 @@ class EngineImpl {
   void fail_everything_locked(const std::string& reason) SHOAL_REQUIRES(mu_);
 
   // ---- limits.cpp ----------------------------------------------------------------
+  // The engine thread's: kills workers past a time limit, and past the hard
+  // memory limit (their sizes read without mu_, which it releases meanwhile).
   void enforce_limits_locked() SHOAL_REQUIRES(mu_);
-  // After a job of `slot` finished: past the soft memory limit, the worker is retired.
-  void check_soft_limit_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
+  // After a job of `slot` finished: its resident size is due for a look.
+  void note_finished_job_locked(Slot& s) SHOAL_REQUIRES(mu_) {
+    if (options_.memory_soft_limit && s.state == SlotState::alive && s.pid > 0) {
+      s.rss_check_due = true;
+      rss_checks_due_ = true;
+    }
+  }
+  // Workers past the soft memory limit after a job are retired (sizes read without mu_).
+  void check_soft_limits_locked() SHOAL_REQUIRES(mu_);
 
   // ---- engine_thread.cpp ---------------------------------------------------------
   void run() SHOAL_EXCLUDES(mu_);
@@ -213,6 +259,24 @@ class EngineImpl {
   std::vector<Completion> completions_ SHOAL_GUARDED_BY(mu_);
   std::vector<uint64_t> awaited_ SHOAL_GUARDED_BY(mu_);  // jobs a wait_for() caller waits for
   uint64_t last_collected_ns_ SHOAL_GUARDED_BY(mu_) = 0;  // when collect() last returned results
+  // Spilled results taken from the outboxes and not yet read (outbox.cpp).
+  std::vector<SpilledResult> spilled_ SHOAL_GUARDED_BY(mu_);
+  // The jobs of spilled results not yet completed: in spilled_, or being read
+  // by some thread without mu_. The engine does not stop while any is left.
+  std::vector<uint64_t> receiving_ SHOAL_GUARDED_BY(mu_);
+  bool rss_checks_due_ SHOAL_GUARDED_BY(mu_) = false;  // some Slot::rss_check_due is set
+
+  // ---- the engine thread's alone ----------------------------------------------------
+  // Workers whose resident size enforce_limits_locked() reads without mu_;
+  // kept to reuse its memory round after round.
+  struct MemoryCheck {
+    uint32_t slot;
+    uint64_t incarnation;
+    pid_t pid;
+    uint64_t running;  // the job it ran when listed
+    uint64_t rss = 0;
+  };
+  std::vector<MemoryCheck> memory_checks_;
 
   // ---- atomics, read without mu_ -------------------------------------------------------
   std::atomic<bool> is_broken_{false};         // broken_ has a value (set under mu_)

@@ -66,6 +66,7 @@ void EngineImpl::run() {
       check_header_locked();
       handle_events_locked();
       if (results_are_mine()) drain_outboxes_locked();
+      finish_drains_locked();  // also what handle_events_locked() drained from dead workers
       if (limits) enforce_limits_locked();
       dispatch_locked();
       busy = !idle_locked();
@@ -112,6 +113,13 @@ void EngineImpl::run() {
     supervisor_->stop();
     lk.lock();
     layout_.unlink();
+    // Spilled results taken from the rings are delivered: read here, or by
+    // the thread that is reading them now (a copy, bounded by its size).
+    finish_drains_locked();
+    while (!receiving_.empty()) {
+      ScopedUnlock unlocked(mu_);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       Slot& s = slots_[i];
       for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});

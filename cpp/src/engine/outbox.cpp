@@ -2,6 +2,15 @@
 // (a collector, a wait_for() caller, or the engine thread when neither will,
 // see engine_thread.cpp); each frame is judged (frames.hpp) before any of it
 // is acted on, then turned into a completion for its job.
+//
+// A result spilled into a segment of its own (a payload above a quarter of
+// the ring: a mapping, page faults and a copy of any size) is taken from the
+// ring under the lock but read without it: its job leaves the slot's
+// in_flight at once (so the worker's next result is judged against the job
+// after it), waits in spilled_, and is read and completed by
+// finish_drains_locked(), which every draining thread calls. Whatever
+// happened to the slot meanwhile (its worker died, was replaced or was
+// quarantined, the pool broke) is checked again once the lock is back.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -69,6 +78,17 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
         lose_next_spill_ = false;
         shm_unlink(("/" + payload).c_str());
       }
+      if (h.kind == Kind::result) {
+        receiving_.push_back(h.id);
+        spilled_.push_back(SpilledResult{slot, s.incarnation, s.pid, h, std::move(payload),
+                                         std::move(s.in_flight.front()), {}, false});
+        s.in_flight.pop_front();
+        ++s.completed;  // the worker did finish the task
+        failures_without_progress_ = 0;
+        continue;
+      }
+      // An initializer's failure is read here, under the lock: it ends the
+      // pool, and no frame after it may be acted on first. Once per pool.
       try {
         payload = take_spilled(payload, true);
       } catch (const CorruptFrameError& e) {
@@ -77,9 +97,8 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
       } catch (const std::exception& e) {
         // Gone (removed by another process), truncated, or too big for
         // this process's memory: the frame is consumed, its job is not lost.
-        spilled_payload_lost_locked(slot, h, payload, e.what());
-        if (h.kind == Kind::init_failed) return;
-        continue;
+        spilled_payload_lost_locked(worker_name(slot), h, payload, e.what());
+        return;
       }
     }
     if (h.kind == Kind::inbox_corrupt) {
@@ -102,29 +121,87 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
     corruptions_without_progress_ = 0;
     run_ns_ewma_ = run_ns_ewma_ == 0 ? double(h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(h.arg);
     complete_locked(h.id, static_cast<Status>(h.tag), h.arg, std::move(payload));
-    if (options_.memory_soft_limit) check_soft_limit_locked(slot);
+    note_finished_job_locked(s);
   }
 }
 
-void EngineImpl::spilled_payload_lost_locked(uint32_t slot, const FrameHeader& h, const std::string& name,
+void EngineImpl::read_spilled_results_locked() {
+  std::vector<SpilledResult> results;
+  results.swap(spilled_);  // this thread's now; their ids stay in receiving_
+  {
+    ScopedUnlock unlocked(mu_);
+    for (auto& r : results) {
+      try {
+        r.payload = take_spilled(r.payload, true);
+      } catch (const CorruptFrameError& e) {
+        r.corrupt = true;
+        r.error = e.what();
+      } catch (const std::exception& e) {
+        // Gone (removed by another process), truncated, or too big for
+        // this process's memory: the frame is consumed, its job is not lost.
+        r.error = e.what();
+      }
+    }
+  }
+  for (auto& r : results) {
+    complete_spilled_locked(r);
+    receiving_.erase(std::find(receiving_.begin(), receiving_.end(), r.h.id));
+  }
+  // Completions no worker's ring announced (the ring rang before the read):
+  // a wait_for() caller for one of these jobs sleeps on the doorbell.
+  announce_completions();
+}
+
+void EngineImpl::complete_spilled_locked(SpilledResult& r) {
+  Slot& s = slots_[r.slot];
+  const bool same_worker = s.incarnation == r.incarnation && s.state != SlotState::dead;
+  if (r.corrupt) {
+    const std::string what =
+        worker_name(r.slot, r.pid) + "'s outbox held a corrupt spilled payload: " + r.error;
+    if (same_worker && !s.quarantined) {
+      // Its worker's again, as before its frame was taken: failed over with
+      // the rest of what the worker holds.
+      s.in_flight.push_front(std::move(r.job));
+      corrupt_slot_locked(r.slot, what);
+    } else {
+      log_locked(LogLevel::warning, "the pool's shared memory was corrupted: " + what);
+      fail_over_locked(std::move(r.job), "the pool's shared memory was corrupted: " + what);
+    }
+    return;
+  }
+  if (!r.error.empty()) {
+    spilled_payload_lost_locked(worker_name(r.slot, r.pid), r.h, r.payload, r.error);  // payload: still the name
+    return;
+  }
+  corruptions_without_progress_ = 0;
+  run_ns_ewma_ = run_ns_ewma_ == 0 ? double(r.h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(r.h.arg);
+  complete_locked(r.h.id, static_cast<Status>(r.h.tag), r.h.arg, std::move(r.payload));
+  if (same_worker) note_finished_job_locked(s);
+}
+
+void EngineImpl::fail_over_locked(Job&& job, const std::string& why) {
+  if (broken_) {
+    complete_locked(job.id, Status::broken, 0, *broken_);
+  } else if (job.retries_left > 0 && !stopping_) {
+    --job.retries_left;
+    ++stats_.retried;
+    pending_ids_.insert(job.id);
+    pending_.push_front(std::move(job));
+  } else {
+    complete_locked(job.id, Status::worker_lost, 0, why);
+  }
+}
+
+// For an initializer's failure, or a job's result (the job left its slot when
+// the frame was taken, and was counted as done by its worker then).
+void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const FrameHeader& h, const std::string& name,
                                              const std::string& what) {
-  const std::string why = worker_name(slot) + " passed it in shared-memory segment '" + name +
+  const std::string why = worker + " passed it in shared-memory segment '" + name +
                           "', which could not be read: " + what;
   if (h.kind == Kind::init_failed) {
     fail_everything_locked("the pool's initializer failed in a worker, but its report was lost: " + why);
     return;
   }
-  Slot& s = slots_[slot];
-  auto it = h.kind == Kind::result
-                ? std::find_if(s.in_flight.begin(), s.in_flight.end(), [&](const Job& j) { return j.id == h.id; })
-                : s.in_flight.end();
-  if (it == s.in_flight.end()) {  // not a job's result, or not ours (already failed over)
-    log_locked(LogLevel::warning, "a frame from " + why + "; it was dropped");
-    return;
-  }
-  s.in_flight.erase(it);
-  ++s.completed;  // the worker did finish the task
-  failures_without_progress_ = 0;
   const std::string message = "the task ran, but its result was lost: " + why + ". The pool goes on.";
   log_locked(LogLevel::warning, message);
   complete_locked(h.id, Status::worker_lost, h.arg, message);

@@ -54,10 +54,17 @@ struct Slot {
   std::deque<Job> in_flight;
   std::unordered_set<uint64_t> known_functions;
   std::vector<uint64_t> functions_to_drop;
+  // Counts the workers this slot has had: work done outside the engine's lock
+  // for one worker (reading its spilled result, its resident size) checks on
+  // return that the slot still holds that worker.
+  uint64_t incarnation = 0;
   uint64_t dispatched = 0;  // this incarnation, for max_tasks_per_child
   uint64_t completed = 0;   // this incarnation
   std::optional<KillReason> kill_reason;
   bool retired = false;  // inbox closed: no more jobs for this incarnation
+  // A job finished since its resident size was last compared with the soft
+  // memory limit (limits.cpp reads it outside the lock).
+  bool rss_check_due = false;
   // Its rings or its frames were found corrupt: the worker is being killed,
   // its jobs were failed over, and its rings are left alone until it exits.
   bool quarantined = false;

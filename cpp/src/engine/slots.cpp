@@ -78,6 +78,8 @@ void EngineImpl::start_slot_locked(uint32_t slot) {
     return;
   }
   layout_.reset_slot(slot);
+  ++s.incarnation;
+  s.rss_check_due = false;
   s.quarantined = false;
   s.jobs_forgotten = false;
   watch_[slot].live.store(true);
@@ -182,8 +184,10 @@ void EngineImpl::retire_locked(Slot& s) {
   s.retired = true;
 }
 
-std::string EngineImpl::worker_name(uint32_t slot) const {
-  return "worker " + std::to_string(slot) + " (pid " + std::to_string(slots_[slot].pid) + ")";
+std::string EngineImpl::worker_name(uint32_t slot) const { return worker_name(slot, slots_[slot].pid); }
+
+std::string EngineImpl::worker_name(uint32_t slot, pid_t pid) {
+  return "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ")";
 }
 
 }  // namespace shoal

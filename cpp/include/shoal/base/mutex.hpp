@@ -65,4 +65,20 @@ class SHOAL_SCOPED_CAPABILITY UniqueLock {
   bool owns_;
 };
 
+// The reverse of a guard: releases a lock the caller holds for its scope and
+// takes it again at the end, also when an exception leaves the scope. For a
+// slow read (a file, a big copy) in the middle of work done under the lock;
+// whatever was read under the lock before must be checked again after.
+template <class M>
+class SHOAL_SCOPED_CAPABILITY ScopedUnlock {
+ public:
+  explicit ScopedUnlock(M& m) SHOAL_RELEASE(m) : m_(m) { m_.unlock(); }
+  ~ScopedUnlock() SHOAL_RELEASE() { m_.lock(); }
+  ScopedUnlock(const ScopedUnlock&) = delete;
+  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
+
+ private:
+  M& m_;
+};
+
 }  // namespace shoal
