@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -98,4 +99,97 @@ TEST(Blob, SpillForNamesTheSegmentAfterItsOwnerAndLeavesTheNameToTheReceiver) {
     EXPECT_FALSE(entry.path().filename().string().starts_with("shoal-lock-" + std::to_string(owner) + "-"));
   EXPECT_EQ(shoal::take_spilled(name, true), "the payload");
   EXPECT_FALSE(shm_exists(name));
+}
+
+// ---- the layout version --------------------------------------------------------------
+
+namespace {
+
+// The error attach() gives for `name`, or "" if it attaches.
+template <class Attach>
+std::string attach_error(Attach attach, uint32_t* found = nullptr) {
+  try {
+    attach();
+  } catch (const shoal::LayoutVersionError& e) {
+    if (found) *found = e.found;
+    EXPECT_EQ(e.expected, shoal::PoolHeader::kVersion);
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a LayoutVersionError: " << e.what();
+    return e.what();
+  }
+  return "";
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+// The two words every layout keeps where they are: a tool of another build
+// reads them before anything else.
+TEST(PoolLayoutVersion, MagicAndVersionLieAtTheirFixedOffsets) {
+  PoolLayout layout = PoolLayout::create(2, 64 * 1024);
+  uint64_t magic;
+  uint32_t version;
+  std::memcpy(&magic, layout.segment().bytes() + shoal::PoolHeader::kMagicOffset, sizeof magic);
+  std::memcpy(&version, layout.segment().bytes() + shoal::PoolHeader::kVersionOffset, sizeof version);
+  EXPECT_EQ(magic, shoal::PoolHeader::kMagic);
+  EXPECT_EQ(version, shoal::PoolHeader::kVersion);
+  EXPECT_EQ(PoolLayout::attach(layout.segment().name()).slots(), 2u);
+}
+
+// A pool of another layout version (made by another version of shoal) is
+// refused with an error that names both versions: by PoolLayout::attach, by a
+// worker's endpoint, and by a worker process attaching it.
+TEST(PoolLayoutVersion, AttachingAPoolOfAnotherVersionFailsClearly) {
+  PoolLayout layout = PoolLayout::create(1, 64 * 1024);
+  const std::string name = layout.segment().name();
+  const uint32_t other = shoal::PoolHeader::kVersion + 1;
+  layout.header().version = other;
+
+  uint32_t found = 0;
+  const std::string error = attach_error([&] { PoolLayout::attach(name); }, &found);
+  EXPECT_EQ(found, other);
+  EXPECT_TRUE(has(error, "layout version " + std::to_string(other))) << error;
+  EXPECT_TRUE(has(error, "reads layout version " + std::to_string(shoal::PoolHeader::kVersion))) << error;
+  EXPECT_TRUE(has(error, "another version of shoal")) << error;
+  EXPECT_TRUE(has(error, name)) << error;
+
+  EXPECT_EQ(attach_error([&] { WorkerEndpoint(name, 0); }), error);
+  // In a worker process, as the pool's workers attach.
+  ChildProcess worker([&] {
+    try {
+      WorkerEndpoint ep(name, 0);
+    } catch (const shoal::LayoutVersionError& e) {
+      return e.found == other ? 0 : 3;
+    } catch (...) {
+      return 4;
+    }
+    return 2;
+  });
+  EXPECT_TRUE(worker.succeeded());
+
+  // The engine's own check of its header says the same in its words.
+  const auto fault = layout.header_fault();
+  ASSERT_TRUE(fault.has_value());
+  EXPECT_TRUE(has(*fault, "layout version is " + std::to_string(other))) << *fault;
+  layout.header().version = shoal::PoolHeader::kVersion;
+  EXPECT_FALSE(layout.header_fault().has_value());
+  EXPECT_EQ(PoolLayout::attach(name).slots(), 1u);
+}
+
+// The version is judged from the first 16 bytes alone: whatever another
+// layout keeps after them (here bytes that would be a corrupt header in this
+// one) is never read, and the error is about the version.
+TEST(PoolLayoutVersion, NothingAfterTheVersionWordIsReadForAnotherVersion) {
+  shoal::SharedSegment seg = shoal::SharedSegment::create(4096);
+  const uint64_t magic = shoal::PoolHeader::kMagic;
+  const uint32_t version = shoal::PoolHeader::kVersion + 7;
+  std::memset(seg.data(), 0xff, seg.size());
+  std::memcpy(seg.bytes() + shoal::PoolHeader::kMagicOffset, &magic, sizeof magic);
+  std::memcpy(seg.bytes() + shoal::PoolHeader::kVersionOffset, &version, sizeof version);
+  uint32_t found = 0;
+  const std::string error = attach_error([&] { PoolLayout::attach(seg.name()); }, &found);
+  EXPECT_EQ(found, version);
+  EXPECT_TRUE(has(error, "layout version " + std::to_string(version))) << error;
 }

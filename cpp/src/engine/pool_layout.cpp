@@ -3,6 +3,7 @@
 #include <bit>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <stdexcept>
 
@@ -69,13 +70,21 @@ PoolLayout PoolLayout::create(uint32_t slots, std::size_t ring_bytes) {
 PoolLayout PoolLayout::attach(const std::string& name) {
   SharedSegment seg = SharedSegment::attach(name);
   const std::string what = "shared-memory segment '" + seg.name() + "' ";
+  // The identity words first, read from where every layout version keeps
+  // them: only then is it known how the rest is laid out.
+  if (seg.size() < PoolHeader::kIdentityBytes) throw CorruptFrameError(what + "is too small to be a shoal pool");
+  uint64_t magic;
+  uint32_t version;
+  std::memcpy(&magic, seg.bytes() + PoolHeader::kMagicOffset, sizeof magic);
+  std::memcpy(&version, seg.bytes() + PoolHeader::kVersionOffset, sizeof version);
+  if (magic != PoolHeader::kMagic) throw CorruptFrameError(what + "is not a shoal pool");
+  if (version != PoolHeader::kVersion)
+    throw LayoutVersionError(what + "holds a shoal pool of layout version " + std::to_string(version) +
+                                 ", but this shoal reads layout version " + std::to_string(PoolHeader::kVersion) +
+                                 " only: the pool was made by another version of shoal",
+                             version);
   if (seg.size() < kHeaderBytes) throw CorruptFrameError(what + "is too small to be a shoal pool");
   const auto& hdr = *static_cast<const PoolHeader*>(seg.data());
-  if (read_once(hdr.magic) != PoolHeader::kMagic) throw CorruptFrameError(what + "is not a shoal pool");
-  const uint32_t version = read_once(hdr.version);
-  if (version != PoolHeader::kVersion)
-    throw CorruptFrameError(what + "holds a pool of layout version " + std::to_string(version) + ", not " +
-                            std::to_string(PoolHeader::kVersion));
   const uint32_t slots = read_once(hdr.slots);
   const uint64_t ring_bytes = read_once(hdr.ring_bytes);
   const uint64_t segment_bytes = read_once(hdr.segment_bytes);

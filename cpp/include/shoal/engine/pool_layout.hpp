@@ -11,12 +11,23 @@
 // write to the header can move a slot or a ring out of the mapping. The
 // header itself is compared against that copy by header_fault(), which the
 // engine calls every round (a corrupt header breaks the pool).
+//
+// Versions. Processes other than the pool's own workers will attach to pools
+// (tools such as `shoal top`), and they may come from another build of shoal.
+// So the header starts with two words whose place never changes, whatever
+// the layout: the magic number (offset 0, 8 bytes) and the layout version
+// (offset 8, 4 bytes). Any change to what follows (the header, the slots,
+// the rings, the status words) takes a new kVersion. attach() reads those two
+// words first, from the first 16 bytes alone, and refuses a pool of another
+// version with LayoutVersionError before it reads anything else, so a newer
+// layout's header (longer, shorter, reordered) is never misread.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 
+#include "shoal/base/errors.hpp"
 #include "shoal/ipc/notifier.hpp"
 #include "shoal/ipc/ring.hpp"
 #include "shoal/ipc/segment.hpp"
@@ -26,6 +37,10 @@ namespace shoal {
 struct PoolHeader {
   static constexpr uint64_t kMagic = 0x73686f616c504f4fULL;  // "shoalPOO"
   static constexpr uint32_t kVersion = 2;                     // of this layout
+  // Where the two words every version keeps lie (see the top of this file).
+  static constexpr std::size_t kMagicOffset = 0;
+  static constexpr std::size_t kVersionOffset = 8;
+  static constexpr std::size_t kIdentityBytes = 16;  // what attach() reads before the version is known
   uint64_t magic;
   uint32_t version;
   uint32_t slots;
@@ -33,6 +48,20 @@ struct PoolHeader {
   uint64_t segment_bytes;  // what the layout needs (the segment may be a little larger)
   // Workers ring this after publishing a result; the parent's engine sleeps on it.
   alignas(64) Notifier doorbell;
+};
+
+static_assert(offsetof(PoolHeader, magic) == PoolHeader::kMagicOffset, "the magic word never moves");
+static_assert(offsetof(PoolHeader, version) == PoolHeader::kVersionOffset, "the version word never moves");
+static_assert(sizeof(PoolHeader::magic) == 8 && sizeof(PoolHeader::version) == 4);
+
+// A segment that holds a shoal pool of another layout version than this
+// build's: made by another version of shoal. A CorruptFrameError (the
+// segment is not a pool this process can use), so code that handles that
+// handles this; tools can tell it apart.
+struct LayoutVersionError : CorruptFrameError {
+  LayoutVersionError(const std::string& what, uint32_t found) : CorruptFrameError(what), found(found) {}
+  uint32_t found;                             // the pool's layout version
+  uint32_t expected = PoolHeader::kVersion;  // this build's
 };
 
 // Written by the worker, read by the parent: which job runs right now, so that
@@ -51,8 +80,9 @@ class PoolLayout {
   static constexpr uint64_t kMaxRingBytes = uint64_t{1} << 40;
 
   static PoolLayout create(uint32_t slots, std::size_t ring_bytes);
-  // Throws CorruptFrameError if the segment does not hold a pool of this
-  // layout whose geometry fits it.
+  // Throws LayoutVersionError if the segment holds a pool of another layout
+  // version, CorruptFrameError if it holds no pool, or one whose geometry
+  // does not fit it.
   static PoolLayout attach(const std::string& name);
 
   PoolHeader& header() const { return *static_cast<PoolHeader*>(segment_.data()); }
