@@ -220,3 +220,158 @@ def test_corrupt_inbox_makes_its_worker_exit_with_a_clear_message(tmp_path):
 def test_random_bytes_over_the_whole_segment_never_crash_the_process(tmp_path, seed):
     out, err = run_pool_and_garble(tmp_path, "everything", seed=seed)
     assert f"BROKEN {CORRUPTED}" in out or f"AFTER-BROKEN {CORRUPTED}" in out, out + err[-4000:]
+
+
+# ---- garbage in the pool's arena ------------------------------------------------
+#
+# Big buffers (numpy arrays of 64 KiB and more) travel through the pool's
+# SharedArena: a control segment in /dev/shm (its magic word is "hoaeARN1"),
+# then memfd segments the pool's process holds, which any process of the user
+# can open as /proc/<pid>/fd/<n>. Another process writes random bytes over the
+# arena's metadata while tasks are queued with their arguments in it. The
+# parent must survive; the calls that meet the garbage raise a clear error (the
+# tasks whose blocks it hit fail, with TransferError naming the arena, or are
+# refused at submit); everything else goes on, and no worker dies of it.
+
+ARENA_MAGIC = b"hoaeARN1"  # kControlMagic, cpp/src/mem/arena_layout.hpp
+# Control (arena_layout.hpp): the slot table at 656, 128 bytes a slot, the name at 40 in each.
+ARENA_SLOTS, ARENA_SLOT_BYTES, ARENA_SLOT_NAME = 656, 128, 40
+ARENA_MUTEX, ARENA_MUTEX_END = 40, 80
+
+ARENA_SCRIPT = textwrap.dedent(
+    r'''
+    import os
+    import sys
+    import threading
+    import time
+
+    import numpy as np
+    import shoal
+
+    def total(arr):
+        return float(arr.sum())
+
+    def make(i):
+        return np.full(200_000, i, dtype=np.float64)  # 1.6 MB: back through the arena
+
+    def report(what, fn):
+        try:
+            print(what, "ok", fn(), flush=True)
+        except TimeoutError:
+            print("FAIL: a task was left waiting", flush=True)
+            os._exit(1)
+        except Exception as e:
+            print(what, "ERROR", type(e).__name__, str(e).replace("\n", " ")[:600], flush=True)
+
+    ex = shoal.Executor(2)
+    arr = np.arange(1_000_000, dtype=np.float64)  # 8 MB
+    assert ex.submit(total, arr).result(timeout=60) == float(arr.sum())
+    assert ex.submit(make, 3).result(timeout=60)[0] == 3
+    # Both workers busy; four tasks queued whose arguments are in the arena already.
+    running = [ex.submit(time.sleep, 1.5) for _ in range(2)]
+    queued = [ex.submit(total, arr) for _ in range(4)]
+    time.sleep(0.3)
+    print("READY", flush=True)
+    sys.stdin.readline()  # the test has written its garbage
+    for fut in running + queued:
+        report("QUEUED", lambda: fut.result(timeout=60))
+    for i in range(4):
+        report("SUBMIT-ARRAY", lambda: ex.submit(total, arr).result(timeout=60))
+        report("RESULT-ARRAY", lambda: float(ex.submit(make, i).result(timeout=60)[0]))
+        report("SHARED", lambda: float(shoal.share(arr).sum()))
+        report("PLAIN", lambda: ex.submit(pow, 3, 3).result(timeout=60))
+    print("STATS", ex.stats()["workers_lost"], flush=True)
+    t = threading.Thread(target=ex.shutdown, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    if t.is_alive():
+        print("FAIL: shutdown hung", flush=True)
+        os._exit(1)
+    print("DONE", flush=True)
+    '''
+)
+
+
+def arena_segments(pid, timeout=30):
+    """The pool's arena: its control segment's path in /dev/shm, and the
+    /proc/<pid>/fd paths of the memfd segments the process holds."""
+    deadline = time.monotonic() + timeout
+    control = None
+    while control is None and time.monotonic() < deadline:
+        for name in shoal_segments_of(pid):
+            path = os.path.join(SHM, name)
+            try:
+                with open(path, "rb") as f:
+                    if f.read(8) == ARENA_MAGIC:
+                        control = path
+            except OSError:
+                pass
+        time.sleep(0.05)
+    assert control is not None, f"no arena control segment of process {pid} in {SHM}"
+    memfds = []
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target.startswith(f"/memfd:shoal-{pid}-"):
+            memfds.append(os.path.join(fd_dir, fd))
+    return control, memfds
+
+
+def garble_arena(pid, where, seed):
+    rng = random.Random(seed)
+    control, memfds = arena_segments(pid)
+    with open(control, "r+b") as f, mmap.mmap(f.fileno(), 0) as mem:
+        slot0 = mem[ARENA_SLOTS + ARENA_SLOT_NAME:ARENA_SLOTS + ARENA_SLOT_NAME + 48]
+        assert slot0.startswith(f"shoal-{pid}-".encode()), slot0  # the layout this test knows
+        if where in ("control", "everything"):
+            mem[:] = rng.randbytes(len(mem))
+        elif where == "control-but-mutex":
+            mem[:ARENA_MUTEX] = rng.randbytes(ARENA_MUTEX)
+            mem[ARENA_MUTEX_END:ARENA_SLOTS] = rng.randbytes(ARENA_SLOTS - ARENA_MUTEX_END)
+        elif where == "slots":
+            mem[ARENA_SLOTS:ARENA_SLOTS + 16 * ARENA_SLOT_BYTES] = rng.randbytes(16 * ARENA_SLOT_BYTES)
+    if where in ("segments", "everything"):
+        assert memfds, "the arena has no memfd segment"
+        for path in memfds:
+            with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mem:
+                # The first blocks' headers and bytes, and a run further in.
+                mem[:65536] = rng.randbytes(65536)
+                at = rng.randrange(0, len(mem) - 65536) // 64 * 64
+                mem[at:at + 65536] = rng.randbytes(65536)
+
+
+@pytest.mark.parametrize("where", ["control", "control-but-mutex", "slots", "segments", "everything"])
+def test_garbage_in_the_arena_fails_the_calls_that_meet_it_never_the_process(tmp_path, where):
+    script = tmp_path / "garbled_arena.py"
+    script.write_text(ARENA_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # bounded: the pool either starts or the child dies
+        assert line.strip() == "READY", line + proc.stderr.read()[-3000:]
+        garble_arena(proc.pid, where, seed=7)
+        out, err = proc.communicate("go\n", timeout=300)
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{out}\n{err[-4000:]}"
+    assert "DONE" in out and "FAIL" not in out, out + err[-4000:]
+    lines = out.splitlines()
+    # Tasks that need no arena go on; no worker died of the garbage.
+    assert lines.count("PLAIN ok 27") == 4, out
+    assert "STATS 0" in lines, out + err[-4000:]
+    errors = [line for line in lines if " ERROR " in line]
+    assert errors, "the garbage went unnoticed: " + out
+    # Each error says what happened: the arena was corrupted, or (a descriptor
+    # whose block the garbage erased) the block reads as gone.
+    clear = ("was corrupted", "overwritten", "already freed", "freed before it arrived", "lies outside its segment",
+             "cannot be reached", "the limit would be passed")
+    unclear = [line for line in errors if not any(part in line for part in clear)]
+    assert not unclear, "\n".join(unclear)
+    # ... and at least one names the arena and says its memory was overwritten.
+    assert any("shared-memory arena" in line and ("was corrupted" in line or "overwritten" in line)
+               for line in errors), out

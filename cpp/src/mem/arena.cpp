@@ -289,11 +289,20 @@ uint64_t SharedArena::next_generation_locked() {
 
 BlockHeader* SharedArena::live_header(const Block& b) const {
   BlockHeader* h = pooled_header(b);
-  if (b.generation == 0 || h->generation.load(std::memory_order_acquire) != b.generation)
-    throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
-  // The generation matches: the header is the block's, and must say so.
-  const uint64_t at = b.offset - kHeaderBytes, span = h->span;
+  const uint64_t at = b.offset - kHeaderBytes;
   const uint64_t state = std::atomic_ref<uint64_t>(h->state).load(std::memory_order_acquire);
+  if (b.generation == 0 || h->generation.load(std::memory_order_acquire) != b.generation) {
+    // A header that has been freed keeps its words (used or free); bytes that
+    // are neither are no header at all.
+    if (b.generation != 0 && state != kUsedWord && state != kFreeWord)
+      throw CorruptFrameError("shared-memory arena '" + name() + "': there is no block header at offset " +
+                              std::to_string(at) + " of segment " + std::to_string(b.segment) +
+                              ": it was overwritten (another process wrote over the arena's shared memory), "
+                              "or the descriptor names no block of this arena (released once too often?)");
+    throw std::invalid_argument("shared-memory block was already freed (released once too often?)");
+  }
+  // The generation matches: the header is the block's, and must say so.
+  const uint64_t span = h->span;
   if (state != kUsedWord || !span_fits(at, span, pooled_size_[b.segment].load(std::memory_order_relaxed)))
     corrupt("the header of the block at offset " + std::to_string(at) + " of segment " + std::to_string(b.segment) +
             " was overwritten (state word " + std::to_string(state) + ", span " + std::to_string(span) + ")");
@@ -354,8 +363,10 @@ void SharedArena::throw_limit(std::size_t requested, const char* why) const {
 
 uint32_t SharedArena::claim_slot_locked(std::size_t bytes, uint32_t purpose) {
   Control& c = ctl();
-  if (c.closed.load(std::memory_order_acquire) != 0)
+  if (const uint32_t word = c.closed.load(std::memory_order_acquire); word != 0) {
+    if (word > 1) corrupt("its closed word is " + std::to_string(word));  // the owner writes 1
     throw ClosedError("shared-memory arena '" + name() + "' is closed");
+  }
   const uint32_t n = c.slot_count.load(std::memory_order_relaxed);
   if (n > kMaxSegments)
     corrupt("its slot count is " + std::to_string(n) + ", more than the " + std::to_string(kMaxSegments) +
@@ -419,7 +430,10 @@ std::byte* SharedArena::pooled_base(uint32_t slot) const {
   if (base) return base;
   const SlotRecord& s = ctl().slots[slot];
   if (s.kind.load(std::memory_order_acquire) != kPooled)
-    throw std::invalid_argument("block descriptor names no live segment of shared-memory arena '" + name() + "'");
+    throw std::invalid_argument("block descriptor names no live segment of shared-memory arena '" + name() +
+                                "' (segment " + std::to_string(slot) +
+                                " is no pooled segment: the descriptor is not one of this arena's, or the "
+                                "arena's slot table was overwritten)");
   auto seg = std::make_unique<SharedSegment>(map_segment(slot));
   // Every offset into the segment is checked against this size: this
   // process's own mapping, whatever the slot table says later.
@@ -823,7 +837,14 @@ uint32_t SharedArena::refcount(const Block& b) { return refs_of(b).load(std::mem
 // --- allocation --------------------------------------------------------------
 
 Block SharedArena::alloc(std::size_t size, bool zero) {
-  if (closed()) throw ClosedError("shared-memory arena '" + name() + "' is closed");
+  if (closed()) {
+    // The owner writes 1; anything else, or a control block that no longer
+    // checks out, is garbage that only looks like a close.
+    check_control();
+    if (const uint32_t word = ctl().closed.load(std::memory_order_acquire); word > 1)
+      corrupt("its closed word is " + std::to_string(word));
+    throw ClosedError("shared-memory arena '" + name() + "' is closed");
+  }
   if (size <= segment_bytes_ / 4) {
     Block b = alloc_pooled(size, zero);
     if (b.generation != 0) return b;
