@@ -300,3 +300,10 @@ def first_value(a):
 
 def wait_for_event(event, timeout=60):
     return event.wait(timeout)
+
+
+def signal_then_wait_for_event(started, event, timeout=60):
+    """Releases the semaphore `started` (whoever acquires it then knows this
+    task runs), then waits for `event`."""
+    started.release()
+    return event.wait(timeout)
