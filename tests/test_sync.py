@@ -70,11 +70,11 @@ def _add_under_lock(lock, counter, times):
 
 
 def _try_lock_briefly(lock):
-    started = time.monotonic()
+    deadline = time.monotonic() + 0.05
     got = lock.acquire(timeout=0.05)
-    waited = time.monotonic() - started
+    waited_it_out = time.monotonic() >= deadline  # gave up at its timeout, not before
     nonblocking = lock.acquire(False)
-    raise SystemExit(0 if (not got and waited >= 0.04 and not nonblocking) else 1)
+    raise SystemExit(0 if (not got and waited_it_out and not nonblocking) else 1)
 
 
 def _acquire_and_die(lock):
@@ -93,8 +93,9 @@ def _wait_for_event(event, reply):
     reply.set()
 
 
-def _wait_for_flag(cond, flag):
+def _wait_for_flag(cond, flag, waiting):
     with cond:
+        waiting.value = 1  # under the lock: once the parent holds it, this child is in wait_for
         ok = cond.wait_for(lambda: flag.value == 1, timeout=JOIN)
         held = cond._is_owned()
     raise SystemExit(0 if ok and held else 1)
@@ -231,10 +232,10 @@ def test_blocked_acquire_is_interruptible():
     old = signal.signal(signal.SIGALRM, on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
-        started = time.monotonic()
+        deadline = time.monotonic() + JOIN
         with pytest.raises(Interrupted):
             sem.acquire(timeout=JOIN)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() < deadline  # the signal ended the wait, not its timeout
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -289,10 +290,10 @@ def test_event_wakes_a_waiter_in_another_process():
 
 def test_condition_notify_wakes_a_waiter_in_another_process():
     cond = Condition()
-    flag = ctx.RawValue("i", 0)
-    procs = run_children(_wait_for_flag, (cond, flag))
-    time.sleep(0.05)
-    with cond:
+    flag, waiting = ctx.RawValue("i", 0), ctx.RawValue("i", 0)
+    procs = run_children(_wait_for_flag, (cond, flag, waiting))
+    assert eventually(lambda: waiting.value == 1, timeout=JOIN)
+    with cond:  # the child released the lock: it waits for the notify
         flag.value = 1
         cond.notify()
     assert join_all(procs) == [0]
@@ -306,9 +307,9 @@ def test_condition_wait_times_out_and_restores_rlock_depth():
         cond.notify()
     with cond:
         with cond:
-            started = time.monotonic()
+            deadline = time.monotonic() + 0.03
             assert cond.wait(0.03) is False
-            assert time.monotonic() - started >= 0.025
+            assert time.monotonic() >= deadline  # it waited out its timeout, not less
             assert cond._lock._depth == 2
         assert cond.wait_for(lambda: False, timeout=0.02) is False
     assert not cond._is_owned()
