@@ -108,14 +108,13 @@ def test_close_and_join(no_leaks):
 
 
 def test_context_manager_terminates(no_leaks):
+    started, never = shoal.Semaphore(0), shoal.Event()
     with shoal.Pool(2) as p:
         assert p.map(tasks.square, range(5)) == [0, 1, 4, 9, 16]
-        r = p.apply_async(tasks.sleep_then, (1, 30))
-        time.sleep(0.1)
-    start = time.monotonic()
-    r.wait(10)
-    assert time.monotonic() - start < 5
-    assert r.ready() and not r.successful()
+        r = p.apply_async(tasks.signal_then_wait_for_event, (started, never))  # would run for 60 s
+        assert started.acquire(timeout=60)  # it runs when the block ends
+    r.wait(30)
+    assert r.ready() and not r.successful()  # terminated, not finished
 
 
 def test_initializer_and_maxtasksperchild(no_leaks):
