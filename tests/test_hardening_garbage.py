@@ -43,6 +43,7 @@ SCRIPT = textwrap.dedent(
     import time
 
     import shoal
+    import tasks
 
     def shut_down(ex):
         t = threading.Thread(target=ex.shutdown, daemon=True)
@@ -52,18 +53,49 @@ SCRIPT = textwrap.dedent(
 
     retries = int(sys.argv[1])
     ex = shoal.Executor(2)
-    assert ex.submit(pow, 2, 10).result(timeout=60) == 1024
-    # Two tasks per worker: each runs one and holds the next in its inbox.
-    running = [ex.with_options(retries=retries).submit(time.sleep, 1.5) for _ in range(4)]
-    time.sleep(0.3)
+    # Tiny tasks first: the engine measures them, and queues the next tasks
+    # in the workers' inboxes (it sends a task that may be long one at a time).
+    for _ in range(20):
+        assert ex.submit(pow, 2, 10).result(timeout=60) == 1024
+    deadline = time.monotonic() + 60
+    while len(ex.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # both workers up
+    # Two tasks per worker: each runs one and holds the next in its inbox, and
+    # none ends before the release below.
+    started, release = shoal.Semaphore(0), shoal.Event()
+    running = [ex.with_options(retries=retries).submit(tasks.signal_then_wait_for_event, started, release)
+               for _ in range(4)]
+    if not (started.acquire(timeout=60) and started.acquire(timeout=60)):
+        print("FAIL: the first two tasks did not start, one in each worker", flush=True)
+        os._exit(1)
+    deadline = time.monotonic() + 30
+    while not all(f.running() for f in running) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the other two have left the queue for the inboxes
+    if not all(f.running() for f in running):
+        print("FAIL: the last two tasks did not reach the inboxes", flush=True)
+        os._exit(1)
     print("READY", flush=True)
-    sys.stdin.readline()  # the test has written its garbage
+    then = sys.stdin.readline().strip()  # the test has written its garbage
     later = []
     for i in range(6):
         try:
             later.append(ex.with_options(retries=retries).submit(pow, 3, i))
         except shoal.BrokenPoolError as e:  # a broken pool refuses new tasks
             print("BROKEN", str(e).replace("\n", " "))
+    # The running tasks end once the pool has noticed the garbage (a task
+    # failed: a worker lost, or the pool broken; or a worker lost and its task
+    # retried), or at once for garbage in an inbox, which a worker reads only
+    # once its task is done.
+    def noticed():
+        try:
+            lost = ex.stats()["workers_lost"]
+        except Exception:  # noqa: BLE001 - a broken pool
+            return True
+        return lost > 0 or any(f.done() for f in running + later)
+    deadline = time.monotonic() + 60
+    while then == "notice" and not noticed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
     for fut in running + later:
         try:
             fut.result(timeout=60)
@@ -166,13 +198,15 @@ def garble(path, where, seed):
 def run_pool_and_garble(tmp_path, where, retries=0, seed=1):
     script = tmp_path / "garbled_pool.py"
     script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__))] + sys.path))
     proc = subprocess.Popen([sys.executable, str(script), str(retries)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()  # bounded: the pool either starts or the child dies
         assert line.strip() == "READY", line + proc.stderr.read()[-3000:]
         garble(pool_segment(proc.pid), where, seed)
-        out, err = proc.communicate("go\n", timeout=180)
+        then = "release" if where.startswith("inbox") else "notice"
+        out, err = proc.communicate(then + "\n", timeout=180)
     except BaseException:
         proc.kill()
         proc.communicate(timeout=30)
