@@ -4,6 +4,7 @@
 // Job payloads: "echo:<text>" returns <text>; "pid" returns the worker's pid;
 // "die" kills the worker with SIGKILL; "die-once:<path>" dies unless <path>
 // exists (creating it first); "sleep:<ms>" sleeps, then returns "slept";
+// "sleep:<ms>:<path>" creates <path> first and <path>.done after its sleep;
 // "ppid" returns the parent's pid (a forked worker's: the fork server's);
 // "spill-gone" publishes a result spilled into a segment of its own whose name
 // is removed before the parent can read it (as another process's cleanup may);
@@ -46,7 +47,12 @@ std::string run(const std::string& job) {
     return "survived";
   }
   if (job.starts_with("sleep:")) {
+    const std::size_t colon = job.find(':', 6);
+    const std::string marker = colon == std::string::npos ? "" : job.substr(colon + 1);
+    auto touch = [](const std::string& path) { close(open(path.c_str(), O_CREAT | O_WRONLY, 0600)); };
+    if (!marker.empty()) touch(marker);  // the job runs
     std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(job.substr(6))));
+    if (!marker.empty()) touch(marker + ".done");  // and ran to its end
     return "slept";
   }
   return "unknown job " + job;
