@@ -145,11 +145,28 @@ TEST_P(SupervisionTest, TerminateKillsBusyWorkers) {
   SigchldDisposition disposition(ignored());
   Engine e(options(2, fork_server()));
   uint64_t fn = e.define_function("f");
+  // Each job leaves a file when it starts (and another if it ever ends).
+  auto marker = [&](int i) {
+    return "/tmp/shoal-supervision-" + std::to_string(getpid()) + "-" + std::to_string(fork_server()) + "-" +
+           std::to_string(i);
+  };
+  auto exists = [](const std::string& path) { return std::ifstream(path).good(); };
   std::vector<uint64_t> ids;
-  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "sleep:60000"));
-  std::this_thread::sleep_for(200ms);
-  EXPECT_TRUE(returns_within(30s, [&] { e.terminate(); }));
+  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "sleep:60000:" + marker(i)));
+  auto running = [&] {
+    int n = 0;
+    for (int i = 0; i < 4; ++i) n += exists(marker(i));
+    return n;
+  };
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (running() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(running(), 2) << "both workers busy";
+  EXPECT_TRUE(returns_within(30s, [&] { e.terminate(); }));  // their jobs would run a minute
   EXPECT_TRUE(e.worker_pids().empty());
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_FALSE(exists(marker(i) + ".done")) << "job " << i << " ran to its end";
+    unlink(marker(i).c_str());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Launchers, SupervisionTest,
