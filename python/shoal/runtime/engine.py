@@ -80,7 +80,12 @@ class _ReleasingHandler:
             self.release()
 
     def release(self) -> None:
-        release(self.payload, self.arena)
+        try:
+            release(self.payload, self.arena)
+        except Exception:  # noqa: BLE001 - the job's outcome stands; at worst its blocks leak
+            # The arena's memory was overwritten (RuntimeError "... was corrupted"), or
+            # its blocks are gone: nothing to undo, and no caller to raise it to.
+            log.warning("shoal could not release the shared memory of a task's arguments", exc_info=True)
 
 
 class Runtime:
