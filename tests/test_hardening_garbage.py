@@ -281,6 +281,7 @@ ARENA_SCRIPT = textwrap.dedent(
 
     import numpy as np
     import shoal
+    import tasks
 
     def total(arr):
         return float(arr.sum())
@@ -301,12 +302,17 @@ ARENA_SCRIPT = textwrap.dedent(
     arr = np.arange(1_000_000, dtype=np.float64)  # 8 MB
     assert ex.submit(total, arr).result(timeout=60) == float(arr.sum())
     assert ex.submit(make, 3).result(timeout=60)[0] == 3
-    # Both workers busy; four tasks queued whose arguments are in the arena already.
-    running = [ex.submit(time.sleep, 1.5) for _ in range(2)]
+    # Both workers busy until the garbage is written; four tasks queued behind
+    # them, whose arguments are in the arena already (packed at submit).
+    started, release = shoal.Semaphore(0), shoal.Event()
+    running = [ex.submit(tasks.signal_then_wait_for_event, started, release) for _ in range(2)]
+    if not (started.acquire(timeout=60) and started.acquire(timeout=60)):
+        print("FAIL: the first two tasks did not start, one in each worker", flush=True)
+        os._exit(1)
     queued = [ex.submit(total, arr) for _ in range(4)]
-    time.sleep(0.3)
     print("READY", flush=True)
     sys.stdin.readline()  # the test has written its garbage
+    release.set()
     for fut in running + queued:
         report("QUEUED", lambda: fut.result(timeout=60))
     for i in range(4):
@@ -381,8 +387,9 @@ def garble_arena(pid, where, seed):
 def test_garbage_in_the_arena_fails_the_calls_that_meet_it_never_the_process(tmp_path, where):
     script = tmp_path / "garbled_arena.py"
     script.write_text(ARENA_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__))] + sys.path))
     proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()  # bounded: the pool either starts or the child dies
         assert line.strip() == "READY", line + proc.stderr.read()[-3000:]
