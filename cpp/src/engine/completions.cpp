@@ -46,11 +46,7 @@ bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline)
   collector_away_since_ns_.store(0);
   for (;;) {
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
-    if (!stopped_) {
-      drain_outboxes_locked();
-      finish_drains_locked();
-      dispatch_locked();
-    }
+    if (!stopped_) take_results_locked();
     left_for_collector_.store(false);  // whatever is there now is taken below
     if (!completions_.empty()) {
       if (awaited_.empty()) {
@@ -110,11 +106,7 @@ bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::option
   ResultWaiter waiting(*this, lk, job_id);
   for (;;) {
     const uint32_t seen = bell.seq.load(std::memory_order_seq_cst);
-    if (!stopped_) {
-      drain_outboxes_locked();
-      finish_drains_locked();
-      dispatch_locked();
-    }
+    if (!stopped_) take_results_locked();
     auto it = std::find_if(completions_.begin(), completions_.end(),
                            [&](const Completion& c) { return c.job_id == job_id; });
     if (it != completions_.end()) {

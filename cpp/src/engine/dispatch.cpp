@@ -58,7 +58,8 @@ std::size_t EngineImpl::prefetch_depth() const {
 void EngineImpl::dispatch_locked() {
   if (pending_.empty()) return;  // the common case after a drain: nothing to hand out
   const std::size_t depth = prefetch_depth();
-  std::vector<bool> full(slots_.size(), false);
+  std::vector<uint8_t>& full = inbox_full_;
+  std::fill(full.begin(), full.end(), uint8_t{0});
   while (!pending_.empty()) {
     if (!pending_ids_.count(pending_.front().id)) {  // cancelled while queued
       pending_.pop_front();
@@ -96,7 +97,7 @@ void EngineImpl::dispatch_locked() {
       sent = true;
     }
     if (!sent) {
-      full[best] = true;
+      full[best] = 1;
       continue;
     }
     pending_ids_.erase(pending_.front().id);

@@ -63,7 +63,8 @@ EngineImpl::EngineImpl(EngineOptions options)
       layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes)),
       inline_payload_limit_(proto::inline_payload_limit(layout_.inbox(0).max_frame())),
       watch_(std::make_unique<SlotWatch[]>(layout_.slots())),
-      slots_(layout_.slots()) {
+      slots_(layout_.slots()),
+      inbox_full_(slots_.size(), 0) {
   for (uint32_t i = 0; i < slots_.size(); ++i) {
     slots_[i].inbox = layout_.inbox(i);
     slots_[i].outbox = layout_.outbox(i);

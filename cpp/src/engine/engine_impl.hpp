@@ -144,11 +144,26 @@ class EngineImpl {
     if (!spilled_.empty()) read_spilled_results_locked();
     if (rss_checks_due_) check_soft_limits_locked();
   }
+  // What a thread that takes results does each round: drain the outboxes,
+  // finish what the drains left (above), refill the inboxes.
+  void take_results_locked() SHOAL_REQUIRES(mu_) {
+    drain_outboxes_locked();
+    finish_drains_locked();
+    dispatch_locked();
+  }
   void read_spilled_results_locked() SHOAL_REQUIRES(mu_);
   void complete_spilled_locked(SpilledResult& r) SHOAL_REQUIRES(mu_);
   // A job whose worker can no longer deliver its result (its shared memory
   // went bad) and that no slot holds: retried if it may be, else failed with `why`.
   void fail_over_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
+  // A job that did not finish where it was sent: back to the front of the
+  // queue, retried if it may be (not while stopping), else failed with `why`.
+  void retry_or_fail_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
+  // A job back to the front of the central queue, to be dispatched again.
+  void requeue_locked(Job&& job) SHOAL_REQUIRES(mu_) {
+    pending_ids_.insert(job.id);
+    pending_.push_front(std::move(job));
+  }
 
   // ---- completions.cpp: completions -> callers -----------------------------
   void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
@@ -232,6 +247,9 @@ class EngineImpl {
   // The vector is sized at construction and never resized; its elements (every
   // field of every Slot) change only under mu_.
   std::vector<Slot> slots_ SHOAL_GUARDED_BY(mu_);
+  // dispatch_locked()'s scratch: the slots whose inbox filled up this round.
+  // A member, sized once with slots_: dispatch runs on every submit.
+  std::vector<uint8_t> inbox_full_ SHOAL_GUARDED_BY(mu_);
   // The central queue. A job is queued while its id is in pending_ids_; a
   // cancelled one stays in pending_ until dispatch reaches it.
   std::deque<Job> pending_ SHOAL_GUARDED_BY(mu_);

@@ -25,13 +25,8 @@ void EngineImpl::corrupt_slot_locked(uint32_t slot, const std::string& what) {
     Job& job = *it;
     if (s.kill_reason && s.kill_reason->job_id == job.id) {
       complete_locked(job.id, s.kill_reason->status, 0, s.kill_reason->message);
-    } else if (job.retries_left > 0 && !stopping_) {
-      --job.retries_left;
-      ++stats_.retried;
-      pending_ids_.insert(job.id);
-      pending_.push_front(std::move(job));
     } else {
-      complete_locked(job.id, Status::worker_lost, 0, why);
+      retry_or_fail_locked(std::move(job), why);
     }
   }
   s.in_flight.clear();

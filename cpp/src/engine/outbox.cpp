@@ -182,11 +182,16 @@ void EngineImpl::complete_spilled_locked(SpilledResult& r) {
 void EngineImpl::fail_over_locked(Job&& job, const std::string& why) {
   if (broken_) {
     complete_locked(job.id, Status::broken, 0, *broken_);
-  } else if (job.retries_left > 0 && !stopping_) {
+  } else {
+    retry_or_fail_locked(std::move(job), why);
+  }
+}
+
+void EngineImpl::retry_or_fail_locked(Job&& job, const std::string& why) {
+  if (job.retries_left > 0 && !stopping_) {
     --job.retries_left;
     ++stats_.retried;
-    pending_ids_.insert(job.id);
-    pending_.push_front(std::move(job));
+    requeue_locked(std::move(job));
   } else {
     complete_locked(job.id, Status::worker_lost, 0, why);
   }

@@ -152,8 +152,7 @@ void EngineImpl::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
       --job.retries_left;
       ++stats_.retried;
     }
-    pending_ids_.insert(job.id);
-    pending_.push_front(std::move(job));
+    requeue_locked(std::move(job));
   }
   s.in_flight.clear();
   if (!clean) {
