@@ -95,7 +95,7 @@ class Executor(futures.Executor):
         with core.lock:
             core.check_open(_after_shutdown)
             fut: Future[_T] = Future(core.runtime)
-            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut))
+            fut._job_id = core.submit_call(fn, args, kwargs, fut)  # Future() holds the runtime already
             return fut
 
     def with_options(self, *, retries: int = 0, task_timeout: Optional[float] = None) -> "TaskOptions":
@@ -117,7 +117,7 @@ class Executor(futures.Executor):
         with core.lock:
             core.check_open(_after_shutdown)
             fut: Future[_T] = Future(core.runtime)
-            fut._bind(core.runtime, core.submit_call(fn, args, kwargs, fut, retries, task_timeout))
+            fut._job_id = core.submit_call(fn, args, kwargs, fut, retries, task_timeout)
             return fut
 
     def map(

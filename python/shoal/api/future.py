@@ -142,16 +142,14 @@ class Future(futures.Future[_T], JobHandle):
             # for the many futures that as_completed() hands over done.
             result: _T = self._result
             return result
-        return super().result(self._wait_here(timeout))
+        if self._state == PENDING or self._state == RUNNING:
+            timeout = self._take_result(timeout)  # in this thread, straight from the engine
+        return super().result(timeout)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        return super().exception(self._wait_here(timeout))
-
-    def _wait_here(self, timeout: Optional[float]) -> Optional[float]:
-        """Waits for the job in this thread; returns what is left of `timeout`."""
-        if self._state not in (PENDING, RUNNING):
-            return timeout
-        return self._take_result(timeout)
+        if self._state == PENDING or self._state == RUNNING:
+            timeout = self._take_result(timeout)
+        return super().exception(timeout)
 
     def running(self) -> bool:
         """True while a worker holds the task (it left the queue, as the

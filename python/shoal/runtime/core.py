@@ -16,14 +16,15 @@ call raises BrokenPoolError with the engine's reason.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from ..errors import BrokenPoolError
+from ..wire.protocol import MAP_ONE, MAP_STAR
 from .lifecycle import interpreter_exiting
+from .map_feed import MapFeed
 from .options import PoolOptions
 from .serial import make_runtime
 
-RUNNING, CLOSING, CLOSED, BROKEN = "running", "closing", "closed", "broken"
+RUNNING, CLOSING, CLOSED = "running", "closing", "closed"  # broken: the runtime says so (check_usable)
 
 
 class PoolCore:
@@ -33,32 +34,20 @@ class PoolCore:
         self.options = options
         self.runtime = make_runtime(options)
         self._state = RUNNING
-        self._lock = threading.Lock()  # state changes; submits check under it
-        # The runtime's own methods, not wrappers: a task pays no extra call here.
+        # Held for state changes, and by a submit from its state check to its
+        # filing, so that a concurrent close() cannot slip between them.
+        self.lock = threading.Lock()
+        # The runtime's own method, not a wrapper: a task pays no extra call here.
         self.submit_call = self.runtime.submit_call
-        self.map = self.runtime.map
 
     @property
     def workers(self) -> int:
         return self.runtime.workers
 
     @property
-    def state(self) -> str:
-        if self._state == RUNNING and self.broken_reason() is not None:
-            return BROKEN
-        return self._state
-
-    @property
     def closed(self) -> bool:
         """close(), shutdown() or terminate() was called (whether or not the engine broke)."""
         return self._state != RUNNING
-
-    def broken_reason(self) -> Optional[str]:
-        try:
-            self.runtime.check_usable()
-        except BrokenPoolError as exc:
-            return str(exc)
-        return None
 
     def check_open(self, closed: Callable[[], BaseException]) -> None:
         """Raises ``closed()`` unless the pool takes work (the surface's own
@@ -70,17 +59,39 @@ class PoolCore:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self.runtime.check_usable()
 
-    @property
-    def lock(self) -> threading.Lock:
-        """Held by a submit from its state check to its filing, so that a
-        concurrent close() cannot slip between them."""
-        return self._lock
+    def map(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        star: bool,
+        chunksize: Optional[int] = None,
+        ordered: bool = True,
+        retries: int = 0,
+        total: Optional[int] = None,
+        bounded: bool = True,
+        timeout: Optional[float] = None,
+        on_chunk: Optional[Callable[[int], object]] = None,
+        on_complete: Optional[Callable[[MapFeed], None]] = None,
+        gather: bool = False,
+    ) -> MapFeed:
+        """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
+        ``timeout``: each task's time limit. ``on_chunk(n)`` runs when n more items
+        finished; ``on_complete(feed)`` once all did. ``gather``: the results are
+        wanted whole (``feed.gathered()``), not chunk by chunk."""
+        if chunksize is None:
+            # A time limit is per task: one task per job.
+            chunksize = 1 if timeout is not None else self.runtime.default_chunksize
+        feed = MapFeed(self.runtime, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries,
+                       total, bounded)
+        feed.timeout = timeout
+        return feed.start(on_chunk, on_complete, gather)
 
     # -- lifecycle --------------------------------------------------------------
 
     def close(self) -> None:
         """No new work; workers exit once the submitted work is done."""
-        with self._lock:
+        with self.lock:
             if self._state != RUNNING:
                 return
             self._state = CLOSING
@@ -89,22 +100,22 @@ class PoolCore:
     def join(self) -> None:
         """Waits until every worker has exited (after close() or terminate())."""
         self.runtime.shutdown(wait=True)
-        with self._lock:
+        with self.lock:
             self._state = CLOSED
 
     def shutdown(self, wait: bool, cancel_pending: bool) -> None:
         """close() and, with ``wait``, join(); ``cancel_pending`` drops what no worker took yet."""
-        with self._lock:
+        with self.lock:
             if self._state == RUNNING:
                 self._state = CLOSING
         self.runtime.shutdown(wait, cancel_pending)
         if wait:
-            with self._lock:
+            with self.lock:
                 self._state = CLOSED
 
     def terminate(self) -> None:
         """Stops the workers now; unfinished work is cancelled."""
-        with self._lock:
+        with self.lock:
             self._state = CLOSED
         self.runtime.terminate()
 

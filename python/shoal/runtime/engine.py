@@ -12,14 +12,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .. import _core
 from ..errors import BrokenPoolError
 from ..wire.payload import MAGIC as _PACKED
 from ..wire.payload import pack, pack_call, release
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
-from ..wire.protocol import CALL, LOG, MAP_ONE, MAP_STAR
+from ..wire.protocol import CALL, LOG
 from ..worker.bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
 from . import lifecycle
 from .map_feed import MapFeed
@@ -90,6 +90,8 @@ class _ReleasingHandler:
 
 class Runtime:
     """Runs tasks in worker processes through the C++ engine."""
+
+    default_chunksize: Optional[int] = None  # sized from the measured task time (MapFeed)
 
     def __init__(self, options: PoolOptions) -> None:
         if importing_main():
@@ -254,19 +256,12 @@ class Runtime:
             return pack(chunk, self._arena, threshold=sys.maxsize, what="map item")
         return pack(chunk, self._arena, what="map item")
 
-    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
+    def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
         """Waits until job `job_id` finished (or `timeout` passed) and runs its
         handler in this thread: the result goes from the worker's outbox to the
-        caller without a hop through the engine and collector threads.
-        Returns at once if another thread already took the job's result.
-        Returns what is left of `timeout`, for the caller's own wait."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.take_job(job_id, timeout)
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-    def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
-        """wait_for_job's step: True if the job's handler ran here, or the wait
-        timed out; False if another thread (the collector) has the result."""
+        caller without a hop through the engine and collector threads. True if
+        the handler ran here, or the wait timed out; False at once if another
+        thread (the collector) has the result."""
         if threading.current_thread() is self._collector:
             return False  # a callback waiting on another future: the collector must keep collecting
         got = self._engine.wait_for(job_id, timeout)
@@ -383,31 +378,4 @@ class Runtime:
         stats = dict(self._engine.stats())
         stats["shm_used_bytes"] = 0 if self._arena.closed else self._arena.used_bytes()
         return stats
-
-    # -- maps -----------------------------------------------------------------
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        *,
-        star: bool,
-        chunksize: Optional[int] = None,
-        ordered: bool = True,
-        retries: int = 0,
-        total: Optional[int] = None,
-        bounded: bool = True,
-        timeout: Optional[float] = None,
-        on_chunk: Optional[Callable[[int], object]] = None,
-        on_complete: Optional[Callable[["MapFeed"], None]] = None,
-        gather: bool = False,
-    ) -> "MapFeed":
-        """Starts a map. ``bounded``: stop reading input while the consumer is far behind.
-        ``on_chunk(n)`` runs when n more items finished; ``on_complete(feed)`` once all did.
-        ``gather``: the results are wanted whole (``feed.gathered()``), not chunk by chunk."""
-        if timeout is not None and chunksize is None:
-            chunksize = 1  # a time limit is per task: one task per job
-        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries, total, bounded)
-        feed.timeout = timeout
-        return feed.start(on_chunk, on_complete, gather)
 

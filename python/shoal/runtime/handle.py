@@ -2,12 +2,14 @@
 
 A handle names the engine job that will produce its result. A thread that
 waits on the handle does not sleep until the pool's result thread delivers:
-it asks the engine for that job itself (``Runtime.wait_for_job``), so the
+it asks the engine for that job itself (``Runtime.take_job``), so the
 result goes from the worker's outbox to the waiting thread with no hop
 through the result thread. Whichever thread takes the job first runs its
 handler; the other finds it done.
 """
 from __future__ import annotations
+
+import time
 
 from typing import TYPE_CHECKING, Optional
 
@@ -34,4 +36,9 @@ class JobHandle:
         result is not taken yet); returns what is left of ``timeout``."""
         if not self._job_id:
             return timeout
-        return self._runtime.wait_for_job(self._job_id, timeout)
+        if timeout is None:  # result() with no timeout: the common case, without clock reads
+            self._runtime.take_job(self._job_id, None)
+            return None
+        deadline = time.monotonic() + timeout
+        self._runtime.take_job(self._job_id, timeout)
+        return max(0.0, deadline - time.monotonic())

@@ -3,13 +3,12 @@ runtime, for type checkers: worker processes through the C++ engine
 (engine.Runtime) and the serial debug mode (serial.SerialRuntime) both are one."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from .outcome import Handler, Payload
 
 if TYPE_CHECKING:
     from .engine import Prepared
-    from .map_feed import MapFeed
 
 #: What a runtime's submit() runs: a callable, or one pickled once for a map's jobs (Runtime.prepare).
 Task = Union[Callable[..., Any], "Prepared"]
@@ -22,6 +21,9 @@ class PoolRuntime(Protocol):
     @property
     def inline_payload_limit(self) -> int:
         """The largest payload that travels inside a ring frame."""
+
+    #: A map's chunk size when its caller gives none (None: sized from the measured task time).
+    default_chunksize: Optional[int]
 
     def prepare(self, fn: Callable[..., Any]) -> Task: ...
 
@@ -48,26 +50,8 @@ class PoolRuntime(Protocol):
 
     def queued(self, job_id: int) -> bool: ...
 
-    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]: ...
-
     def take_job(self, job_id: int, timeout: Optional[float]) -> bool: ...
 
-    def map(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        *,
-        star: bool,
-        chunksize: Optional[int] = None,
-        ordered: bool = True,
-        retries: int = 0,
-        total: Optional[int] = None,
-        bounded: bool = True,
-        timeout: Optional[float] = None,
-        on_chunk: Optional[Callable[[int], object]] = None,
-        on_complete: Optional[Callable[[MapFeed], None]] = None,
-        gather: bool = False,
-    ) -> MapFeed: ...
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None: ...
 

@@ -12,7 +12,7 @@ import atexit
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 if TYPE_CHECKING:
     from types import FrameType

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..wire.protocol import CALL, MAP_ONE, MAP_STAR
+from ..wire.protocol import CALL, MAP_STAR
 from .outcome import INLINE_ERROR, INLINE_OK, Handler, Payload
-from .map_feed import MapFeed
 from .options import PoolOptions
 
 if TYPE_CHECKING:
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 class SerialRuntime:
     workers = 1
     inline_payload_limit = sys.maxsize  # nothing travels: chunks are the lists themselves
+    default_chunksize: Optional[int] = 64  # no task time to measure: every chunk runs at once, inline
 
     def __init__(self, options: PoolOptions) -> None:
         self._job_ids = itertools.count(1)
@@ -90,30 +90,8 @@ class SerialRuntime:
     def queued(self, job_id: int) -> bool:
         return False
 
-    def wait_for_job(self, job_id: int, timeout: Optional[float]) -> Optional[float]:
-        return timeout  # every job has already run
-
     def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
         return True  # every job ran inside submit()
-
-    def map(
-        self,
-        fn: Callable[..., Any],
-        items: Iterable[Any],
-        *,
-        star: bool,
-        chunksize: Optional[int] = None,
-        ordered: bool = True,
-        retries: int = 0,
-        total: Optional[int] = None,
-        bounded: bool = True,
-        timeout: Optional[float] = None,
-        on_chunk: Optional[Callable[[int], object]] = None,
-        on_complete: Optional[Callable[[MapFeed], None]] = None,
-        gather: bool = False,
-    ) -> MapFeed:
-        feed = MapFeed(self, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize or 64, ordered, retries, total, bounded)
-        return feed.start(on_chunk, on_complete, gather)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         self._closed = True
