@@ -1,6 +1,6 @@
 """The crash matrix, after loky's: every failure point a task passes through,
-crossed with every kind of failure, on both pool surfaces and both start
-methods. For each: no hang, the documented exception, the pool still usable
+crossed with every kind of failure, on both pool surfaces and every start
+method that makes worker processes (forkserver, fork, spawn). For each: no hang, the documented exception, the pool still usable
 (or, for the initializer, broken with the initializer's reason), and no
 process, file descriptor or shared-memory name left behind.
 
@@ -91,7 +91,7 @@ def _warm():
         ex.submit(ct.square, 1).result(timeout=60)
 
 
-@pytest.fixture(params=["forkserver", "spawn"])
+@pytest.fixture(params=["forkserver", "fork", "spawn"])
 def start_method(request):
     return request.param
 
