@@ -1,4 +1,5 @@
 // The pool engine (parent side), the worker's endpoint and the fork server.
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -20,6 +21,17 @@ nb::bytes to_bytes(std::string_view s) { return nb::bytes(s.data(), s.size()); }
 
 std::string from_bytes(const nb::bytes& b) { return std::string(b.c_str(), b.size()); }
 
+// A job's owner is the handler Python filed with it: a strong reference
+// taken at submit and handed back once (Completion::owner, cancel, or
+// EngineOptions::drop_owner), as a new reference of the caller's.
+uint64_t own(nb::handle handler) {
+  if (handler.is_none()) return 0;
+  return reinterpret_cast<uint64_t>(handler.inc_ref().ptr());
+}
+nb::object take_owner(uint64_t owner) {
+  return owner ? nb::steal(reinterpret_cast<PyObject*>(owner)) : nb::none();
+}
+
 nb::object collect(Engine& engine, std::optional<double> timeout) {
   std::vector<Completion> done;
   bool running = true;
@@ -30,13 +42,13 @@ nb::object collect(Engine& engine, std::optional<double> timeout) {
   if (done.empty() && !running) return nb::none();
   nb::list out;
   for (auto& c : done)
-    out.append(nb::make_tuple(c.job_id, static_cast<uint32_t>(c.status), c.run_ns, to_bytes(c.payload)));
+    out.append(nb::make_tuple(take_owner(c.owner), static_cast<uint32_t>(c.status), c.run_ns, to_bytes(c.payload)));
   return out;
 }
 
-// Waits for one job, draining results in the calling thread: (status, run_ns,
-// payload) once it finished, False if it is not waiting to finish (another
-// thread collected it), None if the timeout passed.
+// Waits for one job, draining results in the calling thread: (handler,
+// status, run_ns, payload) once it finished, False if it is not waiting to
+// finish (another thread collected it), None if the timeout passed.
 nb::object wait_for(Engine& engine, uint64_t job_id, std::optional<double> timeout) {
   std::optional<Completion> done;
   bool waiting = true;
@@ -44,7 +56,9 @@ nb::object wait_for(Engine& engine, uint64_t job_id, std::optional<double> timeo
     waiting = engine.wait_for(job_id, d, done);
     return done.has_value() || !waiting;
   });
-  if (done) return nb::make_tuple(static_cast<uint32_t>(done->status), done->run_ns, to_bytes(done->payload));
+  if (done)
+    return nb::make_tuple(take_owner(done->owner), static_cast<uint32_t>(done->status), done->run_ns,
+                          to_bytes(done->payload));
   return waiting ? nb::none() : nb::object(nb::bool_(false));
 }
 
@@ -108,7 +122,7 @@ void bind_pool(nb::module_& m) {
           "__init__",
           [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
              nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd,
-             uint64_t memory_hard_limit, uint64_t memory_soft_limit) {
+             uint64_t memory_hard_limit, uint64_t memory_soft_limit, std::shared_ptr<SharedArena> arena) {
             EngineOptions o;
             o.workers = workers;
             o.fork_server = fork_server;
@@ -119,11 +133,14 @@ void bind_pool(nb::module_& m) {
             o.fork_server_handle = ForkServerHandle{fork_server_pid, fork_server_fd};
             o.memory_hard_limit = memory_hard_limit;
             o.memory_soft_limit = memory_soft_limit;
+            o.arena = std::move(arena);
+            // The destructor runs in tp_dealloc, with the GIL held.
+            o.drop_owner = [](uint64_t owner) { take_owner(owner); };
             new (self) Engine(std::move(o));
           },
           nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
           nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1,
-          nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0)
+          nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0, nb::arg("arena") = nb::none())
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
       .def_prop_ro("inline_payload_limit", &Engine::inline_payload_limit)
@@ -132,30 +149,40 @@ void bind_pool(nb::module_& m) {
       .def("drop_function", &Engine::drop_function)
       .def(
           "submit",
-          [](Engine& e, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries) {
-            return e.submit(fn_id, tag, from_bytes(payload), retries);
-          },
-          nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0)
-      .def(
-          "submit_as",
-          [](Engine& e, uint64_t job_id, uint64_t fn_id, uint32_t tag, nb::bytes payload, int retries,
+          [](Engine& e, uint64_t fn_id, uint32_t tag, nb::bytes payload, nb::handle handler, int retries,
              double timeout) {
             std::string bytes = from_bytes(payload);
-            // Keeping the GIL through a short submit spares a GIL hand-over to
-            // the result thread on every task; a lock held for long is waited
-            // for without it.
-            if (e.try_submit_as(job_id, fn_id, tag, bytes, retries, timeout)) return;
-            nb::gil_scoped_release unlocked;
-            e.submit_as(job_id, fn_id, tag, std::move(bytes), retries, timeout);
+            const uint64_t owner = own(handler);
+            try {
+              // Keeping the GIL through a short submit spares a GIL hand-over
+              // to the result thread on every task; a lock held for long is
+              // waited for without it.
+              if (auto id = e.try_submit(fn_id, tag, bytes, retries, timeout, owner)) return *id;
+              nb::gil_scoped_release unlocked;
+              return e.submit(fn_id, tag, std::move(bytes), retries, timeout, owner);
+            } catch (...) {
+              take_owner(owner);  // refused (closed): the job never was
+              throw;
+            }
           },
-          nb::arg("job_id"), nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("retries") = 0,
-          nb::arg("timeout") = 0.0)
-      .def("cancel", &Engine::cancel)
+          nb::arg("fn_id"), nb::arg("tag"), nb::arg("payload"), nb::arg("handler").none() = nb::none(),
+          nb::arg("retries") = 0, nb::arg("timeout") = 0.0,
+          "Queue a job; returns its id. `handler` comes back with the job's end (collect, wait_for).")
+      .def(
+          "cancel",
+          [](Engine& e, uint64_t job_id) {
+            uint64_t owner = 0;
+            const bool cancelled = e.cancel(job_id, &owner);
+            take_owner(owner);  // a cancelled job's handler is not called
+            return cancelled;
+          },
+          nb::arg("job_id"), "Remove a job no worker holds yet (its handler is dropped, not called).")
       .def("queued", &Engine::queued, "Whether the job waits in the queue (no worker holds it yet).")
       .def("collect", &collect, nb::arg("timeout") = nb::none(),
-           "Finished jobs as [(job_id, status, run_ns, payload)]; [] on timeout; None once stopped.")
+           "Finished jobs as [(handler, status, run_ns, payload)] (handler None for a log record, whose "
+           "run_ns is its level); [] on timeout; None once stopped.")
       .def("wait_for", &wait_for, nb::arg("job_id"), nb::arg("timeout") = nb::none(),
-           "Wait for one job in this thread: (status, run_ns, payload), False if another thread collected it, "
+           "Wait for one job in this thread: (handler, status, run_ns, payload), False if another thread collected it, "
            "None on timeout.")
       .def("shutdown", &Engine::shutdown, nb::arg("wait"), nb::arg("cancel_pending"),
            nb::call_guard<nb::gil_scoped_release>())

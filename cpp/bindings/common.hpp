@@ -40,6 +40,7 @@ void bind_queue(nb::module_& m);
 void bind_pool(nb::module_& m);
 void bind_mem(nb::module_& m);
 void bind_column(nb::module_& m);
+void bind_payload(nb::module_& m);
 void bind_heap(nb::module_& m);
 
 // Frees the arenas a worker's heap cache holds (bind_heap.cpp); safe without the GIL.

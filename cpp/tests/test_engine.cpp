@@ -219,9 +219,8 @@ TEST_P(EngineTest, ShutdownLeavesNoSegmentBehind) {
 TEST_P(EngineTest, JobPastItsTimeLimitEndsTimedOutAndOthersGoOn) {
   Engine e(options(1, GetParam()));
   uint64_t fn = e.define_function("f");
-  const uint64_t slow = 1000, quick = 1001;
-  e.submit_as(slow, fn, 0, "sleep:20000", 0, /*timeout_s=*/0.2);
-  e.submit_as(quick, fn, 0, "echo:after", 0, 5.0);
+  const uint64_t slow = e.submit(fn, 0, "sleep:20000", 0, /*timeout_s=*/0.2);
+  const uint64_t quick = e.submit(fn, 0, "echo:after", 0, 5.0);
   auto done = collect(e, 2);
   ASSERT_EQ(done.size(), 2u);
   EXPECT_EQ(done[slow].status, Status::timed_out);  // at 0.2 s: it would have slept 20 s

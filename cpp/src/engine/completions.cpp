@@ -22,9 +22,25 @@ constexpr uint64_t kNapWindowNs = 1'000'000;  // naps go on this long after the 
 
 }  // namespace
 
-void EngineImpl::complete_locked(uint64_t id, Status status, uint64_t run_ns, std::string payload) {
+void EngineImpl::complete_locked(Job&& job, Status status, uint64_t run_ns, std::string payload) {
   ++stats_.completed;
-  completions_.push_back(Completion{id, status, run_ns, std::move(payload)});
+  completions_.push_back(Completion{job.id, status, run_ns, std::move(payload), job.owner});
+  job.owner = 0;
+  if (!job.blocks.empty()) ended_arguments_.push_back(std::move(job.blocks));
+}
+
+void EngineImpl::release_ended_arguments(std::vector<std::vector<packed::Reference>> ended) {
+  for (const auto& refs : ended) {
+    try {
+      packed::release(refs, options_.arena);
+    } catch (const std::exception& e) {
+      // The arena's memory was overwritten, or its blocks are gone: nothing
+      // to undo, and no caller to raise it to. At worst the blocks leak.
+      LockGuard lk(mu_);
+      log_locked(LogLevel::warning,
+                 std::string("shoal could not release the shared memory of a task's arguments: ") + e.what());
+    }
+  }
 }
 
 // The engine's log records travel as completions with job id 0, which the
@@ -151,9 +167,12 @@ EngineImpl::ResultWaiter::~ResultWaiter() SHOAL_NO_THREAD_SAFETY_ANALYSIS {
   // waits, and a collector takes what it skipped while this job was awaited.
   const bool results_left = engine_.any_outbox_readable();
   const bool ring = results_left || !engine_.completions_.empty();
+  std::vector<std::vector<packed::Reference>> ended;
+  ended.swap(engine_.ended_arguments_);
   lock_.unlock();
   if (results_left) engine_.engine_bell_.notify_all();
   if (ring) engine_.announce_completions();
+  if (!ended.empty()) engine_.release_ended_arguments(std::move(ended));
 }
 
 void EngineImpl::announce_completions() {

@@ -25,25 +25,27 @@ constexpr std::size_t kMaxPrefetch = 64;
 
 }  // namespace
 
-void EngineImpl::submit_locked(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                               double timeout_s) {
+uint64_t EngineImpl::submit_locked(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s,
+                                   uint64_t owner, std::vector<packed::Reference> blocks) {
+  if (closing_ && !broken_) throw ClosedError("cannot schedule new work after shutdown");
+  ++stats_.submitted;
+  const uint64_t id = next_job_id_++;
+  const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
+  Job job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns, owner, std::move(blocks)};
   // A broken pool (it also counts as closing) answers with the reason it broke.
   if (broken_) {
-    ++stats_.submitted;
-    complete_locked(id, Status::broken, 0, *broken_);
+    complete_locked(std::move(job), Status::broken, 0, *broken_);
     announce_completions();
-    return;
+    return id;
   }
-  if (closing_) throw ClosedError("cannot schedule new work after shutdown");
-  ++stats_.submitted;
-  const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
   if (timeout_ns && !timeouts_used_) {
     timeouts_used_ = true;
     wake_engine_thread();  // to switch to the short tick
   }
-  pending_.push_back(Job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns});
-  pending_ids_.insert(id);
+  pending_.push_back(std::move(job));
+  pending_ids_.emplace(id, &pending_.back());
   dispatch_locked();
+  return id;
 }
 
 std::size_t EngineImpl::prefetch_depth() const {
@@ -93,14 +95,14 @@ void EngineImpl::dispatch_locked() {
       // its segment): this job fails, the pool goes on.
       const std::string message = std::string("the task could not be handed to a worker: ") + e.what();
       log_locked(LogLevel::warning, message);
-      complete_locked(pending_.front().id, Status::broken, 0, message);
+      complete_locked(std::move(pending_.front()), Status::broken, 0, message);
       sent = true;
     }
     if (!sent) {
       full[best] = 1;
       continue;
     }
-    pending_ids_.erase(pending_.front().id);
+    pending_ids_.erase(pending_.front().id);  // the id outlives a move: complete_locked() leaves it
     pending_.pop_front();
   }
 }
@@ -115,7 +117,7 @@ bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
   if (!s.known_functions.count(job.fn_id)) {
     auto fn = functions_.find(job.fn_id);
     if (fn == functions_.end()) {
-      complete_locked(job.id, Status::broken, 0, "the task's function was dropped before it ran");
+      complete_locked(std::move(job), Status::broken, 0, "the task's function was dropped before it ran");
       return true;  // handled: the caller removes it from the queue
     }
     if (!push_frame_locked(slot, FrameHeader{Kind::define_function, 0, job.fn_id, 0}, &fn->second)) return false;

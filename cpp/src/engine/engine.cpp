@@ -32,18 +32,15 @@ uint32_t Engine::workers() const { return impl_->workers(); }
 std::size_t Engine::inline_payload_limit() const { return impl_->inline_payload_limit(); }
 uint64_t Engine::define_function(std::string pickled) { return impl_->define_function(std::move(pickled)); }
 void Engine::drop_function(uint64_t fn_id) { impl_->drop_function(fn_id); }
-uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
-  return impl_->submit(fn_id, tag, std::move(payload), retries);
+uint64_t Engine::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s,
+                        uint64_t owner) {
+  return impl_->submit(fn_id, tag, std::move(payload), retries, timeout_s, owner);
 }
-void Engine::submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                       double timeout_s) {
-  impl_->submit_as(job_id, fn_id, tag, std::move(payload), retries, timeout_s);
+std::optional<uint64_t> Engine::try_submit(uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
+                                           double timeout_s, uint64_t owner) {
+  return impl_->try_submit(fn_id, tag, payload, retries, timeout_s, owner);
 }
-bool Engine::try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
-                           double timeout_s) {
-  return impl_->try_submit_as(job_id, fn_id, tag, payload, retries, timeout_s);
-}
-bool Engine::cancel(uint64_t job_id) { return impl_->cancel(job_id); }
+bool Engine::cancel(uint64_t job_id, uint64_t* owner) { return impl_->cancel(job_id, owner); }
 bool Engine::queued(uint64_t job_id) const { return impl_->queued(job_id); }
 bool Engine::collect(std::vector<Completion>& out, const Deadline& deadline) { return impl_->collect(out, deadline); }
 bool Engine::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) {
@@ -87,6 +84,17 @@ EngineImpl::EngineImpl(EngineOptions options)
 EngineImpl::~EngineImpl() {
   shutdown(true, true);
   supervisor_.reset();
+  std::vector<std::vector<packed::Reference>> ended;
+  std::vector<Completion> untaken;
+  {
+    LockGuard lk(mu_);
+    ended.swap(ended_arguments_);
+    untaken.swap(completions_);
+  }
+  release_ended_arguments(std::move(ended));
+  if (options_.drop_owner)
+    for (const auto& c : untaken)
+      if (c.owner) options_.drop_owner(c.owner);
 }
 
 uint64_t EngineImpl::define_function(std::string pickled) {
@@ -103,33 +111,35 @@ void EngineImpl::drop_function(uint64_t fn_id) {
     if (s.known_functions.erase(fn_id)) s.functions_to_drop.push_back(fn_id);
 }
 
-uint64_t EngineImpl::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) {
-  uint64_t id;
+uint64_t EngineImpl::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s,
+                            uint64_t owner) {
+  auto blocks = packed::references(payload);
+  LockGuard lk(mu_);
+  return submit_locked(fn_id, tag, std::move(payload), retries, timeout_s, owner, std::move(blocks));
+}
+
+std::optional<uint64_t> EngineImpl::try_submit(uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
+                                               double timeout_s, uint64_t owner) {
+  auto blocks = packed::references(payload);
+  if (!mu_.try_lock_spinning()) return std::nullopt;
+  LockGuard adopted(mu_, std::adopt_lock);
+  return submit_locked(fn_id, tag, std::move(payload), retries, timeout_s, owner, std::move(blocks));
+}
+
+bool EngineImpl::cancel(uint64_t job_id, uint64_t* owner) {
+  std::vector<std::vector<packed::Reference>> ended(1);
   {
     LockGuard lk(mu_);
-    id = next_job_id_++;
+    auto it = pending_ids_.find(job_id);
+    if (it == pending_ids_.end()) return false;
+    Job& job = *it->second;  // stays in pending_, emptied, until dispatch reaches it
+    if (owner) *owner = job.owner;
+    job.owner = 0;
+    ended[0].swap(job.blocks);
+    pending_ids_.erase(it);
   }
-  submit_as(id, fn_id, tag, std::move(payload), retries, 0);
-  return id;
-}
-
-void EngineImpl::submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                           double timeout_s) {
-  LockGuard lk(mu_);
-  submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
-}
-
-bool EngineImpl::try_submit_as(uint64_t id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
-                               double timeout_s) {
-  if (!mu_.try_lock_spinning()) return false;
-  LockGuard adopted(mu_, std::adopt_lock);
-  submit_locked(id, fn_id, tag, std::move(payload), retries, timeout_s);
+  if (!ended[0].empty()) release_ended_arguments(std::move(ended));
   return true;
-}
-
-bool EngineImpl::cancel(uint64_t job_id) {
-  LockGuard lk(mu_);
-  return pending_ids_.erase(job_id) > 0;
 }
 
 bool EngineImpl::queued(uint64_t job_id) const {
@@ -143,7 +153,7 @@ void EngineImpl::shutdown(bool wait, bool cancel_pending) {
     closing_ = true;
     if (cancel_pending) {
       for (auto& job : pending_)
-        if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
+        if (pending_ids_.count(job.id)) complete_locked(std::move(job), Status::cancelled, 0, {});
       pending_.clear();
       pending_ids_.clear();
     }
@@ -158,12 +168,12 @@ void EngineImpl::terminate() {
     LockGuard lk(mu_);
     closing_ = true;
     for (auto& job : pending_)
-      if (pending_ids_.count(job.id)) complete_locked(job.id, Status::cancelled, 0, {});
+      if (pending_ids_.count(job.id)) complete_locked(std::move(job), Status::cancelled, 0, {});
     pending_.clear();
     pending_ids_.clear();
     stopping_ = true;
     for (auto& s : slots_) {
-      for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
+      for (auto& job : s.in_flight) complete_locked(std::move(job), Status::cancelled, 0, {});
       s.in_flight.clear();
       s.jobs_forgotten = true;
       if (s.state != SlotState::dead) {

@@ -99,12 +99,11 @@ class EngineImpl {
   std::size_t inline_payload_limit() const { return inline_payload_limit_; }
   uint64_t define_function(std::string pickled) SHOAL_EXCLUDES(mu_);
   void drop_function(uint64_t fn_id) SHOAL_EXCLUDES(mu_);
-  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries) SHOAL_EXCLUDES(mu_);
-  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s)
+  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s, uint64_t owner)
       SHOAL_EXCLUDES(mu_);
-  bool try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
-                     double timeout_s) SHOAL_EXCLUDES(mu_);
-  bool cancel(uint64_t job_id) SHOAL_EXCLUDES(mu_);
+  std::optional<uint64_t> try_submit(uint64_t fn_id, uint32_t tag, std::string& payload, int retries,
+                                     double timeout_s, uint64_t owner) SHOAL_EXCLUDES(mu_);
+  bool cancel(uint64_t job_id, uint64_t* owner) SHOAL_EXCLUDES(mu_);
   bool queued(uint64_t job_id) const SHOAL_EXCLUDES(mu_);
   // completions.cpp
   bool collect(std::vector<Completion>& out, const Deadline& deadline) SHOAL_EXCLUDES(mu_);
@@ -118,8 +117,9 @@ class EngineImpl {
 
  private:
   // ---- dispatch.cpp: central queue -> worker inboxes ------------------------
-  void submit_locked(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries,
-                     double timeout_s) SHOAL_REQUIRES(mu_);
+  // `blocks`: the payload's arena references, read before the lock was taken.
+  uint64_t submit_locked(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s,
+                         uint64_t owner, std::vector<packed::Reference> blocks) SHOAL_REQUIRES(mu_);
   void dispatch_locked() SHOAL_REQUIRES(mu_);
   bool send_job_locked(uint32_t slot, Job& job) SHOAL_REQUIRES(mu_);
   bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload) SHOAL_REQUIRES(mu_);
@@ -129,8 +129,9 @@ class EngineImpl {
   void drain_outboxes_locked() SHOAL_REQUIRES(mu_);  // every live worker's
   void drain_outbox_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
   // A frame from `slot` whose spilled payload (segment `name`) could not be read.
-  void spilled_payload_lost_locked(const std::string& worker, const proto::FrameHeader& h, const std::string& name,
-                                   const std::string& what) SHOAL_REQUIRES(mu_);
+  // `job`: the frame's (none for an initializer's report).
+  void spilled_payload_lost_locked(const std::string& worker, const proto::FrameHeader& h, std::optional<Job> job,
+                                   const std::string& name, const std::string& what) SHOAL_REQUIRES(mu_);
   // Whether some live slot's outbox holds a frame; without the lock (a hint).
   bool any_outbox_readable() const;
   // What the drains left for outside the lock: the spilled results they took
@@ -161,12 +162,17 @@ class EngineImpl {
   void retry_or_fail_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
   // A job back to the front of the central queue, to be dispatched again.
   void requeue_locked(Job&& job) SHOAL_REQUIRES(mu_) {
-    pending_ids_.insert(job.id);
     pending_.push_front(std::move(job));
+    pending_ids_.emplace(pending_.front().id, &pending_.front());
   }
 
   // ---- completions.cpp: completions -> callers -----------------------------
-  void complete_locked(uint64_t id, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
+  // The end of `job`: its Completion (with its owner) for the callers; its
+  // argument's arena references are left for release_ended_arguments().
+  void complete_locked(Job&& job, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
+  // Drops the arena references of ended jobs' arguments (taken under mu_ by
+  // the caller); an error is logged, the jobs' outcomes stand.
+  void release_ended_arguments(std::vector<std::vector<packed::Reference>> ended) SHOAL_EXCLUDES(mu_);
   void log_locked(LogLevel level, std::string message) SHOAL_REQUIRES(mu_);
   // Rings the doorbell for completions that collect() should take (ones no
   // ring from a worker announced: cancels, deaths, another thread's drain).
@@ -250,10 +256,15 @@ class EngineImpl {
   // dispatch_locked()'s scratch: the slots whose inbox filled up this round.
   // A member, sized once with slots_: dispatch runs on every submit.
   std::vector<uint8_t> inbox_full_ SHOAL_GUARDED_BY(mu_);
-  // The central queue. A job is queued while its id is in pending_ids_; a
-  // cancelled one stays in pending_ until dispatch reaches it.
+  // The central queue. A job is queued while its id is in pending_ids_,
+  // which points at it (pushing and popping at the ends of a deque moves no
+  // element); a cancelled one stays in pending_, emptied, until dispatch
+  // reaches it.
   std::deque<Job> pending_ SHOAL_GUARDED_BY(mu_);
-  std::unordered_set<uint64_t> pending_ids_ SHOAL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, Job*> pending_ids_ SHOAL_GUARDED_BY(mu_);
+  // The arena references of jobs that ended (complete_locked), until a thread
+  // that takes results drops them outside mu_ (~ResultWaiter).
+  std::vector<std::vector<packed::Reference>> ended_arguments_ SHOAL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Blob> functions_ SHOAL_GUARDED_BY(mu_);
   uint64_t next_job_id_ SHOAL_GUARDED_BY(mu_) = 1;
   uint64_t next_fn_id_ SHOAL_GUARDED_BY(mu_) = 1;

@@ -122,7 +122,7 @@ void EngineImpl::run() {
     }
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       Slot& s = slots_[i];
-      for (auto& job : s.in_flight) complete_locked(job.id, Status::cancelled, 0, {});
+      for (auto& job : s.in_flight) complete_locked(std::move(job), Status::cancelled, 0, {});
       s.in_flight.clear();
       s.state = SlotState::dead;
       watch_[i].live.store(false);

@@ -24,7 +24,7 @@ void EngineImpl::corrupt_slot_locked(uint32_t slot, const std::string& what) {
   for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
     Job& job = *it;
     if (s.kill_reason && s.kill_reason->job_id == job.id) {
-      complete_locked(job.id, s.kill_reason->status, 0, s.kill_reason->message);
+      complete_locked(std::move(job), s.kill_reason->status, 0, s.kill_reason->message);
     } else {
       retry_or_fail_locked(std::move(job), why);
     }
@@ -67,11 +67,11 @@ void EngineImpl::fail_everything_locked(const std::string& reason) {
   is_broken_ = true;
   closing_ = true;
   for (auto& job : pending_)
-    if (pending_ids_.count(job.id)) complete_locked(job.id, Status::broken, 0, reason);
+    if (pending_ids_.count(job.id)) complete_locked(std::move(job), Status::broken, 0, reason);
   pending_.clear();
   pending_ids_.clear();
   for (auto& s : slots_) {
-    for (auto& job : s.in_flight) complete_locked(job.id, Status::broken, 0, reason);
+    for (auto& job : s.in_flight) complete_locked(std::move(job), Status::broken, 0, reason);
     s.in_flight.clear();
     s.jobs_forgotten = true;
   }

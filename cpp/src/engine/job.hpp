@@ -5,7 +5,10 @@
 // time (a retry moves it back to the front of the queue).
 #include <cstdint>
 
+#include <vector>
+
 #include "shoal/wire/blob.hpp"
+#include "shoal/wire/packed_payload.hpp"
 
 namespace shoal {
 
@@ -17,6 +20,12 @@ struct Job {
   // The argument, kept until the job ends for good: a retry re-sends it.
   Blob payload;
   uint64_t timeout_ns = 0;  // 0: no time limit
+  // What the submitter filed with the job (Engine::submit's `owner`): handed
+  // back exactly once, in the job's Completion or by cancel().
+  uint64_t owner = 0;
+  // The arena references the argument holds (a packed payload's blocks):
+  // dropped by the engine when the job ends for good, outside its lock.
+  std::vector<packed::Reference> blocks;
 };
 
 }  // namespace shoal

@@ -97,7 +97,7 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
       } catch (const std::exception& e) {
         // Gone (removed by another process), truncated, or too big for
         // this process's memory: the frame is consumed, its job is not lost.
-        spilled_payload_lost_locked(worker_name(slot), h, payload, e.what());
+        spilled_payload_lost_locked(worker_name(slot), h, std::nullopt, payload, e.what());
         return;
       }
     }
@@ -115,12 +115,13 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
       fail_everything_locked(payload);
       return;
     }
+    Job job = std::move(s.in_flight.front());  // the frame's job (judge_outbox_frame checked)
     s.in_flight.pop_front();
     ++s.completed;
     failures_without_progress_ = 0;
     corruptions_without_progress_ = 0;
     run_ns_ewma_ = run_ns_ewma_ == 0 ? double(h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(h.arg);
-    complete_locked(h.id, static_cast<Status>(h.tag), h.arg, std::move(payload));
+    complete_locked(std::move(job), static_cast<Status>(h.tag), h.arg, std::move(payload));
     note_finished_job_locked(s);
   }
 }
@@ -170,18 +171,19 @@ void EngineImpl::complete_spilled_locked(SpilledResult& r) {
     return;
   }
   if (!r.error.empty()) {
-    spilled_payload_lost_locked(worker_name(r.slot, r.pid), r.h, r.payload, r.error);  // payload: still the name
+    spilled_payload_lost_locked(worker_name(r.slot, r.pid), r.h, std::move(r.job), r.payload,
+                                r.error);  // payload: still the name
     return;
   }
   corruptions_without_progress_ = 0;
   run_ns_ewma_ = run_ns_ewma_ == 0 ? double(r.h.arg) : 0.8 * run_ns_ewma_ + 0.2 * double(r.h.arg);
-  complete_locked(r.h.id, static_cast<Status>(r.h.tag), r.h.arg, std::move(r.payload));
+  complete_locked(std::move(r.job), static_cast<Status>(r.h.tag), r.h.arg, std::move(r.payload));
   if (same_worker) note_finished_job_locked(s);
 }
 
 void EngineImpl::fail_over_locked(Job&& job, const std::string& why) {
   if (broken_) {
-    complete_locked(job.id, Status::broken, 0, *broken_);
+    complete_locked(std::move(job), Status::broken, 0, *broken_);
   } else {
     retry_or_fail_locked(std::move(job), why);
   }
@@ -193,14 +195,14 @@ void EngineImpl::retry_or_fail_locked(Job&& job, const std::string& why) {
     ++stats_.retried;
     requeue_locked(std::move(job));
   } else {
-    complete_locked(job.id, Status::worker_lost, 0, why);
+    complete_locked(std::move(job), Status::worker_lost, 0, why);
   }
 }
 
 // For an initializer's failure, or a job's result (the job left its slot when
 // the frame was taken, and was counted as done by its worker then).
-void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const FrameHeader& h, const std::string& name,
-                                             const std::string& what) {
+void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const FrameHeader& h, std::optional<Job> job,
+                                             const std::string& name, const std::string& what) {
   const std::string why = worker + " passed it in shared-memory segment '" + name +
                           "', which could not be read: " + what;
   if (h.kind == Kind::init_failed) {
@@ -209,7 +211,7 @@ void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const Fr
   }
   const std::string message = "the task ran, but its result was lost: " + why + ". The pool goes on.";
   log_locked(LogLevel::warning, message);
-  complete_locked(h.id, Status::worker_lost, h.arg, message);
+  complete_locked(std::move(*job), Status::worker_lost, h.arg, message);
 }
 
 }  // namespace shoal

@@ -139,12 +139,12 @@ void EngineImpl::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
     // Only the job that was running is to blame; the ones queued behind it go
     // back to the front of the queue untouched.
     if (job.id == running && s.kill_reason && s.kill_reason->job_id == job.id) {
-      complete_locked(job.id, s.kill_reason->status, 0, s.kill_reason->message);
+      complete_locked(std::move(job), s.kill_reason->status, 0, s.kill_reason->message);
       continue;
     }
     if (job.id == running) {
       if (job.retries_left == 0) {
-        complete_locked(job.id, Status::worker_lost, 0,
+        complete_locked(std::move(job), Status::worker_lost, 0,
                         "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
                             describe_exit(wait_status) + " while running this task");
         continue;

@@ -2,8 +2,10 @@
 
 A Runtime owns one C++ engine (and so the workers), a table of callables
 already sent to workers, and one thread that takes finished jobs from the
-engine in batches (waiting with the GIL released) and hands each to the
-handler registered for it.
+engine in batches (waiting with the GIL released) and calls each one's
+handler. The engine owns each job from submit to its end: it gives the id,
+keeps the handler with the job and hands it back with the job's end, and
+drops the arena blocks of its arguments then.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .. import _core
 from ..errors import BrokenPoolError
-from ..wire.payload import MAGIC as _PACKED
-from ..wire.payload import pack, pack_call, release
+from ..wire.payload import pack, pack_call
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
 from ..worker.bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
@@ -63,29 +64,6 @@ class Prepared:
 
     def __init__(self, blob: bytes) -> None:
         self.blob = blob
-
-
-class _ReleasingHandler:
-    """Calls a job's handler, then drops the arena blocks its arguments used."""
-
-    __slots__ = ("arena", "payload", "handler")
-
-    def __init__(self, arena: _core.Arena, payload: bytes, handler: Handler) -> None:
-        self.arena, self.payload, self.handler = arena, payload, handler
-
-    def __call__(self, status: int, run_ns: int, payload: bytes) -> None:
-        try:
-            self.handler(status, run_ns, payload)
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        try:
-            release(self.payload, self.arena)
-        except Exception:  # noqa: BLE001 - the job's outcome stands; at worst its blocks leak
-            # The arena's memory was overwritten (RuntimeError "... was corrupted"), or
-            # its blocks are gone: nothing to undo, and no caller to raise it to.
-            log.warning("shoal could not release the shared memory of a task's arguments", exc_info=True)
 
 
 class Runtime:
@@ -136,13 +114,12 @@ class Runtime:
             fork_server_fd=server[1] if server else -1,
             memory_hard_limit=hard_limit,
             memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
+            arena=self._arena,
         )
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
         self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
         self._engine_closing = False  # shutdown began: the last feed to finish closes the engine
-        self._handlers: dict[int, Handler] = {}
-        self._job_ids = itertools.count(1)
         # By id() or pickled bytes (see _function_id): (what keeps the key valid, engine id).
         self._functions: OrderedDict[Union[int, bytes], tuple[Optional[Task], int]] = OrderedDict()
         self._last_function: tuple[Optional[Task], int] = (None, 0)  # (fn, id) of the latest submit
@@ -209,17 +186,8 @@ class Runtime:
     def submit_as(
         self, fn_id: int, tag: int, payload: bytes, handler: Handler, retries: int = 0, timeout: Optional[float] = None
     ) -> int:
-        if payload[:8] == _PACKED:  # it holds arena blocks: free them when the job ends
-            handler = _ReleasingHandler(self._arena, payload, handler)
-        job_id = next(self._job_ids)  # atomic under the GIL
-        self._handlers[job_id] = handler  # filed before the job can finish
-        try:
-            limit = 0.0 if timeout is None else check_timeout(timeout)
-            self._engine.submit_as(job_id, fn_id, tag, payload, retries, limit)
-        except BaseException:
-            del self._handlers[job_id]
-            raise
-        return job_id
+        limit = 0.0 if timeout is None else check_timeout(timeout)
+        return self._engine.submit(fn_id, tag, payload, handler, retries, limit)
 
     def submit_call(
         self,
@@ -266,9 +234,7 @@ class Runtime:
             return False  # a callback waiting on another future: the collector must keep collecting
         got = self._engine.wait_for(job_id, timeout)
         if got:
-            handler = self._handlers.pop(job_id, None)
-            if handler is not None:
-                run_handler(handler, *got)
+            run_handler(*got)
             return True
         return got is None  # None: timed out; False: the collector has it
 
@@ -277,12 +243,8 @@ class Runtime:
         return self._engine.queued(job_id)
 
     def cancel(self, job_id: int) -> bool:
-        if self._engine.cancel(job_id):
-            handler = self._handlers.pop(job_id, None)
-            if isinstance(handler, _ReleasingHandler):
-                handler.release()
-            return True
-        return False
+        """Removes a job no worker holds yet; its handler is not called."""
+        return bool(self._engine.cancel(job_id))
 
     # -- results --------------------------------------------------------------
 
@@ -303,9 +265,7 @@ class Runtime:
                 # results still use stay mapped until those objects die).
                 self._arena.close()
                 return
-            pop = self._handlers.pop
-            handlers = [pop(job[0], None) for job in batch]
-            for (job_id, status, run_ns, payload), handler in zip(batch, handlers):
+            for handler, status, run_ns, payload in batch:
                 if handler is not None:
                     try:  # as _run_handler, without a call per result
                         handler(status, run_ns, payload)
@@ -315,7 +275,7 @@ class Runtime:
                     log.log(run_ns, "%s", payload.decode(errors="replace"))
             # This thread sleeps in collect() next: it must not keep the last
             # batch's handlers (futures, maps and their results) alive meanwhile.
-            batch = handlers = handler = payload = None  # type: ignore[assignment]
+            batch = handler = payload = None  # type: ignore[assignment]
 
     # -- life cycle -----------------------------------------------------------
 

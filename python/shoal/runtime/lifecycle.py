@@ -73,7 +73,6 @@ def _orphan_runtimes_in_child() -> None:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
         _orphans.append(engine)
         runtime._engine = _ForkedCopy(os.getppid())  # type: ignore[assignment]  # a stand-in refusing every use
-        runtime._handlers = {}
         runtime._feeds = set()
     _live.clear()
 

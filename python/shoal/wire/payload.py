@@ -19,7 +19,8 @@ Payload layout (little-endian). A list of 16 or more numbers, all ints
 within 64 bits or all floats, is a number column (magic ``b"shoalNC1"``, see
 cpp/include/shoal/wire/number_column.hpp), not a pickle. Any other payload
 without a block is the plain pickle (starting with the PROTO opcode
-``b"\\x80"``). Otherwise::
+``b"\\x80"``). Otherwise it is packed (cpp/include/shoal/wire/packed_payload.hpp
+defines it; ``_core.encode_packed``/``decode_packed`` write and read it)::
 
     magic b"shoalOB1" | u32 names | u32 entries | u64 pickle length
     names x (u16 length, UTF-8 arena name)         # names[0]: the arena given to pack()
@@ -64,7 +65,6 @@ parent's memory.
 from __future__ import annotations
 
 import pickle
-import struct
 import threading
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
@@ -81,17 +81,14 @@ __all__ = ["DEFAULT_THRESHOLD", "pack", "unpack", "release", "blocks", "is_packe
 DEFAULT_THRESHOLD: int = 64 * 1024
 
 PROTOCOL = 5
-MAGIC = b"shoalOB1"
-BUFFER, HELD = 0, 1
+MAGIC: bytes = _core.PACKED_MAGIC
+BUFFER, HELD = _core.PACKED_BUFFER, _core.PACKED_HELD
 NUMBER_COLUMN = _core.NUMBER_COLUMN_MAGIC
 # Lists this long or longer whose items are all ints (within 64 bits) or all
 # floats travel as a column of 8-byte words instead of a pickle: several times
 # cheaper to write and to read back. Shorter ones gain nothing.
 _COLUMN_MIN = 16
 
-_HEAD = struct.Struct("<8sIIQ")
-_NAME_LEN = struct.Struct("<H")
-_ENTRY = struct.Struct("<HBBIQQQQQ")
 
 Entry = Tuple[int, int, _core.Block, int, int]  # arena index, kind, Block, view offset, view length
 
@@ -309,18 +306,7 @@ def pack(obj: Any, arena: Optional[_core.Arena] = None, threshold: int = DEFAULT
 
 
 def _encode(names: Sequence[str], entries: Sequence[Entry], pickled: bytes) -> bytes:
-    parts = [_HEAD.pack(MAGIC, len(names), len(entries), len(pickled))]
-    for name in names:
-        raw = name.encode()
-        parts.append(_NAME_LEN.pack(len(raw)) + raw)
-    for arena_index, kind, block, offset, length in entries:
-        parts.append(
-            _ENTRY.pack(
-                arena_index, kind, block.flags, block.segment, block.offset, block.size, block.generation, offset, length
-            )
-        )
-    parts.append(pickled)
-    return b"".join(parts)
+    return _core.encode_packed(list(names), list(entries), pickled)
 
 
 def _starts_with(payload: Buffer, magic: bytes) -> bool:
@@ -341,25 +327,8 @@ def is_number_column(payload: Buffer) -> bool:
 
 
 def _decode(payload: Buffer) -> Tuple[List[str], List[Entry], memoryview]:
-    view = memoryview(payload).cast("B")
-    magic, n_names, n_entries, pickle_len = _HEAD.unpack_from(view)
-    if magic != MAGIC:
-        raise ValueError("not a shoal out-of-band payload")
-    pos = _HEAD.size
-    names = []
-    for _ in range(n_names):
-        (n,) = _NAME_LEN.unpack_from(view, pos)
-        pos += _NAME_LEN.size
-        names.append(bytes(view[pos : pos + n]).decode())
-        pos += n
-    entries: List[Entry] = []
-    for _ in range(n_entries):
-        arena_index, kind, flags, segment, offset, size, generation, voffset, vlength = _ENTRY.unpack_from(view, pos)
-        pos += _ENTRY.size
-        entries.append((arena_index, kind, _core.Block(segment, flags, offset, size, generation), voffset, vlength))
-    if pos + pickle_len != len(view):
-        raise ValueError("truncated shoal out-of-band payload")
-    return names, entries, view[pos:]
+    names, entries, pickle_offset = _core.decode_packed(payload)
+    return names, entries, memoryview(payload).cast("B")[pickle_offset:]
 
 
 def blocks(payload: Buffer) -> List[Tuple[str, _core.Block]]:
@@ -426,14 +395,9 @@ def _release_quietly(arena: _core.Arena, block: _core.Block) -> None:
 
 def release(payload: Buffer, arena: Optional[_core.Arena] = None) -> None:
     """Drops the references ``payload`` holds (once; never after adopt=True)."""
-    if not is_packed(payload):
-        return
-    names, entries, _ = _decode(payload)
-    arenas = attach_all(names, arena)
-    for arena_index, _, block, _, _ in entries:
-        # The payload's references are disowned (not this process's): this
-        # process's own mappings and references on the same block (a live
-        # SharedArray) stay intact, and a huge block is not mapped to do it.
-        arenas[arena_index].release_disowned(block)
+    # The payload's references are disowned (not this process's): this
+    # process's own mappings and references on the same block (a live
+    # SharedArray) stay intact, and a huge block is not mapped to do it.
+    _core.release_packed(payload, arena)
 
 

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +23,7 @@
 namespace shoal {
 
 class EngineImpl;
+class SharedArena;
 
 struct EngineOptions {
   uint32_t workers = 1;
@@ -37,16 +39,26 @@ struct EngineOptions {
   // (memory_exceeded); past the soft limit after a job the worker is replaced.
   uint64_t memory_hard_limit = 0;  // bytes, 0 = none
   uint64_t memory_soft_limit = 0;  // bytes, 0 = none
+  // The arena that jobs' packed arguments were packed into (others are
+  // attached by name): the engine drops those references when a job ends.
+  std::shared_ptr<SharedArena> arena;
+  // Called, in the destructor, for the owner of each job whose end nobody
+  // took (its Completion was never collected): the submitter's bookkeeping
+  // for it goes too. The destructor's thread calls it.
+  std::function<void(uint64_t owner)> drop_owner;
 };
 
 // Python's logging levels, for the log records the engine emits.
 enum class LogLevel : uint64_t { debug = 10, info = 20, warning = 30, error = 40 };
 
+// How a job ended. Every submitted job ends in exactly one Completion (or a
+// successful cancel()), which hands back the owner it was submitted with.
 struct Completion {
   uint64_t job_id;
   proto::Status status;
   uint64_t run_ns;
   std::string payload;
+  uint64_t owner = 0;  // Engine::submit's `owner`; 0 for the engine's log records
 };
 
 // Faults a test can provoke (Engine::inject_fault_for_testing).
@@ -74,22 +86,25 @@ class Engine {
   uint64_t define_function(std::string pickled);
   void drop_function(uint64_t fn_id);
 
-  // Queues a job; `retries` is how often it is re-run if its worker dies under it.
-  // Throws ClosedError after shutdown().
-  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0);
-  // The same with an id the caller chose (unique, non-zero), so it can file
-  // its bookkeeping for the job before the job can possibly finish.
-  // `timeout_s` > 0 limits the job's run time: past it the worker is killed
-  // and replaced, and the job ends as timed_out.
-  void submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0,
-                 double timeout_s = 0);
+  // Queues a job and returns its id (unique, non-zero). `retries` is how
+  // often it is re-run if its worker dies under it; `timeout_s` > 0 limits its
+  // run time (past it the worker is killed and replaced, and the job ends as
+  // timed_out). `owner` is the submitter's, opaque here: whatever it files
+  // for the job (a result handler) travels with the job and comes back in its
+  // Completion, so no table of the submitter's maps ids to handlers. A packed
+  // payload's arena references (shoal/wire/packed_payload.hpp) become the
+  // job's, dropped when it ends for good. Throws ClosedError after shutdown().
+  uint64_t submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries = 0, double timeout_s = 0,
+                  uint64_t owner = 0);
   // The same, unless the engine's lock stays taken for longer than a short
-  // spin: then it returns false and leaves `payload` alone (the bindings then
-  // let go of the GIL and call submit_as, which may block).
-  bool try_submit_as(uint64_t job_id, uint64_t fn_id, uint32_t tag, std::string& payload, int retries = 0,
-                     double timeout_s = 0);
-  // Removes a job that no worker holds yet; false if it already left the queue.
-  bool cancel(uint64_t job_id);
+  // spin: then it returns nullopt and leaves `payload` alone (the bindings
+  // then let go of the GIL and call submit, which may block).
+  std::optional<uint64_t> try_submit(uint64_t fn_id, uint32_t tag, std::string& payload, int retries = 0,
+                                     double timeout_s = 0, uint64_t owner = 0);
+  // Removes a job that no worker holds yet; false if it already left the
+  // queue. A cancelled job ends here: no Completion follows, its owner is
+  // stored in `*owner` (if given) and its argument's references are dropped.
+  bool cancel(uint64_t job_id, uint64_t* owner = nullptr);
   // Whether the job still waits in the queue (no worker holds it yet): the
   // stdlib's "pending" as against "running".
   bool queued(uint64_t job_id) const;
