@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +41,7 @@
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
+#include "returns_within.hpp"
 #include "shoal/engine/pool_layout.hpp"
 
 using namespace std::chrono_literals;
@@ -54,7 +57,9 @@ namespace proto = shoal::proto;
 namespace {
 
 using shoal_test::contains;
+using shoal_test::eventually;
 using shoal_test::options;
+using shoal_test::returns_within;
 
 constexpr uint32_t kCheck = 0x5a17f00dU;  // the ring's frame check word (ring.cpp)
 constexpr const char* kCorrupted = "the pool's shared memory was corrupted";
@@ -111,23 +116,45 @@ struct Collected {
   }
 };
 
-template <class F>
-bool returns_within(std::chrono::seconds limit, F f) {
-  auto done = std::async(std::launch::async, std::move(f));
-  if (done.wait_for(limit) == std::future_status::ready) return true;
-  ADD_FAILURE() << "call did not return within " << limit.count() << " s";
-  std::_Exit(1);
-}
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::seconds limit = 30s) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
+// The files the test worker's "sleep:<ms>:<path>" jobs leave: <path> as the
+// job starts, <path>.done as it ends. A test waits for them to know that a
+// worker runs a job, instead of sleeping and hoping it does.
+class Markers {
+ public:
+  Markers() {
+    static std::atomic<int> made{0};
+    dir_ = std::filesystem::temp_directory_path() /
+           ("shoal-garbage-" + std::to_string(getpid()) + "-" + std::to_string(made++));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
   }
-  return true;
-}
+  ~Markers() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  Markers(const Markers&) = delete;
+  Markers& operator=(const Markers&) = delete;
+
+  std::string path(int job) const { return (dir_ / std::to_string(job)).string(); }
+  // The payload of a job that sleeps `ms` and leaves the markers of `job`.
+  std::string sleep(int ms, int job) const { return "sleep:" + std::to_string(ms) + ":" + path(job); }
+  bool started(int job) const { return std::filesystem::exists(path(job)); }
+  bool ended(int job) const { return std::filesystem::exists(path(job) + ".done"); }
+  // How many of jobs 0..n-1 run now. Each was seen started and then not yet
+  // ended, so it ran all that time: jobs counted together run side by side,
+  // each on a worker of its own.
+  int running(int n) const {
+    std::vector<int> seen;
+    for (int j = 0; j < n; ++j)
+      if (started(j)) seen.push_back(j);
+    return static_cast<int>(std::count_if(seen.begin(), seen.end(), [&](int j) { return !ended(j); }));
+  }
+  // Forgets that `job` started (a job run again after a failover starts anew).
+  void forget(int job) const { std::filesystem::remove(path(job)); }
+
+ private:
+  std::filesystem::path dir_;
+};
 
 // Where the rings of a slot lie in the pool's segment, learned from a valid layout.
 struct RingOffsets {
@@ -286,14 +313,15 @@ TEST_P(GarbageTest, CorruptPoolHeaderBreaksThePoolAndWakesEveryWaiter) {
 // ---- a worker's outbox ----------------------------------------------------------
 
 TEST_P(GarbageTest, CorruptOutboxFailsOverOnlyItsWorker) {
+  Markers m;
   Engine e(options(2));
   const uint64_t fn = e.define_function("f");
   // Warm: both workers up, and which one is slot 0 known by its pid.
   std::vector<uint64_t> ids;
-  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "sleep:300", /*retries=*/1));
+  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, m.sleep(300, i), /*retries=*/1));
   for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "echo:" + std::to_string(i)));
   ASSERT_TRUE(eventually([&] { return e.worker_pids().size() == 2; }));
-  std::this_thread::sleep_for(50ms);  // the first jobs are running
+  ASSERT_TRUE(eventually([&] { return m.running(4) == 2; })) << "the first jobs never ran side by side";
   const RingOffsets at = ring_offsets(e.segment_name(), 0);
   scribble(e.segment_name(), [&](std::byte* base, std::size_t) {
     garble_ring(base + at.outbox, at.capacity, GetParam(), 5, false);
@@ -331,12 +359,14 @@ TEST_P(GarbageTest, CorruptOutboxFailsOverOnlyItsWorker) {
 // ---- a worker's inbox -------------------------------------------------------------
 
 TEST_P(GarbageTest, CorruptInboxMakesItsWorkerExitAndOnlyItIsFailedOver) {
+  Markers m;
   Engine e(options(2));
   const uint64_t fn = e.define_function("f");
   std::vector<uint64_t> ids;
-  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, "sleep:300", /*retries=*/1));
+  for (int i = 0; i < 4; ++i) ids.push_back(e.submit(fn, 0, m.sleep(300, i), /*retries=*/1));
   ASSERT_TRUE(eventually([&] { return e.worker_pids().size() == 2; }));
-  std::this_thread::sleep_for(50ms);  // each worker runs one and has the next in its inbox
+  // Each worker runs one and has the next in its inbox.
+  ASSERT_TRUE(eventually([&] { return m.running(4) == 2; })) << "the first jobs never ran side by side";
   const RingOffsets at = ring_offsets(e.segment_name(), 1);
   scribble(e.segment_name(), [&](std::byte* base, std::size_t) {
     garble_ring(base + at.inbox, at.capacity, GetParam(), 6, true);
@@ -370,16 +400,19 @@ INSTANTIATE_TEST_SUITE_P(Patterns, GarbageTest,
 
 // The same with spawned workers, and a waiter blocked on the failed-over job.
 TEST(Garbage, CorruptOutboxWithSpawnedWorkersWakesTheWaiter) {
+  Markers m;
   Engine e(options(1, false));
   const uint64_t fn = e.define_function("f");
-  const uint64_t slow = e.submit(fn, 0, "sleep:2000");
+  const uint64_t slow = e.submit(fn, 0, m.sleep(2000, 0));
   ASSERT_TRUE(eventually([&] { return e.worker_pids().size() == 1; }));
+  std::atomic<bool> waiting{false};
   auto waiter = std::async(std::launch::async, [&] {
     std::optional<Completion> got;
+    waiting = true;  // a waiter not blocked yet by the garbage still finds the job failed over
     e.wait_for(slow, Deadline::after(30s), got);
     return got;
   });
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(eventually([&] { return waiting.load() && m.started(0); })) << "the job never ran";
   const RingOffsets at = ring_offsets(e.segment_name(), 0);
   scribble(e.segment_name(), [&](std::byte* base, std::size_t) {
     garble_ring(base + at.outbox, at.capacity, Pattern::plausible, 1, false);
@@ -402,11 +435,12 @@ TEST(Garbage, CorruptOutboxWithSpawnedWorkersWakesTheWaiter) {
 // the slot's worker dies, the pool blames the garbage, not a worker that
 // cannot start, and the slot gets freshly formatted rings.
 TEST(Garbage, GarbageRingHeaderIsBlamedWhenItsWorkerDies) {
+  Markers m;
   Engine e(options(1));
   const uint64_t fn = e.define_function("f");
-  const uint64_t job = e.submit(fn, 0, "sleep:20000");
+  const uint64_t job = e.submit(fn, 0, m.sleep(20000, 0));
   ASSERT_TRUE(eventually([&] { return e.worker_pids().size() == 1; }));
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(eventually([&] { return m.started(0); })) << "the job never ran";  // its worker attached the rings
   const RingOffsets at = ring_offsets(e.segment_name(), 0);
   scribble(e.segment_name(), [&](std::byte* base, std::size_t) { put_u64(base + at.inbox, 0x0123456789abcdefULL); });
   kill(e.worker_pids().front(), SIGKILL);
@@ -429,17 +463,21 @@ TEST(Garbage, GarbageRingHeaderIsBlamedWhenItsWorkerDies) {
 TEST(Garbage, RandomBytesOverTheWholeSegmentNeverCrashTheEngine) {
   for (uint64_t seed : {1u, 2u, 3u}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
+    Markers m;
     Engine e(options(2));
     const uint64_t fn = e.define_function("f");
     std::vector<uint64_t> ids;
-    for (int i = 0; i < 2; ++i) ids.push_back(e.submit(fn, 0, "sleep:20000"));
+    for (int i = 0; i < 2; ++i) ids.push_back(e.submit(fn, 0, m.sleep(20000, i)));
     for (int i = 0; i < 50; ++i) ids.push_back(e.submit(fn, 0, "echo:" + std::to_string(i)));
+    std::atomic<bool> waiting{false};
     auto waiter = std::async(std::launch::async, [&] {
       std::optional<Completion> got;
+      waiting = true;
       e.wait_for(ids[1], Deadline::after(30s), got);
       return got;
     });
-    std::this_thread::sleep_for(20ms);
+    // Both workers busy, and a waiter on one of their jobs.
+    ASSERT_TRUE(eventually([&] { return waiting.load() && m.running(2) == 2; })) << "the jobs never ran";
     scribble(e.segment_name(), [&](std::byte* base, std::size_t size) {
       std::mt19937_64 rng(seed);
       for (std::size_t k = 0; k + 8 <= size; k += 8) put_u64(base + k, rng());
@@ -459,12 +497,15 @@ TEST(Garbage, RandomBytesOverTheWholeSegmentNeverCrashTheEngine) {
 // ---- garbage that keeps coming ------------------------------------------------------
 
 TEST(Garbage, OutboxCorruptedAgainAndAgainBreaksThePoolInsteadOfReplacingWorkersForEver) {
+  Markers m;
   Engine e(options(1));
   const uint64_t fn = e.define_function("f");
-  const uint64_t job = e.submit(fn, 0, "sleep:20000", /*retries=*/100);
+  const uint64_t job = e.submit(fn, 0, m.sleep(20000, 0), /*retries=*/100);
   for (uint64_t round = 1; round <= 3; ++round) {
     ASSERT_TRUE(eventually([&] { return e.stats().workers_started >= round && e.worker_pids().size() == 1; }));
-    std::this_thread::sleep_for(20ms);
+    // The job runs (again, on the replacement worker): the last worker, killed, made no marker since.
+    ASSERT_TRUE(eventually([&] { return m.started(0); })) << "the job never ran in round " << round;
+    m.forget(0);
     const RingOffsets at = ring_offsets(e.segment_name(), 0);
     scribble(e.segment_name(), [&](std::byte* base, std::size_t) {
       garble_ring(base + at.outbox, at.capacity, Pattern::random, round, false);
