@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "child_process.hpp"
+#include "returns_within.hpp"
 #include "shoal/ipc/barrier.hpp"
 #include "shoal/ipc/condition.hpp"
 #include "shoal/base/errors.hpp"
@@ -30,6 +31,7 @@ using shoal::ProcessLock;
 using shoal::Semaphore;
 using shoal::SharedObject;
 using shoal::testing::ChildProcess;
+using shoal_test::eventually;
 
 namespace {
 
@@ -44,15 +46,15 @@ struct Scratch {
   std::atomic<uint32_t> seen[64][8] = {};
 };
 
-// Polls `ready` until it holds or `timeout` passes.
-template <class Ready>
-bool eventually(Ready&& ready, std::chrono::milliseconds timeout = 5s) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (ready()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return ready();
+// A Blocker that counts in `*arrived` each wait that is about to block: a
+// primitive calls it only once it found it must wait (a lock held, an event
+// clear), and a waiter counted here gets whatever happens from then on. A
+// test waits for the count instead of sleeping and hoping the waiter got there.
+shoal::Blocker counting_in(std::atomic<uint32_t>* arrived) {
+  return [arrived](const Deadline& deadline, const shoal::Attempt& attempt) {
+    arrived->fetch_add(1);
+    return attempt(deadline);
+  };
 }
 
 }  // namespace
@@ -119,13 +121,14 @@ TEST(SyncLock, TimedAcquireTimesOutWhileAnotherProcessHoldsIt) {
 
 TEST(SyncLock, WaiterInAnotherProcessGetsTheLockWhenReleased) {
   auto lock = SharedObject<ProcessLock>::create(false);
+  auto scratch = SharedObject<Scratch>::create();
   ASSERT_EQ(lock->acquire(), LockResult::acquired);
   ChildProcess waiter([&] {
-    if (lock->acquire(Deadline::after(10s)) != LockResult::acquired) return 1;
+    if (lock->acquire(Deadline::after(10s), counting_in(&scratch->inside)) != LockResult::acquired) return 1;
     lock->release();
     return 0;
   });
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(eventually([&] { return scratch->inside.load() == 1; }));  // it found the lock held and waits
   lock->release();
   EXPECT_TRUE(waiter.succeeded(10s));
 }
@@ -234,13 +237,14 @@ TEST(SyncSemaphore, BoundedSemaphoreRefusesToPassItsBound) {
 
 TEST(SyncEvent, SetWakesWaitersInOtherProcesses) {
   auto event = SharedObject<Event>::create();
+  auto scratch = SharedObject<Scratch>::create();
   std::vector<std::unique_ptr<ChildProcess>> waiters;
   for (int w = 0; w < 3; ++w)
     waiters.push_back(std::make_unique<ChildProcess>([&] {
       auto e = SharedObject<Event>::attach(event.name());
-      return e->wait(Deadline::after(10s)) ? 0 : 1;
+      return e->wait(Deadline::after(10s), counting_in(&scratch->inside)) ? 0 : 1;
     }));
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(eventually([&] { return scratch->inside.load() == 3; }));  // each found it clear and waits
   event->set();
   for (auto& w : waiters) EXPECT_TRUE(w->succeeded(10s));  // woken, before their own 10 s deadline
   EXPECT_TRUE(event->is_set());
@@ -253,8 +257,10 @@ TEST(SyncEvent, WaitTimesOutWhileClearAndSeesASetClearPulse) {
   EXPECT_FALSE(event->wait(deadline));
   EXPECT_TRUE(deadline.expired());  // it waited out its deadline, not less
 
-  ChildProcess waiter([&] { return event->wait(Deadline::after(10s)) ? 0 : 1; });
-  std::this_thread::sleep_for(50ms);
+  // The pulse must come while the waiter waits: once counted, it waits.
+  auto scratch = SharedObject<Scratch>::create();
+  ChildProcess waiter([&] { return event->wait(Deadline::after(10s), counting_in(&scratch->inside)) ? 0 : 1; });
+  ASSERT_TRUE(eventually([&] { return scratch->inside.load() == 1; }));
   event->set();
   event->clear();
   EXPECT_TRUE(waiter.succeeded(10s));
@@ -283,7 +289,8 @@ TEST(SyncCondition, NotifyWakesAWaiterInAnotherProcess) {
     return 0;
   });
   ASSERT_TRUE(eventually([&] { return scratch->inside.load() == 1; }));
-  std::this_thread::sleep_for(20ms);
+  // The waiter holds the lock until its wait lets go of it: once we have it,
+  // the waiter waits (a notify before it sleeps still reaches it).
   ASSERT_NE(lock->acquire(Deadline::after(5s)), LockResult::timed_out);  // the waiter let go of it
   scratch->flag.store(1);
   cond->notify(*lock);
