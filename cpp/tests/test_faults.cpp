@@ -25,6 +25,7 @@
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
+#include "returns_within.hpp"
 
 using namespace std::chrono_literals;
 using shoal::Completion;
@@ -79,15 +80,7 @@ bool logged(Engine& e, const std::string& part, std::vector<std::string>& logs) 
   }
 }
 
-// Runs `f` on a thread; true if it returned within `limit`. A call that
-// hangs ends the test binary (the hang is the failure).
-template <class F>
-bool returns_within(std::chrono::seconds limit, F f) {
-  auto done = std::async(std::launch::async, std::move(f));
-  if (done.wait_for(limit) == std::future_status::ready) return true;
-  ADD_FAILURE() << "call did not return within " << limit.count() << " s";
-  std::_Exit(1);
-}
+using shoal_test::returns_within;
 
 // Waits (up to 30 s) until `pred` holds.
 template <class Pred>

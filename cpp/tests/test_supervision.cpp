@@ -27,6 +27,7 @@
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/engine/engine.hpp"
 #include "engine_options.hpp"
+#include "returns_within.hpp"
 #include "shoal/engine/pool_layout.hpp"
 
 using namespace std::chrono_literals;
@@ -59,16 +60,7 @@ class SigchldDisposition {
   sighandler_t previous_ = SIG_DFL;
 };
 
-// Runs `f` on a thread; true if it returned within `limit`. A call that
-// hangs ends the test binary (the hang is the failure; nothing else could
-// clean up after it).
-template <class F>
-bool returns_within(std::chrono::seconds limit, F f) {
-  auto done = std::async(std::launch::async, std::move(f));
-  if (done.wait_for(limit) == std::future_status::ready) return true;
-  ADD_FAILURE() << "call did not return within " << limit.count() << " s";
-  std::_Exit(1);
-}
+using shoal_test::returns_within;
 
 // Collects until `count` jobs finished (or 30 s passed); log records go to `logs`.
 std::map<uint64_t, Completion> collect(Engine& e, std::size_t count, std::vector<Completion>* logs = nullptr) {
