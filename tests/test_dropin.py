@@ -462,6 +462,79 @@ def test_mp_queue_lock_event_in_initargs_and_manager_proxies_work(method, tmp_pa
     assert "PROXY 1 {3: 9}" in out.stdout, out.stdout + out.stderr
 
 
+_FRESH_WORKERS_SCRIPT = """
+import gc, logging, logging.handlers, multiprocessing as mp, os, sys, threading
+import shoal
+
+def init(q, lock, ev):
+    global L, E
+    L, E = lock, ev
+    root = logging.getLogger()
+    root.addHandler(logging.handlers.QueueHandler(q))  # the logging cookbook's pattern
+    root.setLevel(logging.INFO)
+
+def work(x):
+    with L:
+        logging.info("item %d", x)
+    E.set()
+    return x
+
+def die(x):
+    os._exit(1)
+
+if __name__ == "__main__":
+    method = sys.argv[1]
+    # As with the stdlib, objects made for a fresh interpreter come from a
+    # context that starts one ("spawn" or "forkserver"), never "fork".
+    ctx = mp.get_context("spawn" if method == "spawn" else "forkserver")
+    q, lock, ev = ctx.Queue(), ctx.Lock(), ctx.Event()
+    # A thread running while the pool starts: the fork server cannot be forked
+    # from this process and starts as a fresh interpreter.
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)
+    busy.start()
+    with shoal.Executor(1, start_method=method) as warm:  # what a process keeps once it used a pool
+        warm.submit(os.getpid).result(timeout=60)
+    del warm
+    gc.collect()
+    before = set(os.listdir("/proc/self/fd"))
+    with shoal.Executor(2, initializer=init, initargs=(q, lock, ev), start_method=method) as ex:
+        assert list(ex.map(work, range(3))) == [0, 1, 2]
+        try:
+            ex.submit(die, 0).result(timeout=60)
+        except shoal.WorkerLostError:
+            pass
+        assert list(ex.map(work, range(3, 6))) == [3, 4, 5]  # replacement workers too
+    del ex  # the pool object holds its engine (and its supervisor's eventfd) until it goes
+    gc.collect()
+    stop.set()
+    busy.join()
+    print("LOGGED", sorted(q.get(timeout=30).getMessage() for _ in range(6)), ev.is_set())
+    left = set(os.listdir("/proc/self/fd")) - before
+    print("FDS", len(left), [os.readlink("/proc/self/fd/" + fd) for fd in left if os.path.exists("/proc/self/fd/" + fd)])
+    fork_q = mp.get_context("fork").Queue()
+    try:
+        shoal.Executor(1, initializer=init, initargs=(fork_q, lock, ev), start_method="spawn")
+    except RuntimeError as exc:
+        print("REFUSED", "fork context" in str(exc))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_mp_objects_in_initargs_reach_fresh_worker_interpreters(method, tmp_path):
+    # Fresh interpreters get an mp.Queue's pipes as a spawned child of the
+    # stdlib does (inherited at the same descriptor numbers, for every worker
+    # started later too); nothing is left open once the pool is gone.
+    script = tmp_path / "fresh_workers.py"
+    script.write_text(_FRESH_WORKERS_SCRIPT)
+    out = _python(str(script), method)
+    assert out.returncode == 0, out.stderr
+    items = ", ".join(f"'item {i}'" for i in range(6))
+    assert f"LOGGED [{items}] True" in out.stdout, out.stdout + out.stderr
+    assert "FDS 0 []" in out.stdout, out.stdout + out.stderr
+    assert "REFUSED True" in out.stdout, out.stdout + out.stderr  # as ProcessPoolExecutor(mp_context=spawn)
+
+
 _PROXY_SCRIPT = """
 import multiprocessing as mp
 import shoal

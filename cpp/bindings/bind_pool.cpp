@@ -122,7 +122,8 @@ void bind_pool(nb::module_& m) {
           "__init__",
           [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
              nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd,
-             uint64_t memory_hard_limit, uint64_t memory_soft_limit, std::shared_ptr<SharedArena> arena) {
+             uint64_t memory_hard_limit, uint64_t memory_soft_limit, std::shared_ptr<SharedArena> arena,
+             std::vector<int> inherited_fds) {
             EngineOptions o;
             o.workers = workers;
             o.fork_server = fork_server;
@@ -134,13 +135,15 @@ void bind_pool(nb::module_& m) {
             o.memory_hard_limit = memory_hard_limit;
             o.memory_soft_limit = memory_soft_limit;
             o.arena = std::move(arena);
+            o.inherited_fds = std::move(inherited_fds);
             // The destructor runs in tp_dealloc, with the GIL held.
             o.drop_owner = [](uint64_t owner) { take_owner(owner); };
             new (self) Engine(std::move(o));
           },
           nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
           nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1,
-          nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0, nb::arg("arena") = nb::none())
+          nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0, nb::arg("arena") = nb::none(),
+          nb::arg("inherited_fds") = std::vector<int>{})
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
       .def_prop_ro("inline_payload_limit", &Engine::inline_payload_limit)

@@ -71,8 +71,9 @@ EngineImpl::EngineImpl(EngineOptions options)
   for (auto& a : argv)
     if (a == "{segment}") a = segment_name();
   auto launcher = options_.fork_server
-                      ? make_fork_server_launcher(argv, segment_name(), options_.fork_server_handle)
-                      : make_spawn_launcher(argv);
+                      ? make_fork_server_launcher(argv, segment_name(), options_.fork_server_handle,
+                                                  options_.inherited_fds)
+                      : make_spawn_launcher(argv, options_.inherited_fds);
   supervisor_ = std::make_unique<Supervisor>(std::move(launcher), [this](const ProcessEvent& e) { on_process_event(e); });
   {
     LockGuard lk(mu_);

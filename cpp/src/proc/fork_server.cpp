@@ -97,8 +97,9 @@ ssize_t receive_reply(int sock, Reply& r, UniqueFd& fd) {
 
 class ForkServerLauncher final : public Launcher {
  public:
-  ForkServerLauncher(std::vector<std::string> argv, std::string context, ForkServerHandle adopt)
-      : argv_(std::move(argv)), context_(std::move(context)) {
+  ForkServerLauncher(std::vector<std::string> argv, std::string context, ForkServerHandle adopt,
+                     std::vector<int> inherited)
+      : argv_(std::move(argv)), context_(std::move(context)), inherited_(std::move(inherited)) {
     if (context_.size() > kContextMax) throw std::length_error("fork server context too long");
     if (adopt.pid > 0 && adopt.socket >= 0) {
       server_pid_ = adopt.pid;
@@ -183,7 +184,7 @@ class ForkServerLauncher final : public Launcher {
     UniqueFd mine(fds[0]);
     {
       UniqueFd theirs(fds[1]);
-      server_pid_ = detail::spawn_process(argv_, theirs.get());
+      server_pid_ = detail::spawn_process(argv_, theirs.get(), inherited_);
     }  // from here on only the server holds its end
     sock_ = std::move(mine);
     forked_any_ = false;
@@ -290,6 +291,7 @@ class ForkServerLauncher final : public Launcher {
 
   std::vector<std::string> argv_;
   std::string context_;
+  std::vector<int> inherited_;  // the caller's, open while this launcher lives
   UniqueFd sock_;
   pid_t server_pid_ = -1;
   UniqueFd server_fd_;  // the server's pidfd (empty without pidfd support)
@@ -305,8 +307,8 @@ class ForkServerLauncher final : public Launcher {
 }  // namespace
 
 std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv, std::string context,
-                                                    ForkServerHandle adopt) {
-  return std::make_unique<ForkServerLauncher>(std::move(argv), std::move(context), adopt);
+                                                    ForkServerHandle adopt, std::vector<int> inherited) {
+  return std::make_unique<ForkServerLauncher>(std::move(argv), std::move(context), adopt, std::move(inherited));
 }
 
 void die_with_parent(pid_t expected_parent) {

@@ -27,7 +27,8 @@ bool is_our_child(int pidfd) {
 
 class SpawnLauncher final : public Launcher {
  public:
-  explicit SpawnLauncher(std::vector<std::string> argv) : argv_(std::move(argv)) {}
+  SpawnLauncher(std::vector<std::string> argv, std::vector<int> inherited)
+      : argv_(std::move(argv)), inherited_(std::move(inherited)) {}
   ~SpawnLauncher() override { stop(); }
 
   void spawn(uint32_t slot, std::vector<ProcessEvent>& events) override {
@@ -35,7 +36,7 @@ class SpawnLauncher final : public Launcher {
     argv.push_back(std::to_string(slot));
     pid_t pid;
     try {
-      pid = detail::spawn_process(argv);
+      pid = detail::spawn_process(argv, -1, inherited_);
     } catch (const std::system_error& e) {
       events.push_back({ProcessEvent::Type::spawn_failed, slot, -1, e.code().value()});
       return;
@@ -98,13 +99,14 @@ class SpawnLauncher final : public Launcher {
     SharedPidfd pidfd;  // shared with the engine, which kills the worker through it
   };
   std::vector<std::string> argv_;
+  std::vector<int> inherited_;  // the caller's, open while this launcher lives
   std::map<int, Child> children_;
 };
 
 }  // namespace
 
-std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv) {
-  return std::make_unique<SpawnLauncher>(std::move(argv));
+std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv, std::vector<int> inherited) {
+  return std::make_unique<SpawnLauncher>(std::move(argv), std::move(inherited));
 }
 
 }  // namespace shoal

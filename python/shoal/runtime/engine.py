@@ -10,6 +10,7 @@ drops the arena blocks of its arguments then.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import threading
 import time
@@ -21,7 +22,13 @@ from ..errors import BrokenPoolError
 from ..wire.payload import pack, pack_call
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
-from ..worker.bootstrap import child_argv, fork_fork_server, importing_main, run_inherited_initializer
+from ..worker.bootstrap import (
+    child_argv,
+    fork_fork_server,
+    importing_main,
+    pickle_for_fresh_workers,
+    run_inherited_initializer,
+)
 from . import lifecycle
 from .map_feed import MapFeed
 from .options import PoolOptions, check_timeout
@@ -88,14 +95,22 @@ class Runtime:
         token = next(_init_tokens)
         server = fork_fork_server(config, start_method == "fork", init, token) if forked else None
         init_payload = b""
+        # Descriptors the initializer's arguments hand to fresh workers: open
+        # here until the engine is gone (its workers may be restarted).
+        self._inherited_fds: list[int] = []
         if server is not None and init is not None:
             # Inherited as multiprocessing's fork children inherit it: an
             # mp.Queue, Lock or Event works, and nothing is pickled.
             init_payload = dumps((run_inherited_initializer, (token,)))
         elif init is not None:
             try:
-                init_payload = dumps(init, "the initializer and initargs")
-            except RuntimeError as error:  # e.g. "Queue objects should only be shared ... through inheritance"
+                try:
+                    init_payload, self._inherited_fds = pickle_for_fresh_workers(init)
+                except RuntimeError:
+                    raise
+                except Exception:  # noqa: BLE001 - not picklable by reference (a lambda): cloudpickle
+                    init_payload = dumps(init, "the initializer and initargs")
+            except RuntimeError as error:  # e.g. "A SemLock created in a fork context ..."
                 if hasattr(error, "add_note"):
                     error.add_note(
                         "a fresh worker interpreter cannot inherit it: pass shoal.Queue / shoal.Lock / shoal.Event "
@@ -103,19 +118,24 @@ class Runtime:
                         "and create the pool before other threads start"
                     )
                 raise
-        self._engine = _core.Engine(
-            workers=workers,
-            fork_server=forked,
-            argv=child_argv("forkserver" if forked else "spawn", config),
-            ring_bytes=_RING_BYTES,
-            init_payload=init_payload,
-            max_tasks_per_child=options.max_tasks_per_child,
-            fork_server_pid=server[0] if server else -1,
-            fork_server_fd=server[1] if server else -1,
-            memory_hard_limit=hard_limit,
-            memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
-            arena=self._arena,
-        )
+        try:
+            self._engine = _core.Engine(
+                workers=workers,
+                fork_server=forked,
+                argv=child_argv("forkserver" if forked else "spawn", config),
+                ring_bytes=_RING_BYTES,
+                init_payload=init_payload,
+                max_tasks_per_child=options.max_tasks_per_child,
+                fork_server_pid=server[0] if server else -1,
+                fork_server_fd=server[1] if server else -1,
+                memory_hard_limit=hard_limit,
+                memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
+                arena=self._arena,
+                inherited_fds=self._inherited_fds,
+            )
+        except BaseException:
+            self._close_inherited_fds()
+            raise
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
         self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
@@ -262,8 +282,10 @@ class Runtime:
                 continue
             if batch is None:
                 # Every worker is gone: the arena's names go too (blocks that
-                # results still use stay mapped until those objects die).
+                # results still use stay mapped until those objects die), and
+                # the descriptors kept for workers yet to start.
                 self._arena.close()
+                self._close_inherited_fds()
                 return
             for handler, status, run_ns, payload in batch:
                 if handler is not None:
@@ -278,6 +300,11 @@ class Runtime:
             batch = handler = payload = None  # type: ignore[assignment]
 
     # -- life cycle -----------------------------------------------------------
+
+    def _close_inherited_fds(self) -> None:
+        fds, self._inherited_fds = self._inherited_fds, []
+        for fd in fds:
+            os.close(fd)
 
     def _register_feed(self, feed: "MapFeed") -> None:
         with self._lock:

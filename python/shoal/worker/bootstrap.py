@@ -142,6 +142,67 @@ def descriptors_of(obj: Any) -> set[int]:
     return recorder.fds
 
 
+class InheritedFd:
+    """An initializer argument's descriptor in a fresh worker: the number the
+    engine keeps open in every worker it starts (multiprocessing's _DupFd)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def detach(self) -> int:
+        return self.fd
+
+
+class _FdPasser:
+    """multiprocessing's spawning Popen, for pickling what fresh worker
+    interpreters receive: each descriptor an object hands over (an mp.Queue's
+    pipe, a Connection) is duplicated here, above the standard ones, and the
+    duplicate is what every worker the engine starts keeps at that number."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        import fcntl
+
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)  # close-on-exec here: only our workers get it
+        self.fds.append(copy)
+        return copy
+
+    def DupFd(self, fd: int) -> InheritedFd:  # noqa: N802 - multiprocessing's name
+        return InheritedFd(fd)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def pickle_for_fresh_workers(obj: Any) -> tuple[bytes, list[int]]:
+    """Pickles ``obj`` (the initializer and its arguments) for workers that
+    start as fresh interpreters, as multiprocessing pickles a spawned child's
+    arguments: its reducers run, so an mp.Queue, a Connection, or a Manager
+    proxy travel as they do to a spawn child. Returns the pickle and the
+    descriptors the workers must inherit (the caller's to close when the pool
+    is gone). Objects that only travel by inheritance raise RuntimeError, as
+    with the stdlib."""
+    import io
+    from multiprocessing import context
+    from multiprocessing.reduction import ForkingPickler
+
+    passer = _FdPasser()
+    context.set_spawning_popen(passer)  # type: ignore[arg-type]  # a stand-in: only its two methods are called
+    try:
+        buffer = io.BytesIO()
+        ForkingPickler(buffer, 5).dump(obj)
+        return buffer.getvalue(), passer.fds
+    except BaseException:
+        passer.close()
+        raise
+    finally:
+        context.set_spawning_popen(None)
+
+
 def _release_inherited_fds(keep: set[int]) -> None:
     """Points every descriptor the caller had (pipes, sockets, locked files)
     at /dev/null, except stdout, stderr and ``keep``: a worker must not hold a

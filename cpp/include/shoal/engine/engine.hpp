@@ -35,6 +35,10 @@ struct EngineOptions {
   std::string init_payload;          // pickled (initializer, initargs); empty for none
   uint64_t max_tasks_per_child = 0;  // 0: workers live as long as the pool
   ForkServerHandle fork_server_handle;  // a fork server the caller started, to adopt
+  // Descriptors every worker (and a fork server the engine starts) keeps at
+  // the same numbers: the pipes of an initializer's arguments. The caller
+  // keeps them open for the engine's life.
+  std::vector<int> inherited_fds;
   // Resident memory per worker: past the hard limit the running job is killed
   // (memory_exceeded); past the soft limit after a job the worker is replaced.
   uint64_t memory_hard_limit = 0;  // bytes, 0 = none

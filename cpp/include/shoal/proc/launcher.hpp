@@ -47,7 +47,9 @@ class Launcher {
 };
 
 // Each worker is a fresh interpreter: argv + the slot number as a last argument.
-std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv);
+// `inherited`: descriptors every worker keeps at the same numbers (an
+// initializer argument's pipe); the caller keeps them open while the launcher lives.
+std::unique_ptr<Launcher> make_spawn_launcher(std::vector<std::string> argv, std::vector<int> inherited = {});
 
 // Workers are forked by one fork server, a clean interpreter started with
 // `argv` (it receives its control socket as file descriptor 3). A server the
@@ -62,8 +64,9 @@ struct ForkServerHandle {
   pid_t pid = -1;
   int socket = -1;  // ownership passes to the launcher
 };
+// `inherited`: as for make_spawn_launcher, kept by each server it starts (and so by its workers).
 std::unique_ptr<Launcher> make_fork_server_launcher(std::vector<std::string> argv, std::string context,
-                                                    ForkServerHandle adopt = {});
+                                                    ForkServerHandle adopt = {}, std::vector<int> inherited = {});
 
 // What a forked worker is told: its slot and the context string.
 struct ForkedWorker {
