@@ -75,3 +75,26 @@ def take(_arg):
 
 def square(x):
     return x * x
+
+
+def fault_at_item(x, bad, kind, runs_dir, once_dir=None):
+    """A map item that takes a few milliseconds (longer than the worker waits
+    before it sends results ahead), counts its runs in `runs_dir`, and does
+    the fault `kind` at item `bad` (only on its first run, given `once_dir`)."""
+    time.sleep(0.003)
+    if x == bad and (once_dir is None or _first_time(once_dir, x)):
+        fault(kind)
+    fd = os.open(os.path.join(runs_dir, str(x)), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, b".")
+    finally:
+        os.close(fd)
+    return x * 10
+
+
+def _first_time(directory, x):
+    try:
+        os.close(os.open(os.path.join(directory, str(x)), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False

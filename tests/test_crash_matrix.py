@@ -176,3 +176,75 @@ def test_initializer_fault(kind, surface, start_method):
         _close(surface, pool)
         del pool, got  # the pool object (and a traceback naming it) holds its descriptors
     _check_nothing_left(*before)
+
+
+def _runs(runs_dir):
+    return {int(name): len(open(os.path.join(runs_dir, name)).read()) for name in os.listdir(runs_dir)}
+
+
+def _map_outcomes(surface, pool, fn, items, chunksize, timeout, retries=0):
+    """Each item's outcome (value or exception), as a consumer of the map sees it."""
+    if surface == "executor":
+        it = pool.with_options(task_timeout=timeout, retries=retries).map(fn, items, chunksize=chunksize)
+        got = []
+        try:
+            for value in it:
+                got.append(value)
+        except BaseException as exc:  # noqa: BLE001 - the stdlib's map ends at its first error
+            got.append(exc)
+        return got
+    it = pool.imap(fn, items, chunksize=chunksize, task_timeout=timeout, retries=retries)
+    got = []
+    for _ in items:
+        try:
+            got.append(it.next(timeout=120))
+        except BaseException as exc:  # noqa: BLE001 - Pool's imap goes on after an item's error
+            got.append(exc)
+    return got
+
+
+@pytest.mark.parametrize("kind", DIES + ("hang",))
+def test_fault_inside_a_map_chunk(kind, surface, start_method, tmp_path):
+    """A worker dies (or is killed for its time limit) at one item of a map
+    chunk: the chunk's finished items keep their results and ran once, the
+    error is raised at that item, the items after it still run (once), and
+    the pool goes on."""
+    from functools import partial
+
+    items, bad, chunksize = list(range(20)), 13, 10
+    fn = partial(ct.fault_at_item, bad=bad, kind=kind, runs_dir=str(tmp_path))
+    pool = _make(surface, start_method)
+    try:
+        got = _map_outcomes(surface, pool, fn, items, chunksize, 2.0 if kind == "hang" else None)
+        expected = shoal.WorkerLostError if kind in DIES else TimeoutError
+        assert got[:bad] == [x * 10 for x in items[:bad]]
+        assert isinstance(got[bad], expected), repr(got[bad])
+        if surface == "pool":  # its imap goes on past a failed item
+            assert got[bad + 1:] == [x * 10 for x in items[bad + 1:]]
+        else:
+            assert len(got) == bad + 1
+            pool.shutdown(wait=True)  # every item of a map runs, read or not
+        assert _runs(str(tmp_path)) == {x: 1 for x in items if x != bad}
+    finally:
+        _close(surface, pool)
+
+
+@pytest.mark.parametrize("kind", DIES)
+def test_death_inside_a_map_chunk_with_retries(kind, surface, start_method, tmp_path):
+    """With retries, the item whose worker died runs again and the map
+    succeeds; the items that had finished do not run again."""
+    from functools import partial
+
+    once = tmp_path / "once"
+    once.mkdir()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    items, bad = list(range(12)), 5
+    fn = partial(ct.fault_at_item, bad=bad, kind=kind, runs_dir=str(runs), once_dir=str(once))
+    pool = _make(surface, start_method)
+    try:
+        got = _map_outcomes(surface, pool, fn, items, 12, None, retries=1)
+        assert got == [x * 10 for x in items]
+        assert _runs(str(runs)) == {x: 1 for x in items}
+    finally:
+        _close(surface, pool)

@@ -3,6 +3,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <chrono>
 #include <utility>
 
 #include "common.hpp"
@@ -32,6 +33,16 @@ nb::object take_owner(uint64_t owner) {
   return owner ? nb::steal(reinterpret_cast<PyObject*>(owner)) : nb::none();
 }
 
+// A job's payload as Python's handler gets it: its bytes, or, for a map chunk
+// that sent results ahead or did not finish, (payload, [(status, items,
+// payload), ...], failed_item, retries_left) (see Completion).
+nb::object outcome_payload(Completion& c) {
+  if (c.pieces.empty() && c.failed_item == 0) return to_bytes(c.payload);
+  nb::list pieces;
+  for (auto& p : c.pieces) pieces.append(nb::make_tuple(static_cast<uint32_t>(p.status), p.items, to_bytes(p.payload)));
+  return nb::make_tuple(to_bytes(c.payload), pieces, c.failed_item, c.retries_left);
+}
+
 nb::object collect(Engine& engine, std::optional<double> timeout) {
   std::vector<Completion> done;
   bool running = true;
@@ -42,7 +53,7 @@ nb::object collect(Engine& engine, std::optional<double> timeout) {
   if (done.empty() && !running) return nb::none();
   nb::list out;
   for (auto& c : done)
-    out.append(nb::make_tuple(take_owner(c.owner), static_cast<uint32_t>(c.status), c.run_ns, to_bytes(c.payload)));
+    out.append(nb::make_tuple(take_owner(c.owner), static_cast<uint32_t>(c.status), c.run_ns, outcome_payload(c)));
   return out;
 }
 
@@ -58,7 +69,7 @@ nb::object wait_for(Engine& engine, uint64_t job_id, std::optional<double> timeo
   });
   if (done)
     return nb::make_tuple(take_owner(done->owner), static_cast<uint32_t>(done->status), done->run_ns,
-                          to_bytes(done->payload));
+                          outcome_payload(*done));
   return waiting ? nb::none() : nb::object(nb::bool_(false));
 }
 
@@ -88,6 +99,47 @@ nb::object worker_recv(WorkerEndpoint& ep) {
     return nb::make_tuple(static_cast<uint32_t>(h.kind), h.tag, h.id, h.arg, payload);
   } catch (const ClosedError&) {
     return nb::none();
+  }
+}
+
+// Runs a map chunk's calls (`calls`: map or starmap over its items) into
+// `results` until they are exhausted (False) or `budget_ns` has passed (True;
+// 0: no budget), marking each item as it starts: items before `results`
+// count `first` in the chunk. An item's exception propagates, with that item
+// still marked (the caller records it and calls again).
+bool run_items(WorkerEndpoint& ep, nb::handle calls, nb::list results, uint64_t first, uint64_t budget_ns) {
+  PyObject* it = calls.ptr();
+  const iternextfunc next = Py_TYPE(it)->tp_iternext;
+  if (next == nullptr) throw nb::type_error("run_items needs an iterator");
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = budget_ns ? Clock::now() : Clock::time_point{};
+  const auto budget = std::chrono::nanoseconds(budget_ns);
+  // Tiny items would feel a clock read each: the clock is read every
+  // `stride` items, a stride that grows while items are short.
+  Clock::time_point last = start;
+  uint32_t stride = 1, until_check = 1;
+  for (;;) {
+    ep.mark_item(first + static_cast<uint64_t>(PyList_GET_SIZE(results.ptr())));
+    PyObject* value = next(it);
+    if (value == nullptr) {
+      if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_StopIteration)) throw nb::python_error();
+        PyErr_Clear();
+      }
+      ep.mark_item(std::nullopt);
+      return false;
+    }
+    const int failed = PyList_Append(results.ptr(), value);
+    Py_DECREF(value);
+    if (failed) throw nb::python_error();
+    if (budget_ns && --until_check == 0) {
+      const Clock::time_point now = Clock::now();
+      if (now - start >= budget) return true;
+      if (now - last < budget / 16 && stride < 64) stride *= 2;
+      else if (now - last > budget / 4 && stride > 1) stride /= 2;
+      last = now;
+      until_check = stride;
+    }
   }
 }
 
@@ -227,6 +279,20 @@ void bind_pool(nb::module_& m) {
             nb::gil_scoped_release unlocked;  // may wait for room in the outbox
             ep.send_result(job_id, static_cast<proto::Status>(status), run_ns, view);
           })
+      .def(
+          "send_partial",
+          [](WorkerEndpoint& ep, uint64_t job_id, uint32_t status, uint64_t items, nb::bytes payload) {
+            std::string_view view(payload.c_str(), payload.size());
+            nb::gil_scoped_release unlocked;  // may wait for room in the outbox
+            return ep.send_partial(job_id, static_cast<proto::Status>(status), items, view);
+          },
+          nb::arg("job_id"), nb::arg("status"), nb::arg("items"), nb::arg("payload"),
+          "Send the outcome of a map chunk's next `items` items ahead of its end; False (nothing sent) if too big.")
+      .def("run_items", &run_items, nb::arg("calls"), nb::arg("results"), nb::arg("first"), nb::arg("budget_ns"),
+           nb::sig("def run_items(self, calls: collections.abc.Iterator[object], results: list[object], first: int, "
+                   "budget_ns: int) -> bool"),
+           "Run a chunk's calls into `results` until exhausted (False) or `budget_ns` passed (True), marking each "
+           "item (counted from `first`) as the one running.")
       .def("send_init_failed", [](WorkerEndpoint& ep, const std::string& reason) { ep.send_init_failed(reason); });
 
   m.def("serve_forks", &serve_forks, nb::arg("sock"),

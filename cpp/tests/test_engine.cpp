@@ -119,6 +119,72 @@ TEST_P(EngineTest, RetriedJobSucceedsOnAFreshWorker) {
   EXPECT_EQ(e.stats().retried, 1u);
 }
 
+constexpr uint32_t kMapOne = static_cast<uint32_t>(shoal::proto::CallMode::map_one);
+
+std::vector<std::string> piece_payloads(const Completion& c) {
+  std::vector<std::string> out;
+  for (const auto& p : c.pieces) {
+    EXPECT_EQ(p.status, Status::ok);
+    EXPECT_EQ(p.items, 1u);
+    out.push_back(p.payload);
+  }
+  return out;
+}
+
+TEST_P(EngineTest, AMapChunksResultsSentAheadArriveWithItsEndInOrder) {
+  Engine e(options(1, GetParam()));
+  const uint64_t fn = e.define_function("f");
+  const uint64_t id = e.submit(fn, kMapOne, "parts:3:done");
+  auto done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].status, Status::ok);
+  EXPECT_EQ(done[id].payload, "rest");
+  EXPECT_EQ(piece_payloads(done[id]), (std::vector<std::string>{"p0", "p1", "p2"}));
+  EXPECT_EQ(done[id].failed_item, 0u);
+}
+
+TEST_P(EngineTest, WorkerDeathInsideAMapChunkEndsItWithWhatArrivedAndTheItemRunning) {
+  Engine e(options(1, GetParam()));
+  const uint64_t fn = e.define_function("f");
+  // Re-run whole, the chunk would run its finished items again: the engine
+  // leaves the re-run of the rest, and its retries, to the submitter.
+  const uint64_t id = e.submit(fn, kMapOne, "parts:2:die", /*retries=*/2);
+  const uint64_t after = e.submit(fn, 0, "echo:after");
+  auto done = collect(e, 2);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(done[id].status, Status::worker_lost);
+  EXPECT_EQ(piece_payloads(done[id]), (std::vector<std::string>{"p0", "p1"}));
+  EXPECT_EQ(done[id].failed_item, 3u);  // 1 + the index of the item running
+  EXPECT_EQ(done[id].retries_left, 2);
+  EXPECT_EQ(e.stats().retried, 0u);
+  EXPECT_EQ(done[after].payload, "after");
+}
+
+TEST_P(EngineTest, AMapChunkKilledForItsTimeLimitNamesTheItemRunning) {
+  Engine e(options(1, GetParam()));
+  const uint64_t fn = e.define_function("f");
+  const uint64_t id = e.submit(fn, kMapOne, "parts:1:hang", 0, /*timeout_s=*/0.2);
+  auto done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].status, Status::timed_out);
+  EXPECT_EQ(piece_payloads(done[id]), (std::vector<std::string>{"p0"}));
+  EXPECT_EQ(done[id].failed_item, 2u);
+}
+
+TEST_P(EngineTest, APartialResultForACallIsGarbageThatCostsOnlyItsWorker) {
+  Engine e(options(1, GetParam()));
+  const uint64_t fn = e.define_function("f");
+  const uint64_t id = e.submit(fn, 0, "parts:1:done");
+  auto done = collect(e, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[id].status, Status::worker_lost);
+  EXPECT_TRUE(contains(done[id].payload, "no map chunk")) << done[id].payload;
+  EXPECT_TRUE(done[id].pieces.empty());
+  const uint64_t next = e.submit(fn, 0, "echo:next");
+  auto later = collect(e, 1);
+  EXPECT_EQ(later[next].payload, "next");
+}
+
 TEST_P(EngineTest, MaxTasksPerChildRecyclesWorkers) {
   auto o = options(1, GetParam());
   o.max_tasks_per_child = 2;

@@ -22,9 +22,11 @@ constexpr uint64_t kNapWindowNs = 1'000'000;  // naps go on this long after the 
 
 }  // namespace
 
-void EngineImpl::complete_locked(Job&& job, Status status, uint64_t run_ns, std::string payload) {
+void EngineImpl::complete_locked(Job&& job, Status status, uint64_t run_ns, std::string payload,
+                                 uint64_t failed_item) {
   ++stats_.completed;
-  completions_.push_back(Completion{job.id, status, run_ns, std::move(payload), job.owner});
+  completions_.push_back(Completion{job.id, status, run_ns, std::move(payload), job.owner, std::move(job.pieces),
+                                    failed_item, job.retries_left});
   job.owner = 0;
   if (!job.blocks.empty()) ended_arguments_.push_back(std::move(job.blocks));
 }
@@ -46,7 +48,12 @@ void EngineImpl::release_ended_arguments(std::vector<std::vector<packed::Referen
 // The engine's log records travel as completions with job id 0, which the
 // result thread hands to Python's logging.
 void EngineImpl::log_locked(LogLevel level, std::string message) {
-  completions_.push_back(Completion{0, Status::log, static_cast<uint64_t>(level), std::move(message)});
+  Completion record;
+  record.job_id = 0;
+  record.status = Status::log;
+  record.run_ns = static_cast<uint64_t>(level);
+  record.payload = std::move(message);
+  completions_.push_back(std::move(record));
 }
 
 bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline) {

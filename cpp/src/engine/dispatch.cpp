@@ -31,7 +31,7 @@ uint64_t EngineImpl::submit_locked(uint64_t fn_id, uint32_t tag, std::string pay
   ++stats_.submitted;
   const uint64_t id = next_job_id_++;
   const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
-  Job job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns, owner, std::move(blocks)};
+  Job job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns, owner, std::move(blocks), {}};
   // A broken pool (it also counts as closing) answers with the reason it broke.
   if (broken_) {
     complete_locked(std::move(job), Status::broken, 0, *broken_);

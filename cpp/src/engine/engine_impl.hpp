@@ -159,6 +159,8 @@ class EngineImpl {
   void fail_over_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
   // A job that did not finish where it was sent: back to the front of the
   // queue, retried if it may be (not while stopping), else failed with `why`.
+  // A map chunk that sent results ahead is never re-run whole: it ends with
+  // them (Completion::pieces), and its submitter re-runs the rest.
   void retry_or_fail_locked(Job&& job, const std::string& why) SHOAL_REQUIRES(mu_);
   // A job back to the front of the central queue, to be dispatched again.
   void requeue_locked(Job&& job) SHOAL_REQUIRES(mu_) {
@@ -167,9 +169,11 @@ class EngineImpl {
   }
 
   // ---- completions.cpp: completions -> callers -----------------------------
-  // The end of `job`: its Completion (with its owner) for the callers; its
-  // argument's arena references are left for release_ended_arguments().
-  void complete_locked(Job&& job, proto::Status status, uint64_t run_ns, std::string payload) SHOAL_REQUIRES(mu_);
+  // The end of `job`: its Completion (with its owner and the results it sent
+  // ahead) for the callers; its argument's arena references are left for
+  // release_ended_arguments(). `failed_item`: see Completion.
+  void complete_locked(Job&& job, proto::Status status, uint64_t run_ns, std::string payload,
+                       uint64_t failed_item = 0) SHOAL_REQUIRES(mu_);
   // Drops the arena references of ended jobs' arguments (taken under mu_ by
   // the caller); an error is logged, the jobs' outcomes stand.
   void release_ended_arguments(std::vector<std::vector<packed::Reference>> ended) SHOAL_EXCLUDES(mu_);

@@ -24,6 +24,7 @@ void EngineImpl::corrupt_slot_locked(uint32_t slot, const std::string& what) {
   for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
     Job& job = *it;
     if (s.kill_reason && s.kill_reason->job_id == job.id) {
+      // Garbage may have been written over the item word too: nothing blamed.
       complete_locked(std::move(job), s.kill_reason->status, 0, s.kill_reason->message);
     } else {
       retry_or_fail_locked(std::move(job), why);

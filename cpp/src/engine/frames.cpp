@@ -26,6 +26,19 @@ FrameVerdict judge_outbox_frame(const proto::FrameHeader& h, bool spilled, std::
                                        : ", whose oldest job is " + std::to_string(s.in_flight.front().id));
       }
       break;
+    case Kind::partial_result:
+      if (!proto::is_worker_status(h.tag) || h.arg == 0 || spilled) {
+        fault = "a partial result with status " + std::to_string(h.tag) + ", " + std::to_string(h.arg) + " items" +
+                (spilled ? ", spilled" : "");
+      } else if (s.in_flight.empty() || s.in_flight.front().id != h.id) {
+        if (s.jobs_forgotten)
+          v.ours = false;
+        else
+          fault = "a partial result for job " + std::to_string(h.id) + ", which is not the one it runs";
+      } else if (!s.in_flight.front().is_map()) {
+        fault = "a partial result for job " + std::to_string(h.id) + ", which is no map chunk";
+      }
+      break;
     case Kind::init_failed:
     case Kind::inbox_corrupt:
       if (h.tag != 0 || h.id != 0 || h.arg != 0 || (spilled && h.kind == Kind::inbox_corrupt))

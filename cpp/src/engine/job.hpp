@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "shoal/engine/engine.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/wire/packed_payload.hpp"
 
@@ -26,6 +27,15 @@ struct Job {
   // The arena references the argument holds (a packed payload's blocks):
   // dropped by the engine when the job ends for good, outside its lock.
   std::vector<packed::Reference> blocks;
+  // A map chunk's results its worker sent ahead (partial_result frames), in
+  // item order: they end up in its Completion, whichever way it ends.
+  std::vector<ResultPiece> pieces;
+
+  bool is_map() const { return tag != static_cast<uint32_t>(proto::CallMode::call); }
+  // Whether, were its worker to die now, re-running it whole would run items
+  // a second time whose results are already here, or blame the wrong items:
+  // then the submitter re-runs what did not finish instead (Completion).
+  bool finishes_in_parts(uint64_t running_item) const { return is_map() && (running_item || !pieces.empty()); }
 };
 
 }  // namespace shoal

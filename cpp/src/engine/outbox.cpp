@@ -101,6 +101,12 @@ void EngineImpl::drain_outbox_locked(uint32_t slot) {
         return;
       }
     }
+    if (h.kind == Kind::partial_result) {
+      // Kept with the job (judge_outbox_frame checked it is this worker's
+      // running map job): no completion yet, and the worker is not idle.
+      s.in_flight.front().pieces.push_back(ResultPiece{static_cast<Status>(h.tag), h.arg, std::move(payload)});
+      continue;
+    }
     if (h.kind == Kind::inbox_corrupt) {
       corrupt_slot_locked(slot, valid_utf8(payload) && payload.size() <= 4096
                                     ? payload
@@ -190,7 +196,7 @@ void EngineImpl::fail_over_locked(Job&& job, const std::string& why) {
 }
 
 void EngineImpl::retry_or_fail_locked(Job&& job, const std::string& why) {
-  if (job.retries_left > 0 && !stopping_) {
+  if (job.retries_left > 0 && !stopping_ && !job.finishes_in_parts(0)) {
     --job.retries_left;
     ++stats_.retried;
     requeue_locked(std::move(job));
@@ -211,6 +217,7 @@ void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const Fr
   }
   const std::string message = "the task ran, but its result was lost: " + why + ". The pool goes on.";
   log_locked(LogLevel::warning, message);
+  job->retries_left = 0;  // it did run: a map chunk's submitter runs none of it again
   complete_locked(std::move(*job), Status::worker_lost, h.arg, message);
 }
 

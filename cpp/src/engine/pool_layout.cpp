@@ -121,6 +121,7 @@ void PoolLayout::reset_slot(uint32_t slot) const {
   SpscRing::init(base, ring_capacity_);
   SpscRing::init(base + ring_stride_, ring_capacity_);
   status(slot).running_job.store(0);
+  status(slot).running_item.store(0);
   status(slot).pid.store(0);
 }
 

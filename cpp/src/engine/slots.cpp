@@ -130,6 +130,8 @@ void EngineImpl::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
   const bool quarantined = s.quarantined;
   // Only compared with the ids of jobs this worker held: garbage blames no job.
   const uint64_t running = layout_.status(slot).running_job.load();
+  // Only believed for a map chunk and up to its size (the submitter checks).
+  const uint64_t running_item = layout_.status(slot).running_item.load(std::memory_order_relaxed);
   // An exit nobody could see (SIGCHLD ignored) was clean if the worker had been told to exit.
   const bool clean = wait_status == kExitStatusUnknown
                          ? s.retired || s.state == SlotState::stopping
@@ -139,14 +141,19 @@ void EngineImpl::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
     // Only the job that was running is to blame; the ones queued behind it go
     // back to the front of the queue untouched.
     if (job.id == running && s.kill_reason && s.kill_reason->job_id == job.id) {
-      complete_locked(std::move(job), s.kill_reason->status, 0, s.kill_reason->message);
+      complete_locked(std::move(job), s.kill_reason->status, 0, s.kill_reason->message,
+                      job.is_map() ? running_item : 0);
       continue;
     }
     if (job.id == running) {
-      if (job.retries_left == 0) {
+      if (job.retries_left == 0 || job.finishes_in_parts(running_item)) {
+        // A map chunk ends here with the item that was running to blame (the
+        // submitter re-runs the others and, if it may, that one).
+        const uint64_t item = job.is_map() ? running_item : 0;
         complete_locked(std::move(job), Status::worker_lost, 0,
                         "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
-                            describe_exit(wait_status) + " while running this task");
+                            describe_exit(wait_status) + " while running this task",
+                        item);
         continue;
       }
       --job.retries_left;

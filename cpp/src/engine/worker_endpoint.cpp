@@ -42,6 +42,7 @@ void WorkerEndpoint::mark_running(uint64_t job_id) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   SlotStatus& st = layout_.status(slot_);
   st.started_ns.store(uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec), std::memory_order_relaxed);
+  st.running_item.store(0, std::memory_order_relaxed);
   st.running_job.store(job_id, std::memory_order_seq_cst);
 }
 
@@ -132,6 +133,27 @@ void WorkerEndpoint::inbox_corrupt(const std::string& what) {
 void WorkerEndpoint::send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload) {
   send(proto::FrameHeader{proto::Kind::result, static_cast<uint32_t>(status), job_id, run_ns}, payload);
   layout_.status(slot_).running_job.store(0, std::memory_order_seq_cst);
+}
+
+bool WorkerEndpoint::send_partial(uint64_t job_id, proto::Status status, uint64_t items, std::string_view payload) {
+  if (payload.size() > proto::inline_payload_limit(outbox_.max_frame())) return false;
+  const proto::FrameHeader h{proto::Kind::partial_result, static_cast<uint32_t>(status), job_id, items};
+  const std::initializer_list<SpscRing::Bytes> parts{std::as_bytes(std::span(&h, 1)),
+                                                    std::as_bytes(std::span(payload.data(), payload.size()))};
+  try {
+    if (outbox_.try_push(parts)) return true;
+    // Full: the parent must drain it, and it only looks when woken.
+    layout_.header().doorbell.notify_all();
+    outbox_.push(parts, Deadline::never());
+  } catch (const ClosedError&) {
+    throw CorruptFrameError("the pool's shared memory was corrupted: " + worker_name() +
+                            " found its outbox marked closed, which the pool never does; this worker exits");
+  } catch (const CorruptFrameError& e) {
+    throw CorruptFrameError("the pool's shared memory was corrupted: " + worker_name() + " found its outbox corrupt (" +
+                            e.what() + "); this worker exits");
+  }
+  layout_.header().doorbell.notify_all();
+  return true;
 }
 
 void WorkerEndpoint::send_init_failed(std::string_view reason) {

@@ -9,7 +9,10 @@
 // "spill-gone" publishes a result spilled into a segment of its own whose name
 // is removed before the parent can read it (as another process's cleanup may);
 // "spill-name:<name>" publishes a result that claims to be spilled into <name>;
-// "big-nofd:<n>" returns <n> bytes with no descriptor left to spill them with.
+// "big-nofd:<n>" returns <n> bytes with no descriptor left to spill them with;
+// "parts:<n>:<end>" sends items 0..n-1 ahead ("p0", ...; one partial_result
+// each), marks item n as running, then at <end> "done" returns "rest", "die"
+// kills the worker, "hang" sleeps for a minute.
 // A result that cannot be spilled (SpillError) is sent as an error result
 // carrying its message, and the worker goes on, as the Python worker does.
 #include <fcntl.h>
@@ -87,6 +90,23 @@ int serve(const std::string& segment, uint32_t slot) {
       shm_unlink(("/" + name).c_str());
       ep.send_result(h.id, static_cast<proto::Status>(static_cast<uint32_t>(proto::Status::ok) | proto::kSpilled),
                      1000, name);
+      continue;
+    }
+    if (payload.starts_with("parts:")) {
+      const std::size_t colon = payload.find(':', 6);
+      const int n = std::stoi(payload.substr(6, colon - 6));
+      const std::string end = payload.substr(colon + 1);
+      for (int i = 0; i < n; ++i) {
+        ep.mark_item(uint64_t(i));
+        std::string piece = std::to_string(i);
+        piece.insert(piece.begin(), 'p');  // (not "p" + ...: GCC 12 warns of a memcpy overlap there)
+        ep.send_partial(h.id, proto::Status::ok, 1, piece);
+      }
+      ep.mark_item(uint64_t(n));
+      if (end == "die") raise(SIGKILL);
+      if (end == "hang") std::this_thread::sleep_for(std::chrono::minutes(1));
+      ep.mark_item(std::nullopt);
+      ep.send_result(h.id, proto::Status::ok, 1000, "rest");
       continue;
     }
     if (payload.starts_with("spill-name:")) {

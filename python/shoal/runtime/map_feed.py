@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 from ..wire.payload import unpack
 from ..wire.pickling import as_pickling_error, loads_exception, transfer_error
-from ..wire.protocol import ERROR, OK
+from ..wire.protocol import ERROR, OK, WORKER_LOST
 from .outcome import INLINE_OK, Payload, decode, log
 
 if TYPE_CHECKING:
@@ -17,6 +17,29 @@ if TYPE_CHECKING:
 
 #: One chunk's outcome: (values, failures by index in the chunk, item count).
 Chunk = Tuple[list[Any], dict[int, BaseException], int]
+
+
+class _Mending:
+    """A chunk whose outcome comes in parts: the results its worker sent
+    ahead, and those of re-runs of the items a dead worker did not finish."""
+
+    __slots__ = ("items", "values", "failures")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.values: list[Any] = [None] * len(items)
+        self.failures: dict[int, BaseException] = {}
+
+    def put(self, first: int, count: int, values: list[Any], failures: dict[int, BaseException]) -> None:
+        """Files the outcome of the items first..first+count-1."""
+        self.values[first:first + count] = values[:count]
+        for i, exc in failures.items():
+            if i < count:
+                self.failures[first + i] = exc
+
+    def fail(self, first: int, end: int, error: BaseException) -> None:
+        for i in range(first, end):
+            self.failures[i] = error
 
 
 class MapFeed:
@@ -66,7 +89,9 @@ class MapFeed:
         self._gathered: Optional[list[Any]] = None
         self._gather_failures: dict[int, BaseException] = {}  # by item index
         self._items_read = 0
-        self._in_flight: dict[int, int] = {}  # chunk index -> job id
+        self._in_flight: dict[int, int] = {}  # chunk index -> job id (a re-run's, while one runs)
+        # The items of the chunks in flight, to re-run those a dead worker did not finish.
+        self._chunk_items: dict[int, list[Any]] = {}
         self._held_items = 0  # submitted but not yet handed out
         self._exhausted = False
         self._input_error: Optional[BaseException] = None
@@ -204,6 +229,7 @@ class MapFeed:
             if type(payload) is bytes:  # the serial runtime hands over the list itself
                 self._note_size(len(payload), len(chunk))
             self._in_flight[index] = 0  # filed first: a serial runtime completes it inside submit()
+            self._chunk_items[index] = chunk
             try:
                 job_id = self._runtime.submit(
                     self._fn, self._tag, payload, partial(self._done, index, start, len(chunk)),
@@ -211,12 +237,14 @@ class MapFeed:
                 )
             except MemoryError as exc:  # the arena is full: the map fails at this item
                 del self._in_flight[index]
+                self._chunk_items.pop(index, None)
                 self._input_error = exc
                 self._exhausted = True
                 self._cond.notify_all()
                 return
             except (ValueError, RuntimeError) as exc:  # the pool was shut down under this map
                 del self._in_flight[index]
+                self._chunk_items.pop(index, None)
                 self._input_error = RuntimeError(f"the pool stopped before this map finished: {exc}")
                 self._exhausted = True
                 self._cond.notify_all()
@@ -264,11 +292,97 @@ class MapFeed:
         self._cond.notify_all()
 
     def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: Payload) -> None:
+        items = self._chunk_items.pop(index, None)
+        if type(payload) is tuple and status != INLINE_OK:  # its worker sent results ahead, or died inside it
+            mending = _Mending(items if items is not None else [None] * count)
+            if self._mend(index, start, mending, 0, count, status, payload):
+                self._file(index, start, count, mending.values, mending.failures)
+            return
         if status == OK and count:
             self._run_ns = self.DECAY * self._run_ns + run_ns
             self._run_items = self.DECAY * self._run_items + count
             self._note_size(len(payload), count)
         values, failures = self._decode_chunk(status, payload, count)  # frees its blocks if dropped
+        self._file(index, start, count, values, failures)
+
+    # -- a chunk in parts -------------------------------------------------------
+    #
+    # A chunk's worker sends its results ahead every millisecond or so, and
+    # marks the item it starts. If it dies inside the chunk, the engine ends the
+    # job with what arrived and the item it was running (Completion): the items
+    # that finished keep their results, the one running fails (WorkerLostError,
+    # TimeoutError, MemoryLimitError) unless retries are left for it, and the
+    # rest run again, as one re-run job whose outcome is mended in the same way.
+
+    def _mend(
+        self, index: int, start: int, mending: _Mending, first: int, count: int, status: int, payload: Payload
+    ) -> bool:
+        """Takes the outcome of the job that ran items first..first+count-1 of
+        a chunk into ``mending``; True if the chunk is whole, False if a re-run
+        of some of them was submitted (whose handler goes on with it)."""
+        if type(payload) is tuple:
+            rest, pieces, failed_item, retries_left = payload
+        else:
+            rest, pieces, failed_item, retries_left = payload, (), 0, 0
+        end = first + count
+        at = first
+        for piece_status, items, piece in pieces:
+            items = min(items, end - at)
+            values, failures = self._decode_chunk(piece_status, piece, items)
+            mending.put(at, items, values, failures)
+            at += items
+        if status in (OK, ERROR) or at == end:  # the rest ran to its end
+            values, failures = self._decode_chunk(status, rest, end - at)
+            mending.put(at, end - at, values, failures)
+            return True
+        _, error = decode(status, rest)  # why the rest did not finish
+        if status == WORKER_LOST and retries_left > 0:  # it may run again, and so may the ones after it
+            return self._rerun(index, start, mending, at, end, retries_left - 1, error)
+        running = first + failed_item - 1  # (the worker was between items: before `at`, or none)
+        if not at <= running < end:
+            mending.fail(at, end, error)  # which item is to blame is not known: as for a whole chunk
+            return True
+        mending.failures[running] = error  # the item that was running is to blame
+        return self._rerun(index, start, mending, running + 1, end, self._retries, error)
+
+    def _rerun(
+        self, index: int, start: int, mending: _Mending, first: int, end: int, retries: int, error: BaseException
+    ) -> bool:
+        """Submits items first..end-1 of a chunk again; True (the chunk is
+        whole) if there are none, or they cannot run (they fail with ``error``)."""
+        if first >= end:
+            return True
+        with self._cond:
+            closed = self._closed
+        if closed:  # the map was closed meanwhile: nobody waits for them
+            mending.fail(first, end, error)
+            return True
+        items = mending.items[first:end]
+        try:
+            try:
+                payload = self._runtime.pack_chunk(items)
+            except MemoryError:
+                payload = self._runtime.pack_chunk(items, inband=True)
+            job_id = self._runtime.submit(
+                self._fn, self._tag, payload, partial(self._mended, index, start, mending, first, end - first),
+                retries, self.timeout,
+            )
+        except BaseException as exc:  # noqa: BLE001 - e.g. the pool stopped: they fail, the map goes on
+            mending.fail(first, end, RuntimeError(f"{error} (and the items after it could not run again: {exc})"))
+            return True
+        with self._cond:
+            self._in_flight[index] = job_id
+        return False
+
+    def _mended(
+        self, index: int, start: int, mending: _Mending, first: int, count: int, status: int, run_ns: int,
+        payload: Payload,
+    ) -> None:
+        if self._mend(index, start, mending, first, count, status, payload):
+            self._file(index, start, len(mending.values), mending.values, mending.failures)
+
+    def _file(self, index: int, start: int, count: int, values: list[Any], failures: dict[int, BaseException]) -> None:
+        """A chunk's outcome is complete: to its consumer, or discarded."""
         gathered = self._gathered
         if gathered is not None and not self._abandoned:
             self._gather(gathered, start, values, failures)

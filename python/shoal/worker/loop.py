@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from .. import _core
 from ..shm.arena import pin_arenas, set_worker_arena
-from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, unpack
+from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, release, unpack
 from ..wire.pickling import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
 from ..wire.protocol import CALL, DEFINE_FUNCTION, DROP_FUNCTION, ERROR, INITIALIZE, JOB, MAP_STAR, OK
 from .stdio import text_stream
@@ -25,6 +25,10 @@ _worker_id: Optional[int] = None
 _arena: Optional[_core.Arena] = None  # the pool's shared-memory arena: big buffers travel through it
 # Freed 1 MiB heap arenas a busy worker keeps for reuse (given back when idle).
 _HEAP_CACHE_ARENAS = 32
+# A map chunk sends its results ahead this often (of run time), so that if its
+# worker dies inside it the items that finished keep their results; those of
+# the last stretch, not yet sent, run again.
+PUBLISH_NS = 1_000_000
 
 
 def worker_id() -> Optional[int]:
@@ -32,7 +36,9 @@ def worker_id() -> Optional[int]:
     return _worker_id
 
 
-def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, bytes]:
+def _run_job(
+    endpoint: _core.WorkerEndpoint, ident: int, fn: Callable[..., Any], tag: int, payload: bytes
+) -> tuple[int, bytes]:
     if tag == CALL:
         try:
             # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
@@ -53,26 +59,50 @@ def _run_job(fn: Callable[..., Any], tag: int, payload: bytes) -> tuple[int, byt
     results: list[Any] = []
     failures: dict[int, bytes] = {}
     calls = starmap(fn, items) if tag == MAP_STAR else map(fn, items)
+    first = 0  # the index in the chunk of results[0]: the ones before it were sent ahead
+    budget = PUBLISH_NS
+    since = perf_counter_ns()  # when results[0] started
     while True:
         try:
-            # At C speed; a failing call leaves the results before it in the
-            # list and the input iterator just past the item that failed.
-            results.extend(calls)
-            break
+            # At C speed, marking each item as it starts (what the parent
+            # blames if this worker dies); a failing call leaves the results
+            # before it in the list and the iterator just past the failed item.
+            if not endpoint.run_items(calls, results, first, budget):
+                break
         except BaseException as exc:  # noqa: BLE001 - reported per item, the chunk goes on
             failures[len(results)] = dumps_exception(exc)
             results.append(None)
-    if failures:
-        return ERROR, pack((results, failures), _arena, what="result")
-    return _pickled_result(results)
+            if budget:
+                budget = max(1, PUBLISH_NS - (perf_counter_ns() - since))
+            continue
+        # A while of results: sent ahead, so that they outlive this worker.
+        status, out = _pickled_result(results, failures)
+        if _pickled(status, failures):
+            if endpoint.send_partial(ident, status, len(results), out):
+                first += len(results)
+                results, failures = [], {}
+                budget, since = PUBLISH_NS, perf_counter_ns()
+                continue
+            release(out, _arena)
+        budget = 0  # too big to go ahead (or not picklable): the rest goes at the end
+    return _pickled_result(results, failures)
 
 
-def _pickled_result(result: Any) -> tuple[int, bytes]:
+def _pickled(status: int, failures: Optional[dict[int, bytes]]) -> bool:
+    """Whether _pickled_result's outcome holds the results (not the pickler's error)."""
+    return status == OK or bool(failures)
+
+
+def _pickled_result(result: Any, failures: Optional[dict[int, bytes]] = None) -> tuple[int, bytes]:
+    """A task's result (OK), or a map chunk's with the items that failed
+    (ERROR, (results, failures)); ERROR with the pickler's exception if the
+    results cannot be pickled."""
+    status, outcome = (ERROR, (result, failures)) if failures else (OK, result)
     try:
         try:
-            return OK, pack(result, _arena, what="result")
+            return status, pack(outcome, _arena, what="result")
         except MemoryError:  # the arena is full (unread results, other maps): in the pickle instead
-            return OK, pack(result, _arena, threshold=sys.maxsize, what="result")
+            return status, pack(outcome, _arena, threshold=sys.maxsize, what="result")
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ too: it fails this task only
         exc = as_pickling_error(exc)
         try:
@@ -124,7 +154,7 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
         kind, tag, ident, arg, payload = frame
         if kind == JOB:
             start = perf_counter_ns()
-            status, out = _run_job(functions[arg], tag, payload)
+            status, out = _run_job(endpoint, ident, functions[arg], tag, payload)
             try:
                 endpoint.send_result(ident, status, perf_counter_ns() - start, out)
             except MemoryError as exc:

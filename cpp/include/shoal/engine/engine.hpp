@@ -55,6 +55,14 @@ struct EngineOptions {
 // Python's logging levels, for the log records the engine emits.
 enum class LogLevel : uint64_t { debug = 10, info = 20, warning = 30, error = 40 };
 
+// Part of a map chunk's results that its worker sent ahead of the chunk's end
+// (proto::Kind::partial_result): the outcome of the next `items` items.
+struct ResultPiece {
+  proto::Status status;  // ok or error, as for a whole chunk's result
+  uint64_t items;
+  std::string payload;
+};
+
 // How a job ended. Every submitted job ends in exactly one Completion (or a
 // successful cancel()), which hands back the owner it was submitted with.
 struct Completion {
@@ -63,6 +71,16 @@ struct Completion {
   uint64_t run_ns;
   std::string payload;
   uint64_t owner = 0;  // Engine::submit's `owner`; 0 for the engine's log records
+  // A map chunk's results sent ahead, in item order: the payload covers the
+  // items after them (ok, error), or says why the rest did not finish.
+  std::vector<ResultPiece> pieces;
+  // A map chunk that did not finish (its worker died, was killed for a limit):
+  // 1 + the index of the item it was running, 0 if none was. Such a job is
+  // never re-run whole by the engine, which would run its finished items
+  // again: the submitter re-runs the items that did not finish, with
+  // `retries_left` re-runs left for the one that was running.
+  uint64_t failed_item = 0;
+  int retries_left = 0;
 };
 
 // Faults a test can provoke (Engine::inject_fault_for_testing).

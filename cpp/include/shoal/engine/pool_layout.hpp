@@ -36,7 +36,7 @@ namespace shoal {
 
 struct PoolHeader {
   static constexpr uint64_t kMagic = 0x73686f616c504f4fULL;  // "shoalPOO"
-  static constexpr uint32_t kVersion = 2;                     // of this layout
+  static constexpr uint32_t kVersion = 3;                     // of this layout
   // Where the two words every version keeps lie (see the top of this file).
   static constexpr std::size_t kMagicOffset = 0;
   static constexpr std::size_t kVersionOffset = 8;
@@ -65,12 +65,17 @@ struct LayoutVersionError : CorruptFrameError {
 };
 
 // Written by the worker, read by the parent: which job runs right now, so that
-// after a crash the parent knows which job was to blame. Only ever compared
-// with the engine's own job ids, never used as an index.
+// after a crash the parent knows which job was to blame, and for a map chunk
+// which of its items. Only ever compared with the engine's own job ids and
+// item counts, never used as an index.
 struct SlotStatus {
   alignas(64) std::atomic<uint64_t> running_job;  // 0 when idle
   std::atomic<uint64_t> started_ns;               // CLOCK_MONOTONIC when it started
   std::atomic<uint32_t> pid;
+  // 1 + the index in its chunk of the map item being run; 0 when none is
+  // (before the first item, between items and the chunk's end, idle). Stored
+  // relaxed before each item: only read once the worker is dead.
+  std::atomic<uint64_t> running_item;
 };
 
 class PoolLayout {

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -68,6 +69,17 @@ class WorkerEndpoint {
   // Python worker sends the MemoryError the bindings make of it).
   void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload);
   void send_init_failed(std::string_view reason);
+  // Sends part of a map chunk's results ahead of its end (a partial_result
+  // frame covering the next `items` items), so they survive this worker's
+  // death. The parent is not woken for it (it reads them with the chunk's
+  // result, or after a death), unless the outbox is full. False, having sent
+  // nothing, if the payload is too big to travel inline.
+  bool send_partial(uint64_t job_id, proto::Status status, uint64_t items, std::string_view payload);
+  // Which item of the running map chunk starts now (0-based), or none: what
+  // the parent blames if this worker dies before the next call.
+  void mark_item(std::optional<uint64_t> index) {
+    layout_.status(slot_).running_item.store(index ? *index + 1 : 0, std::memory_order_relaxed);
+  }
 
   // The pool's owner (the parent), whose pid spilled results are named after.
   pid_t spill_owner() const { return owner_pid_; }

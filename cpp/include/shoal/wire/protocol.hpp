@@ -17,6 +17,12 @@ enum class Kind : uint32_t {
   result = 16,          // id = job id, tag = Status, arg = run time in ns, payload = pickled outcome
   init_failed = 17,     // payload = UTF-8 text: why the worker cannot run tasks
   inbox_corrupt = 18,   // payload = UTF-8 text: what the worker found wrong in its inbox; it exits next
+  // Part of a map chunk's results, sent ahead of the chunk's end so that they
+  // outlive the worker if it dies before the end: id = job id, tag = Status
+  // (ok or error), arg = how many of the chunk's items it covers (the next ones
+  // after the parts before it), payload = those items' pickled outcome. Never
+  // spilled. The result frame that ends the job covers the items after them.
+  partial_result = 19,
 };
 
 // How a job ended; the Python front turns each into a value or an exception.
@@ -50,7 +56,8 @@ inline constexpr uint32_t kSpilled = 0x80000000u;
 //    kinds carry no tag bits but kSpilled.
 //  * worker -> parent: a result's status is ok or error (the only ones a
 //    worker makes) and its id is the oldest job the engine sent that worker
-//    and has not seen finish (a worker runs its jobs in order); init_failed
+//    and has not seen finish (a worker runs its jobs in order); a partial
+//    result likewise, for a map job, with arg > 0 and never spilled; init_failed
 //    only before the worker's first result; the text payloads are UTF-8.
 //  * a spilled payload's name is `shoal-<the pool owner's pid>-<16 hex>`.
 inline constexpr bool is_parent_kind(uint32_t k) {
