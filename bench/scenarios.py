@@ -287,14 +287,24 @@ def run_map_many(ad: Adapter, size: dict, workers: int) -> tuple:
     return digest(out), {"time_s": el, "items_per_s": len(items) / el}
 
 
-def run_cpu_bound(ad: Adapter, size: dict, workers: int) -> tuple:
-    jobs = [[i, size["task_s"]] for i in range(size["tasks"])]
+def _timed_map(ad: Adapter, fn: Callable, jobs: list) -> tuple:
+    """(digest, {"time_s"}) of one map over ``jobs`` on a warm pool."""
     with ad.open() as pool:
         pool.call(work.echo, 0)
         t0 = _t()
-        out = pool.map(work.busy_indexed, jobs)
+        out = pool.map(fn, jobs)
         el = _t() - t0
     return digest(out), {"time_s": el}
+
+
+def run_cpu_bound(ad: Adapter, size: dict, workers: int) -> tuple:
+    return _timed_map(ad, work.busy_indexed, [[i, size["task_s"]] for i in range(size["tasks"])])
+
+
+def run_matmul(ad: Adapter, size: dict, workers: int) -> tuple:
+    import numpy  # noqa: F401 - imported before the pool, as programs that use numpy do
+
+    return _timed_map(ad, work.matmul_indexed, [[i, size["side"], size["products"]] for i in range(size["tasks"])])
 
 
 S = Scenario
@@ -382,5 +392,16 @@ SCENARIOS: list = [
         libs=["serial", "shoal", "multiprocessing.Pool", "ProcessPoolExecutor", "loky"], issue="d",
         note="Each task burns 10 ms of CPU time (busy wait on the thread's CPU clock); map with default "
              "chunking. Speed-up = serial time / pool time."),
+    S("matmul", "(f) Matrix products with default settings (BLAS threads per worker)", [
+        Measure("time_s", "products of 384x384 matrices", "s"),
+    ], run_matmul, {"quick": {"tasks": 4, "side": 64, "products": 2},
+                    "full": {"tasks": 32, "side": 384, "products": 20}},
+        libs=["serial", "shoal", "multiprocessing.Pool", "ProcessPoolExecutor", "loky", "joblib"],
+        note="32 tasks of 20 products of two 384x384 float64 matrices (numpy's BLAS), numpy imported "
+             "before the pool starts, every library at its defaults: shoal and joblib (its loky "
+             "backend's inner_max_num_threads) give each worker's BLAS its share of the cores "
+             "(cores / workers threads); multiprocessing.Pool, ProcessPoolExecutor and loky's "
+             "reusable executor leave every worker's BLAS at one thread per core of the machine. "
+             "Serial: one process whose BLAS uses every core."),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -55,6 +55,22 @@ def busy_indexed(job: list) -> int:
     return index * 7 + 1
 
 
+def matmul_indexed(job: list) -> int:
+    """``job`` is [index, side, products]: that many products of two side x side
+    matrices of small integers (exact in float64, whatever the BLAS's
+    summation order or thread count); returns an exact checksum."""
+    import numpy as np
+
+    index, side, products = job
+    rng = np.random.default_rng(index)
+    a = rng.integers(0, 10, (side, side)).astype(np.float64)
+    b = rng.integers(0, 10, (side, side)).astype(np.float64)
+    total = 0
+    for _ in range(products):
+        total += int((a @ b).sum())
+    return total
+
+
 # -- 3: image filters over one shared image ------------------------------------------
 
 _IMAGE: Any = None

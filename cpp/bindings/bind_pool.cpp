@@ -9,7 +9,9 @@
 #include "common.hpp"
 #include "shoal/base/errors.hpp"
 #include "shoal/mem/arena.hpp"
+#include "shoal/proc/affinity.hpp"
 #include "shoal/proc/launcher.hpp"
+#include "shoal/proc/native_threads.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/engine.hpp"
 #include "shoal/wire/protocol.hpp"
@@ -300,6 +302,12 @@ void bind_pool(nb::module_& m) {
   m.def("die_with_parent", &die_with_parent, nb::arg("parent_pid"),
         "Receive SIGKILL when the parent dies; exit now if it already has.");
   m.def("describe_exit", &describe_exit);
+  m.def(
+      "set_cpu_affinity", [](const std::vector<int>& cpus) { set_cpu_affinity(cpus); }, nb::arg("cpus"),
+      "Restrict this process (and the threads it starts from now on) to `cpus`.");
+  m.def("cpu_affinity", &cpu_affinity, "The CPUs this process may run on, in increasing order.");
+  m.def("limit_native_threads", &limit_native_threads, nb::arg("threads"),
+        "Limit the thread pools of the BLAS and OpenMP libraries loaded in this process; their paths.");
 }
 
 }  // namespace shoal::py

@@ -7,7 +7,7 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterable, Iterator, Optional, TypeVar, Union
 
 from ..runtime.core import PoolCore
-from ..runtime.options import PoolOptions, check_chunksize, check_timeout
+from ..runtime.options import CpuAffinity, PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
 from .future import Future
 
@@ -57,6 +57,16 @@ class Executor(futures.Executor):
             ``"spawn"`` (a fresh interpreter per worker), or ``"inline"``
             (debug mode: every task runs in the caller, as does the
             environment variable ``SHOAL_SERIAL=1``).
+        inner_max_num_threads: the threads each worker's BLAS and OpenMP
+            libraries may start (as joblib's); default: the worker's cores (the
+            CPUs this process may use divided by the workers, or its
+            ``cpu_affinity`` set), so N workers never run N x cores threads.
+            Environment variables such as ``OMP_NUM_THREADS`` set by the user
+            are kept unless this is given. A pool started inside a task
+            defaults to that worker's cores too.
+        cpu_affinity: pin workers to CPUs, as mpire's ``cpu_ids``: one entry
+            for all workers or one per worker, each a CPU number or a list of
+            them (``[[0, 1], [2, 3]]``); or ``"spread"``: one CPU per worker.
     """
 
     def __init__(
@@ -70,10 +80,13 @@ class Executor(futures.Executor):
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
+        inner_max_num_threads: Optional[int] = None,
+        cpu_affinity: CpuAffinity = None,
     ) -> None:
         self._core = PoolCore(
             PoolOptions.for_executor(max_workers, mp_context, initializer, initargs, max_tasks_per_child,
-                                     max_memory_per_worker, shm_limit, start_method)
+                                     max_memory_per_worker, shm_limit, start_method,
+                                     inner_max_num_threads, cpu_affinity)
         )
 
     @property

@@ -11,7 +11,7 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from ..runtime.outcome import Payload, decode
 from ..runtime.core import PoolCore
 from ..runtime.handle import JobHandle
-from ..runtime.options import PoolOptions, check_chunksize, check_timeout
+from ..runtime.options import CpuAffinity, PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -200,7 +200,9 @@ class Pool:
     task's run time; ``max_memory_per_worker`` limits resident memory (see
     ``shoal.Executor``); ``start_method`` as for ``shoal.Executor`` (``context=``
     takes a multiprocessing context's); ``start_method="inline"`` or
-    ``SHOAL_SERIAL=1`` runs tasks inline.
+    ``SHOAL_SERIAL=1`` runs tasks inline; ``inner_max_num_threads`` and
+    ``cpu_affinity`` as for ``shoal.Executor`` (BLAS/OpenMP threads per
+    worker, default its share of the cores; CPU pinning).
     """
 
     def __init__(
@@ -214,10 +216,13 @@ class Pool:
         max_memory_per_worker: Union[int, str, None] = None,
         shm_limit: Union[int, str, None] = None,
         start_method: str = "forkserver",
+        inner_max_num_threads: Optional[int] = None,
+        cpu_affinity: CpuAffinity = None,
     ) -> None:
         self._core = PoolCore(
             PoolOptions.for_pool(processes, initializer, initargs, maxtasksperchild, context,
-                                 max_memory_per_worker, shm_limit, start_method)
+                                 max_memory_per_worker, shm_limit, start_method,
+                                 inner_max_num_threads, cpu_affinity)
         )
 
     @property

@@ -22,6 +22,7 @@ from ..errors import BrokenPoolError
 from ..wire.payload import pack, pack_call
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
+from ..worker.cores import cores_config
 from ..worker.bootstrap import (
     child_argv,
     fork_fork_server,
@@ -88,7 +89,7 @@ class Runtime:
         # Buffers of 64 KiB and more (numpy arrays, bytes) travel through this
         # arena as zero-copy views instead of inside the pickles.
         self._arena = _core.Arena.create(options.shm_limit or None)
-        config = {"preload": preload, "arena": self._arena.name}
+        config = {"preload": preload, "arena": self._arena.name, "cores": cores_config(options)}
         self.workers = workers
         forked = start_method in ("forkserver", "fork")
         init = (options.initializer, options.initargs) if options.initializer is not None else None

@@ -4,18 +4,73 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
 
+# The cores the worker this process is owns (its share of the machine, or its
+# cpu_affinity= set); None outside workers. Set by worker.cores.
+_worker_cores: Optional[int] = None
+
+
 def default_workers() -> int:
-    """The CPUs this process may run on (its affinity mask), at least 1."""
+    """The CPUs this process may run on (its affinity mask), at least 1; in a
+    worker, the cores that worker owns, so a pool started inside a task does
+    not oversubscribe the machine."""
+    if _worker_cores is not None:
+        return _worker_cores
+    return available_cpus_count()
+
+
+def available_cpus_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def check_inner_threads(inner_max_num_threads: object) -> Optional[int]:
+    """``inner_max_num_threads=``: None (cores / workers) or an int of at least 1."""
+    if inner_max_num_threads is None:
+        return None
+    if isinstance(inner_max_num_threads, bool) or not isinstance(inner_max_num_threads, int):
+        raise TypeError(f"inner_max_num_threads must be an integer, not {inner_max_num_threads!r}")
+    if inner_max_num_threads < 1:
+        raise ValueError(f"inner_max_num_threads must be at least 1, not {inner_max_num_threads}")
+    return inner_max_num_threads
+
+
+CpuSets = tuple[tuple[int, ...], ...]
+#: What ``cpu_affinity=`` takes: "spread", or CPUs (or CPU lists) per worker or for all.
+CpuAffinity = Union[str, Sequence[Union[int, Sequence[int]]], None]
+
+
+def check_cpu_affinity(cpu_affinity: object, workers: int) -> Optional[CpuSets]:
+    """``cpu_affinity=``: the CPUs of each worker, as mpire's ``cpu_ids``: one
+    entry for all workers or one per worker, each a CPU number or a list of
+    them; or ``"spread"``: one CPU per worker, round robin over the CPUs this
+    process may use. Every CPU must be one this process may run on."""
+    if cpu_affinity is None:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpu_affinity == "spread":
+        return tuple((allowed[i % len(allowed)],) for i in range(workers))
+    if isinstance(cpu_affinity, (str, bytes)) or not isinstance(cpu_affinity, Iterable):
+        raise TypeError(f"cpu_affinity must be 'spread' or a list of CPUs or CPU lists, not {cpu_affinity!r}")
+    sets: list[tuple[int, ...]] = []
+    for entry in cpu_affinity:
+        cpus = (entry,) if isinstance(entry, int) else tuple(entry) if isinstance(entry, Iterable) else None
+        if cpus is None or not cpus or any(isinstance(c, bool) or not isinstance(c, int) for c in cpus):
+            raise TypeError(f"each entry of cpu_affinity must be a CPU number or a non-empty list of them, not {entry!r}")
+        missing = sorted(set(cpus) - set(allowed))
+        if missing:
+            raise ValueError(f"cpu_affinity names CPUs {missing} that this process may not run on (it may use {allowed})")
+        sets.append(tuple(sorted(set(cpus))))
+    if len(sets) not in (1, workers):
+        raise ValueError(f"cpu_affinity needs one entry for every worker ({workers}) or one for all, not {len(sets)}")
+    return tuple(sets)
 
 
 def parse_bytes(amount: Union[int, str, None]) -> int:
@@ -92,6 +147,8 @@ class PoolOptions:
     max_memory_per_worker: int = 0  # bytes; 0: no limit
     shm_limit: int = 0  # bytes; 0: the arena's default
     cancel_at_exit: bool = False  # at interpreter exit: terminate (Pool) rather than finish the work (Executor)
+    inner_max_num_threads: Optional[int] = None  # threads of BLAS/OpenMP per worker; None: its cores
+    cpu_affinity: Optional[CpuSets] = None  # per worker (or one for all); None: not pinned
 
     @property
     def inline(self) -> bool:
@@ -109,6 +166,8 @@ class PoolOptions:
         max_memory_per_worker: Union[int, str, None],
         shm_limit: Union[int, str, None],
         start_method: str,
+        inner_max_num_threads: Optional[int] = None,
+        cpu_affinity: CpuAffinity = None,
     ) -> "PoolOptions":
         """ProcessPoolExecutor's checks and messages."""
         if max_workers is not None and max_workers <= 0:
@@ -121,7 +180,7 @@ class PoolOptions:
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
         return cls._make(max_workers, initializer, initargs, max_tasks_per_child, mp_context, start_method,
-                         max_memory_per_worker, shm_limit, cancel_at_exit=False)
+                         max_memory_per_worker, shm_limit, False, inner_max_num_threads, cpu_affinity)
 
     @classmethod
     def for_pool(
@@ -134,6 +193,8 @@ class PoolOptions:
         max_memory_per_worker: Union[int, str, None],
         shm_limit: Union[int, str, None],
         start_method: str,
+        inner_max_num_threads: Optional[int] = None,
+        cpu_affinity: CpuAffinity = None,
     ) -> "PoolOptions":
         """multiprocessing.Pool's checks and messages."""
         if processes is not None and processes < 1:
@@ -144,15 +205,17 @@ class PoolOptions:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         return cls._make(processes, initializer, initargs, maxtasksperchild, context, start_method,
-                         max_memory_per_worker, shm_limit, cancel_at_exit=True)
+                         max_memory_per_worker, shm_limit, True, inner_max_num_threads, cpu_affinity)
 
     @classmethod
     def _make(cls, workers: Optional[int], initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],
               max_tasks_per_child: Optional[int], context: Optional[BaseContext], start_method: str,
               max_memory_per_worker: Union[int, str, None], shm_limit: Union[int, str, None],
-              cancel_at_exit: bool) -> "PoolOptions":
+              cancel_at_exit: bool, inner_max_num_threads: Optional[int] = None,
+              cpu_affinity: CpuAffinity = None) -> "PoolOptions":
+        workers = default_workers() if workers is None else workers
         return cls(
-            workers=default_workers() if workers is None else workers,
+            workers=workers,
             initializer=initializer,
             initargs=tuple(initargs),
             max_tasks_per_child=max_tasks_per_child or 0,
@@ -160,4 +223,6 @@ class PoolOptions:
             max_memory_per_worker=parse_bytes(max_memory_per_worker),
             shm_limit=parse_bytes(shm_limit),
             cancel_at_exit=cancel_at_exit,
+            inner_max_num_threads=check_inner_threads(inner_max_num_threads),
+            cpu_affinity=check_cpu_affinity(cpu_affinity, workers),
         )

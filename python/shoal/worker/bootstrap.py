@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import Any, Callable, Optional, Tuple
 
+from . import cores
+
 _CODE = "import sys,json;sys.path[:0]=json.loads(sys.argv[1]);from shoal.worker.bootstrap import main;main(sys.argv[2:])"
 
 
@@ -261,6 +263,7 @@ def fork_fork_server(
                 _stdin_from_devnull()
             else:
                 _release_inherited_fds(keep | {sock})
+            cores.prepare(config)  # numpy may be loaded already: its threads are limited here
             slot, segment = _core.serve_forks(sock)  # the worker's copy is closed in C++
             loop.main(segment, slot, config)  # never returns
         except BaseException:
@@ -314,6 +317,7 @@ def main(args: list[str]) -> None:
 
     mode, segment, owner_pid, config_json, *rest = args
     config = json.loads(config_json)
+    cores.prepare(config)  # before the main module can import numpy
     try:
         prepare_main(config["main"])
     except BaseException as exc:  # noqa: BLE001 - each worker reports it: the pool breaks with this text

@@ -18,6 +18,7 @@ from ..shm.arena import pin_arenas, set_worker_arena
 from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, release, unpack
 from ..wire.pickling import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
 from ..wire.protocol import CALL, DEFINE_FUNCTION, DROP_FUNCTION, ERROR, INITIALIZE, JOB, MAP_STAR, OK
+from . import cores
 from .stdio import text_stream
 
 
@@ -179,8 +180,13 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
 
 
 def main(segment: str, slot: int, config: dict[str, Any]) -> None:
+    startup_error = config.get("startup_error", "")
     try:
-        serve(segment, slot, config["arena"], config.get("startup_error", ""))
+        cores.claim(config, slot)
+    except Exception as exc:  # noqa: BLE001 - e.g. a CPU taken offline since the pool was made
+        startup_error = startup_error or f"worker {slot} could not take its CPUs (cpu_affinity=): {exc!r}"
+    try:
+        serve(segment, slot, config["arena"], startup_error)
     finally:
         _exit_hooks()
         sys.stdout.flush()
