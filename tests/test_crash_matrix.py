@@ -248,3 +248,27 @@ def test_death_inside_a_map_chunk_with_retries(kind, surface, start_method, tmp_
         assert _runs(str(runs)) == {x: 1 for x in items}
     finally:
         _close(surface, pool)
+
+
+@pytest.mark.parametrize("kind", DIES)
+def test_death_inside_a_map_chunk_while_the_pool_shuts_down(kind, surface, start_method, tmp_path):
+    """The pool is told to finish while a chunk's worker is about to die:
+    the items after the dead one still run (once) before it stops."""
+    from functools import partial
+
+    items, bad = list(range(20)), 13
+    fn = partial(ct.fault_at_item, bad=bad, kind=kind, runs_dir=str(tmp_path))
+    pool = _make(surface, start_method)
+    try:
+        if surface == "executor":
+            pool.map(fn, items, chunksize=10)  # never read
+            pool.shutdown(wait=True)
+        else:
+            result = pool.map_async(fn, items, chunksize=10)
+            pool.close()
+            pool.join()
+            with pytest.raises(shoal.WorkerLostError):
+                result.get(timeout=60)
+        assert _runs(str(tmp_path)) == {x: 1 for x in items if x != bad}
+    finally:
+        _close(surface, pool)

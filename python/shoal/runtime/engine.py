@@ -332,8 +332,12 @@ class Runtime:
             else:
                 feed.drain()
         if wait:
+            # Every chunk finishes before the engine stops taking jobs, so that
+            # the items after one whose worker died can still run again; not
+            # in the result thread (a callback), which delivers those ends.
+            finished = threading.current_thread() is not self._collector
             for feed in feeds:
-                feed.wait_read()
+                feed.wait_read(finished)
         with self._lock:
             open_feeds = bool(self._feeds)
         if wait or cancel_pending or not open_feeds:

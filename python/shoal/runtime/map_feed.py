@@ -161,10 +161,13 @@ class MapFeed:
             log.error("the input of an unread map failed: %r", error, exc_info=error)
         self._report_if_complete()
 
-    def wait_read(self) -> None:
-        """Waits until every input item is submitted (or the map was closed)."""
+    def wait_read(self, finished: bool = False) -> None:
+        """Waits until every input item is submitted (or the map was closed);
+        ``finished``: until every chunk has finished too, re-runs of the items
+        a dead worker did not finish included (they need the engine open)."""
         with self._cond:
-            while not ((self._exhausted and self._stalled is None) or self._closed):
+            while not ((self._exhausted and self._stalled is None and not (finished and self._in_flight))
+                       or self._closed):
                 self._cond.wait(0.1)
 
     def _report_if_complete(self) -> None:
