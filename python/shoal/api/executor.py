@@ -61,8 +61,8 @@ class Executor(futures.Executor):
             libraries may start (as joblib's); default: the worker's cores (the
             CPUs this process may use divided by the workers, or its
             ``cpu_affinity`` set), so N workers never run N x cores threads.
-            Environment variables such as ``OMP_NUM_THREADS`` set by the user
-            are kept unless this is given. A pool started inside a task
+            If the user set a variable such as ``OMP_NUM_THREADS``, the threads
+            are left to it unless this is given. A pool started inside a task
             defaults to that worker's cores too.
         cpu_affinity: pin workers to CPUs, as mpire's ``cpu_ids``: one entry
             for all workers or one per worker, each a CPU number or a list of

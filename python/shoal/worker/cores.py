@@ -17,7 +17,8 @@ cores. As joblib's loky backend does, each worker's libraries get its share:
                                       its own limit if that set differs, and the
                                       cores it owns for pools started in its tasks
 
-Variables the user set are kept unless ``inner_max_num_threads`` is given.
+If the user set any of the variables, the threads are theirs to choose:
+nothing is changed unless ``inner_max_num_threads`` is given.
 """
 from __future__ import annotations
 
@@ -66,13 +67,12 @@ def _share(cores: dict[str, Any], slot: Optional[int]) -> int:
 
 def _limit(cores: dict[str, Any], threads: int) -> None:
     global _applied
-    explicit = cores["threads"] is not None
-    kept = () if explicit else tuple(cores["user_env"])
+    if cores["threads"] is None and cores["user_env"]:
+        return  # the user chose the threads (OpenBLAS reads OMP_NUM_THREADS too): left alone
     for name in THREAD_ENV:
-        if name not in kept:
-            os.environ[name] = str(threads)
-    if kept or _applied == threads:
-        return  # the user's own settings, or already in place
+        os.environ[name] = str(threads)
+    if _applied == threads:
+        return  # already in place (the fork server did it)
     _applied = threads
     from .. import _core
 
