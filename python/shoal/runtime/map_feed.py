@@ -25,9 +25,9 @@ class _Mending:
 
     __slots__ = ("items", "values", "failures")
 
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-        self.values: list[Any] = [None] * len(items)
+    def __init__(self, items: Optional[list[Any]], count: int) -> None:
+        self.items = items  # None: not kept, nothing can run again
+        self.values: list[Any] = [None] * count
         self.failures: dict[int, BaseException] = {}
 
     def put(self, first: int, count: int, values: list[Any], failures: dict[int, BaseException]) -> None:
@@ -297,9 +297,7 @@ class MapFeed:
     def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: Payload) -> None:
         items = self._chunk_items.pop(index, None)
         if type(payload) is tuple and status != INLINE_OK:  # its worker sent results ahead, or died inside it
-            mending = _Mending(items if items is not None else [None] * count)
-            if self._mend(index, start, mending, 0, count, status, payload):
-                self._file(index, start, count, mending.values, mending.failures)
+            self._mended(index, start, _Mending(items, count), 0, count, status, run_ns, payload)
             return
         if status == OK and count:
             self._run_ns = self.DECAY * self._run_ns + run_ns
@@ -357,7 +355,7 @@ class MapFeed:
             return True
         with self._cond:
             closed = self._closed
-        if closed:  # the map was closed meanwhile: nobody waits for them
+        if closed or mending.items is None:  # the map was closed meanwhile: nobody waits for them
             mending.fail(first, end, error)
             return True
         items = mending.items[first:end]
@@ -381,7 +379,12 @@ class MapFeed:
         self, index: int, start: int, mending: _Mending, first: int, count: int, status: int, run_ns: int,
         payload: Payload,
     ) -> None:
-        if self._mend(index, start, mending, first, count, status, payload):
+        try:
+            whole = self._mend(index, start, mending, first, count, status, payload)
+        except BaseException as exc:  # noqa: BLE001 - a chunk never filed would leave its consumer waiting for ever
+            mending.fail(first, first + count, transfer_error("the map's results", exc))
+            whole = True
+        if whole:
             self._file(index, start, len(mending.values), mending.values, mending.failures)
 
     def _file(self, index: int, start: int, count: int, values: list[Any], failures: dict[int, BaseException]) -> None:
