@@ -1,6 +1,7 @@
 // The pool engine (parent side), the worker's endpoint and the fork server.
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
 #include <nanobind/stl/vector.h>
 
 #include <chrono>
@@ -54,8 +55,14 @@ nb::object collect(Engine& engine, std::optional<double> timeout) {
   });
   if (done.empty() && !running) return nb::none();
   nb::list out;
-  for (auto& c : done)
+  for (auto& c : done) {
+    if (c.status == proto::Status::log) {  // (None, LOG, level, (text, worker slot or -1, job or 0))
+      out.append(nb::make_tuple(nb::none(), static_cast<uint32_t>(c.status), c.run_ns,
+                                nb::make_tuple(outcome_payload(c), c.log_worker, c.log_job)));
+      continue;
+    }
     out.append(nb::make_tuple(take_owner(c.owner), static_cast<uint32_t>(c.status), c.run_ns, outcome_payload(c)));
+  }
   return out;
 }
 
@@ -171,14 +178,18 @@ void bind_pool(nb::module_& m) {
   for (auto [name, mode] : {std::pair{"CALL", CallMode::call}, {"MAP_ONE", CallMode::map_one},
                             {"MAP_STAR", CallMode::map_star}})
     protocol.attr(name) = static_cast<uint32_t>(mode);
-  nb::class_<Engine>(m, "Engine", "The pool engine: central queue, dispatch to worker rings, supervision.")
+  auto engine = nb::class_<Engine>(m, "Engine", "The pool engine: central queue, dispatch to worker rings, supervision.");
+  bind_engine_stats(engine);
+  engine
       .def(
           "__init__",
           [](Engine* self, uint32_t workers, bool fork_server, std::vector<std::string> argv, std::size_t ring_bytes,
              nb::bytes init_payload, uint64_t max_tasks_per_child, int fork_server_pid, int fork_server_fd,
              uint64_t memory_hard_limit, uint64_t memory_soft_limit, std::shared_ptr<SharedArena> arena,
-             std::vector<int> inherited_fds) {
+             std::vector<int> inherited_fds, std::string pool_kind, std::string pool_label) {
             EngineOptions o;
+            o.pool_kind = std::move(pool_kind);
+            o.pool_label = std::move(pool_label);
             o.workers = workers;
             o.fork_server = fork_server;
             o.argv = std::move(argv);
@@ -197,7 +208,8 @@ void bind_pool(nb::module_& m) {
           nb::arg("workers"), nb::arg("fork_server"), nb::arg("argv"), nb::arg("ring_bytes"), nb::arg("init_payload"),
           nb::arg("max_tasks_per_child"), nb::arg("fork_server_pid") = -1, nb::arg("fork_server_fd") = -1,
           nb::arg("memory_hard_limit") = 0, nb::arg("memory_soft_limit") = 0, nb::arg("arena") = nb::none(),
-          nb::arg("inherited_fds") = std::vector<int>{})
+          nb::arg("inherited_fds") = std::vector<int>{}, nb::arg("pool_kind") = "Executor",
+          nb::arg("pool_label") = "")
       .def_prop_ro("segment_name", &Engine::segment_name)
       .def_prop_ro("workers", &Engine::workers)
       .def_prop_ro("inline_payload_limit", &Engine::inline_payload_limit)
@@ -267,6 +279,9 @@ void bind_pool(nb::module_& m) {
         d["workers_started"] = s.workers_started;
         d["workers_lost"] = s.workers_lost;
         d["retried"] = s.retried;
+        d["failed"] = s.failed;
+        d["cancelled"] = s.cancelled;
+        d["timed_out"] = s.timed_out;
         return d;
       });
 
@@ -276,11 +291,37 @@ void bind_pool(nb::module_& m) {
       .def("recv", &worker_recv)
       .def(
           "send_result",
-          [](WorkerEndpoint& ep, uint64_t job_id, uint32_t status, uint64_t run_ns, nb::bytes payload) {
+          [](WorkerEndpoint& ep, uint64_t job_id, uint32_t status, uint64_t run_ns, nb::bytes payload, uint64_t items,
+             uint64_t failed) {
             std::string_view view(payload.c_str(), payload.size());
             nb::gil_scoped_release unlocked;  // may wait for room in the outbox
-            ep.send_result(job_id, static_cast<proto::Status>(status), run_ns, view);
-          })
+            ep.send_result(job_id, static_cast<proto::Status>(status), run_ns, view, items, failed);
+          },
+          nb::arg("job_id"), nb::arg("status"), nb::arg("run_ns"), nb::arg("payload"), nb::arg("items") = 1,
+          nb::arg("failed") = 0,
+          "Publish a job's outcome: `items` calls ran (1, or a map chunk's), `failed` of them raised.")
+      // The worker's side of the stats block (shoal/obs/stats_block.hpp).
+      .def("initialized", [](WorkerEndpoint& ep, uint64_t ns) { ep.stats().ready(ns); }, nb::arg("initializer_ns"),
+           "The pool's initializer ran, taking `initializer_ns`.")
+      .def("args_loaded", [](WorkerEndpoint& ep) { ep.stats().args_loaded(); }, "The running job's arguments are loaded.")
+      .def("call_returned", [](WorkerEndpoint& ep) { ep.stats().call_returned(); },
+           "The running job's call returned (its result is being pickled).")
+      .def("exiting", [](WorkerEndpoint& ep) { ep.stats().exiting(); }, "This worker is leaving.")
+      .def_prop_ro("slow_floor", [](WorkerEndpoint& ep) { return ep.stats().slow_floor(); },
+                   "A job running longer than this (ns) is among this worker's slowest: note_slow it.")
+      .def(
+          "note_slow",
+          [](WorkerEndpoint& ep, uint64_t job, uint64_t ns, uint64_t items, std::string_view args) {
+            ep.stats().note_slow(job, ns, items, args);
+            return ep.stats().slow_floor();
+          },
+          nb::arg("job"), nb::arg("ns"), nb::arg("items"), nb::arg("args"),
+          "Keep a slow job (a short repr of its arguments) among the slowest; returns the new slow_floor.")
+      .def("wants_error", [](WorkerEndpoint& ep) { return ep.stats().wants_error(); },
+           "Whether a failed task's traceback is wanted for the recent errors now (a few a second).")
+      .def(
+          "note_error", [](WorkerEndpoint& ep, uint64_t job, std::string_view text) { ep.stats().note_error(job, text); },
+          nb::arg("job"), nb::arg("text"), "Record a failed task's traceback among the recent errors.")
       .def(
           "send_partial",
           [](WorkerEndpoint& ep, uint64_t job_id, uint32_t status, uint64_t items, nb::bytes payload) {

@@ -8,6 +8,10 @@
 
 #include "shoal/base/deadline.hpp"
 
+namespace shoal {
+class Engine;
+}
+
 namespace shoal::py {
 
 namespace nb = nanobind;
@@ -42,6 +46,9 @@ void bind_mem(nb::module_& m);
 void bind_column(nb::module_& m);
 void bind_payload(nb::module_& m);
 void bind_heap(nb::module_& m);
+void bind_obs(nb::module_& m);
+// Engine's stats-block methods (bind_obs.cpp), added by bind_pool.
+void bind_engine_stats(nb::class_<Engine>& engine);
 
 // Frees the arenas a worker's heap cache holds (bind_heap.cpp); safe without the GIL.
 std::size_t trim_heap_cache();

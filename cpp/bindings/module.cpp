@@ -40,6 +40,7 @@ NB_MODULE(_core, m) {
   shoal::py::bind_column(m);
   shoal::py::bind_payload(m);
   shoal::py::bind_heap(m);
+  shoal::py::bind_obs(m);
 
   // A previous process killed with SIGKILL cannot unlink its segments; the next
   // shoal start in this user's session does it for them.

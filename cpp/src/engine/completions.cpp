@@ -25,6 +25,22 @@ constexpr uint64_t kNapWindowNs = 1'000'000;  // naps go on this long after the 
 void EngineImpl::complete_locked(Job&& job, Status status, uint64_t run_ns, std::string payload,
                                  uint64_t failed_item) {
   ++stats_.completed;
+  switch (status) {
+    case Status::ok:
+    case Status::error:
+      break;
+    case Status::cancelled:
+      ++stats_.cancelled;
+      break;
+    case Status::timed_out:
+      ++stats_.timed_out;
+      ++stats_.failed;
+      break;
+    default:  // worker lost, memory limit, broken pool
+      ++stats_.failed;
+      break;
+  }
+  publish_locked();
   completions_.push_back(Completion{job.id, status, run_ns, std::move(payload), job.owner, std::move(job.pieces),
                                     failed_item, job.retries_left});
   job.owner = 0;
@@ -47,12 +63,14 @@ void EngineImpl::release_ended_arguments(std::vector<std::vector<packed::Referen
 
 // The engine's log records travel as completions with job id 0, which the
 // result thread hands to Python's logging.
-void EngineImpl::log_locked(LogLevel level, std::string message) {
+void EngineImpl::log_locked(LogLevel level, std::string message, int32_t worker, uint64_t job) {
   Completion record;
   record.job_id = 0;
   record.status = Status::log;
   record.run_ns = static_cast<uint64_t>(level);
   record.payload = std::move(message);
+  record.log_worker = worker;
+  record.log_job = job;
   completions_.push_back(std::move(record));
 }
 

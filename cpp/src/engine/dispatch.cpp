@@ -31,7 +31,8 @@ uint64_t EngineImpl::submit_locked(uint64_t fn_id, uint32_t tag, std::string pay
   ++stats_.submitted;
   const uint64_t id = next_job_id_++;
   const uint64_t timeout_ns = timeout_s > 0 ? std::max<uint64_t>(1, uint64_t(timeout_s * 1e9)) : 0;
-  Job job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns, owner, std::move(blocks), {}};
+  Job job{id, fn_id, tag, std::max(retries, 0), Blob(std::move(payload)), timeout_ns, owner, std::move(blocks), {},
+          stats_block_->tracing() ? obs::monotonic_ns() : 0};
   // A broken pool (it also counts as closing) answers with the reason it broke.
   if (broken_) {
     complete_locked(std::move(job), Status::broken, 0, *broken_);
@@ -45,6 +46,7 @@ uint64_t EngineImpl::submit_locked(uint64_t fn_id, uint32_t tag, std::string pay
   pending_.push_back(std::move(job));
   pending_ids_.emplace(id, &pending_.back());
   dispatch_locked();
+  publish_locked();
   return id;
 }
 
@@ -125,6 +127,7 @@ bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
   }
   if (!push_frame_locked(slot, FrameHeader{Kind::job, job.tag, job.id, job.fn_id}, &job.payload)) return false;
   ++s.dispatched;
+  if (job.submitted_ns) trace_dispatch_locked(job, slot);
   s.in_flight.push_back(std::move(job));
   // A worker past its budget is retired by closing its inbox: it finishes what
   // it holds, then exits, and the slot gets a fresh worker.

@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include "engine/engine_impl.hpp"
+#include "shoal/mem/arena.hpp"
 
 namespace shoal {
 
@@ -28,6 +29,8 @@ Engine::Engine(EngineOptions options) : impl_(std::make_unique<EngineImpl>(std::
 Engine::~Engine() = default;
 
 const std::string& Engine::segment_name() const { return impl_->segment_name(); }
+const std::string& Engine::stats_name() const { return impl_->stats_name(); }
+const std::shared_ptr<obs::StatsBlock>& Engine::stats_block() const { return impl_->stats_block(); }
 uint32_t Engine::workers() const { return impl_->workers(); }
 std::size_t Engine::inline_payload_limit() const { return impl_->inline_payload_limit(); }
 uint64_t Engine::define_function(std::string pickled) { return impl_->define_function(std::move(pickled)); }
@@ -57,7 +60,9 @@ void Engine::inject_fault_for_testing(TestFault fault) { impl_->inject_fault_for
 
 EngineImpl::EngineImpl(EngineOptions options)
     : options_(std::move(options)),
-      layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes)),
+      stats_block_(obs::StatsBlock::create(std::max<uint32_t>(options_.workers, 1), options_.pool_kind,
+                                           options_.pool_label)),
+      layout_(PoolLayout::create(std::max<uint32_t>(options_.workers, 1), options_.ring_bytes, stats_block_->name())),
       inline_payload_limit_(proto::inline_payload_limit(layout_.inbox(0).max_frame())),
       watch_(std::make_unique<SlotWatch[]>(layout_.slots())),
       slots_(layout_.slots()),
@@ -134,10 +139,13 @@ bool EngineImpl::cancel(uint64_t job_id, uint64_t* owner) {
     auto it = pending_ids_.find(job_id);
     if (it == pending_ids_.end()) return false;
     Job& job = *it->second;  // stays in pending_, emptied, until dispatch reaches it
+    ++stats_.cancelled;
+    ++stats_.completed;
     if (owner) *owner = job.owner;
     job.owner = 0;
     ended[0].swap(job.blocks);
     pending_ids_.erase(it);
+    publish_locked();
   }
   if (!ended[0].empty()) release_ended_arguments(std::move(ended));
   return true;
@@ -152,11 +160,13 @@ void EngineImpl::shutdown(bool wait, bool cancel_pending) {
   {
     LockGuard lk(mu_);
     closing_ = true;
+    if (!broken_) stats_block_->set_pool_state(obs::PoolState::closing);
     if (cancel_pending) {
       for (auto& job : pending_)
         if (pending_ids_.count(job.id)) complete_locked(std::move(job), Status::cancelled, 0, {});
       pending_.clear();
       pending_ids_.clear();
+      publish_locked();
     }
     events_pending_ = true;
   }
@@ -205,11 +215,44 @@ std::vector<pid_t> EngineImpl::worker_pids() const {
 
 EngineStats EngineImpl::stats() const {
   LockGuard lk(mu_);
+  sample_arena_locked();
   EngineStats st = stats_;
   st.pending = pending_ids_.size();
   st.in_flight = 0;
   for (const auto& s : slots_) st.in_flight += s.in_flight.size();
   return st;
+}
+
+void EngineImpl::publish_locked() {
+  obs::PoolCounters& c = stats_block_->header().pool;
+  const auto put = [](obs::Counter& field, uint64_t v) { field.store(v, std::memory_order_relaxed); };
+  put(c.submitted, stats_.submitted);
+  // The block counts results and exceptions as completed, the other ends apart.
+  put(c.completed, stats_.completed - stats_.failed - stats_.cancelled);
+  put(c.failed, stats_.failed);
+  put(c.cancelled, stats_.cancelled);
+  put(c.retried, stats_.retried);
+  put(c.timed_out, stats_.timed_out);
+  put(c.workers_started, stats_.workers_started);
+  put(c.workers_lost, stats_.workers_lost);
+  // Every job submitted has ended, waits in the queue, or is with a worker.
+  put(c.pending, pending_ids_.size());
+  put(c.in_flight, stats_.submitted - stats_.completed - pending_ids_.size());
+}
+
+void EngineImpl::sample_arena_locked() const {
+  if (!options_.arena) return;
+  obs::PoolCounters& c = stats_block_->header().pool;
+  const uint64_t used = options_.arena->used_bytes();
+  c.arena_used.store(used, std::memory_order_relaxed);
+  if (used > c.arena_peak.load(std::memory_order_relaxed)) c.arena_peak.store(used, std::memory_order_relaxed);
+  c.arena_limit.store(options_.arena->limit_bytes(), std::memory_order_relaxed);
+}
+
+void EngineImpl::trace_dispatch_locked(const Job& job, uint32_t slot) {
+  // The parent's ring has one producer: this engine, under mu_.
+  obs::trace_push(stats_block_->header().parent_trace,
+                  obs::TraceEvent{job.id, job.submitted_ns, obs::monotonic_ns(), 0, 0, slot, 0});
 }
 
 void EngineImpl::inject_fault_for_testing(TestFault fault) {

@@ -48,6 +48,7 @@
 #include "shoal/engine/engine.hpp"
 #include "shoal/engine/pool_layout.hpp"
 #include "shoal/ipc/notifier.hpp"
+#include "shoal/obs/stats_block.hpp"
 #include "shoal/proc/supervisor.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/wire/protocol.hpp"
@@ -95,6 +96,8 @@ class EngineImpl {
 
   // ---- the public API (Engine forwards each call) -------------------------
   const std::string& segment_name() const { return layout_.segment().name(); }
+  const std::string& stats_name() const { return stats_block_->name(); }
+  const std::shared_ptr<obs::StatsBlock>& stats_block() const { return stats_block_; }
   uint32_t workers() const { return layout_.slots(); }
   std::size_t inline_payload_limit() const { return inline_payload_limit_; }
   uint64_t define_function(std::string pickled) SHOAL_EXCLUDES(mu_);
@@ -177,7 +180,8 @@ class EngineImpl {
   // Drops the arena references of ended jobs' arguments (taken under mu_ by
   // the caller); an error is logged, the jobs' outcomes stand.
   void release_ended_arguments(std::vector<std::vector<packed::Reference>> ended) SHOAL_EXCLUDES(mu_);
-  void log_locked(LogLevel level, std::string message) SHOAL_REQUIRES(mu_);
+  // `worker` (a slot, -1: none) and `job` (0: none) are what the record is about.
+  void log_locked(LogLevel level, std::string message, int32_t worker = -1, uint64_t job = 0) SHOAL_REQUIRES(mu_);
   // Rings the doorbell for completions that collect() should take (ones no
   // ring from a worker announced: cancels, deaths, another thread's drain).
   void announce_completions();
@@ -221,6 +225,15 @@ class EngineImpl {
   // Workers past the soft memory limit after a job are retired (sizes read without mu_).
   void check_soft_limits_locked() SHOAL_REQUIRES(mu_);
 
+  // ---- the stats block (engine.cpp) --------------------------------------------
+  // Copies the counters into the pool's stats block, for readers in other
+  // processes: after every change to them (a few relaxed stores).
+  void publish_locked() SHOAL_REQUIRES(mu_);
+  // The arena's use, sampled into the stats block (each engine round, each stats()).
+  void sample_arena_locked() const SHOAL_REQUIRES(mu_);
+  // Trace events of the parent: a job's submit and its dispatch to `slot`.
+  void trace_dispatch_locked(const Job& job, uint32_t slot) SHOAL_REQUIRES(mu_);
+
   // ---- engine_thread.cpp ---------------------------------------------------------
   void run() SHOAL_EXCLUDES(mu_);
   // Results are drained on the engine thread only when no other thread will:
@@ -246,6 +259,9 @@ class EngineImpl {
 
   // ---- fixed at construction ------------------------------------------------------
   const EngineOptions options_;
+  // Written by this engine and its workers, read by any process (`shoal top`);
+  // its name goes in the pool header, for the workers. Unlinked at the final stop.
+  const std::shared_ptr<obs::StatsBlock> stats_block_;
   PoolLayout layout_;  // the engine thread unlinks its name at the end; nothing else changes
   const std::size_t inline_payload_limit_;
   const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid

@@ -69,6 +69,7 @@ void EngineImpl::run() {
       finish_drains_locked();  // also what handle_events_locked() drained from dead workers
       if (limits) enforce_limits_locked();
       dispatch_locked();
+      sample_arena_locked();
       busy = !idle_locked();
 
       if (closing_ && !stopping_ && idle_locked()) {
@@ -113,6 +114,9 @@ void EngineImpl::run() {
     supervisor_->stop();
     lk.lock();
     layout_.unlink();
+    // A closed pool is no longer listed (its stats stay readable to this process).
+    if (!broken_) stats_block_->set_pool_state(obs::PoolState::closed);
+    stats_block_->unlink();
     // Spilled results taken from the rings are delivered: read here, or by
     // the thread that is reading them now (a copy, bounded by its size).
     finish_drains_locked();

@@ -18,7 +18,7 @@ void EngineImpl::corrupt_slot_locked(uint32_t slot, const std::string& what) {
   const bool replaced = !stopping_ && !broken_;
   const std::string why = "the pool's shared memory was corrupted: " + what +
                           (replaced ? "; the worker was killed and is being replaced" : "; the worker was killed");
-  log_locked(LogLevel::warning, why);
+  log_locked(LogLevel::warning, why, static_cast<int32_t>(slot));
   // Any of its jobs may have run (a garbled frame may have been its result),
   // and none will finish now: each is retried if it may be, else it fails.
   for (auto it = s.in_flight.rbegin(); it != s.in_flight.rend(); ++it) {
@@ -67,6 +67,7 @@ void EngineImpl::fail_everything_locked(const std::string& reason) {
   broken_ = reason;
   is_broken_ = true;
   closing_ = true;
+  stats_block_->set_pool_state(obs::PoolState::broken);
   for (auto& job : pending_)
     if (pending_ids_.count(job.id)) complete_locked(std::move(job), Status::broken, 0, reason);
   pending_.clear();

@@ -30,6 +30,8 @@ struct Job {
   // A map chunk's results its worker sent ahead (partial_result frames), in
   // item order: they end up in its Completion, whichever way it ends.
   std::vector<ResultPiece> pieces;
+  // CLOCK_MONOTONIC at submit, kept only while the pool is traced (else 0).
+  uint64_t submitted_ns = 0;
 
   bool is_map() const { return tag != static_cast<uint32_t>(proto::CallMode::call); }
   // Whether, were its worker to die now, re-running it whole would run items

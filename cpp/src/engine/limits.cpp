@@ -66,8 +66,10 @@ void EngineImpl::check_soft_limits_locked() {
     Slot& s = slots_[c.slot];
     if (s.incarnation != c.incarnation || s.state != SlotState::alive || s.pid != c.pid || s.retired) continue;
     if (c.rss > options_.memory_soft_limit) {
-      log_locked(LogLevel::info, worker_name(c.slot) + " uses " + mib(c.rss) + ", over the soft limit of " +
-                                     mib(options_.memory_soft_limit) + "; replacing it after its current work");
+      log_locked(LogLevel::info,
+                 worker_name(c.slot) + " uses " + mib(c.rss) + ", over the soft limit of " +
+                     mib(options_.memory_soft_limit) + "; replacing it after its current work",
+                 static_cast<int32_t>(c.slot));
       retire_locked(s);
     }
   }
@@ -101,7 +103,7 @@ void EngineImpl::enforce_limits_locked() {
       std::snprintf(limit, sizeof limit, "%.3g s", double(job->timeout_ns) / 1e9);
       std::string why = "the task ran longer than its time limit of " + std::string(limit) + "; " + worker_name(i) +
                         " was stopped and replaced";
-      log_locked(LogLevel::warning, why);
+      log_locked(LogLevel::warning, why, static_cast<int32_t>(i), running);
       s.kill_reason = KillReason{running, Status::timed_out, why};
       kill_worker(s.pidfd, s.pid);
       continue;
@@ -122,7 +124,7 @@ void EngineImpl::enforce_limits_locked() {
       std::string why = "the task drove " + worker_name(c.slot) + " to " + mib(c.rss) +
                         " of resident memory, over the limit of " + mib(options_.memory_hard_limit) +
                         " (max_memory_per_worker); the worker was killed and replaced";
-      log_locked(LogLevel::warning, why);
+      log_locked(LogLevel::warning, why, static_cast<int32_t>(c.slot), c.running);
       s.kill_reason = KillReason{c.running, Status::memory_exceeded, why};
       kill_worker(s.pidfd, s.pid);
     }

@@ -171,7 +171,8 @@ void EngineImpl::complete_spilled_locked(SpilledResult& r) {
       s.in_flight.push_front(std::move(r.job));
       corrupt_slot_locked(r.slot, what);
     } else {
-      log_locked(LogLevel::warning, "the pool's shared memory was corrupted: " + what);
+      log_locked(LogLevel::warning, "the pool's shared memory was corrupted: " + what, static_cast<int32_t>(r.slot),
+                 r.job.id);
       fail_over_locked(std::move(r.job), "the pool's shared memory was corrupted: " + what);
     }
     return;
@@ -216,7 +217,7 @@ void EngineImpl::spilled_payload_lost_locked(const std::string& worker, const Fr
     return;
   }
   const std::string message = "the task ran, but its result was lost: " + why + ". The pool goes on.";
-  log_locked(LogLevel::warning, message);
+  log_locked(LogLevel::warning, message, -1, job->id);
   job->retries_left = 0;  // it did run: a map chunk's submitter runs none of it again
   complete_locked(std::move(*job), Status::worker_lost, h.arg, message);
 }

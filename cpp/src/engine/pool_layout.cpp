@@ -48,7 +48,7 @@ std::byte* PoolLayout::slot_base(uint32_t slot) const {
   return segment_.bytes() + kHeaderBytes + slot * (kStatusBytes + 2 * ring_stride_);
 }
 
-PoolLayout PoolLayout::create(uint32_t slots, std::size_t ring_bytes) {
+PoolLayout PoolLayout::create(uint32_t slots, std::size_t ring_bytes, std::string_view stats_name) {
   if (slots == 0 || slots > kMaxSlots) throw std::invalid_argument("a pool has 1 to 65536 worker slots");
   if (ring_bytes > kMaxRingBytes) throw std::invalid_argument("ring_bytes is too large");
   const std::size_t total = layout_bytes_for(slots, ring_bytes);
@@ -58,6 +58,8 @@ PoolLayout PoolLayout::create(uint32_t slots, std::size_t ring_bytes) {
   hdr->slots = slots;
   hdr->ring_bytes = ring_bytes;
   hdr->segment_bytes = total;
+  if (stats_name.size() >= sizeof hdr->stats_name) throw std::invalid_argument("stats block name is too long");
+  std::memcpy(hdr->stats_name, stats_name.data(), stats_name.size());
   hdr->magic = PoolHeader::kMagic;
   PoolLayout layout(std::move(seg), slots, ring_bytes);
   for (uint32_t s = 0; s < slots; ++s) {
@@ -112,6 +114,12 @@ std::optional<std::string> PoolLayout::header_fault() const {
            " bytes and " + std::to_string(segment_bytes) + " bytes in all; the pool has " + std::to_string(slots_) +
            ", " + std::to_string(ring_bytes_) + " and " + std::to_string(layout_bytes_);
   return std::nullopt;
+}
+
+std::string PoolLayout::stats_name() const {
+  char name[sizeof(PoolHeader::stats_name)];
+  std::memcpy(name, header().stats_name, sizeof name);  // another process may write it: copy, then bound
+  return std::string(name, strnlen(name, sizeof name));
 }
 
 SlotStatus& PoolLayout::status(uint32_t slot) const { return *reinterpret_cast<SlotStatus*>(slot_base(slot)); }

@@ -12,6 +12,25 @@ using proto::FrameHeader;
 using proto::Kind;
 using proto::Status;
 
+namespace {
+
+// How a slot's worker ended, as the stats block counts restarts.
+obs::ExitCause exit_cause(const Slot& s, bool quarantined, bool clean, int wait_status) {
+  if (s.kill_reason) return s.kill_reason->status == Status::memory_exceeded ? obs::ExitCause::memory : obs::ExitCause::timeout;
+  if (quarantined) return obs::ExitCause::corrupt;
+  if (clean) return s.retired ? obs::ExitCause::retired : obs::ExitCause::none;
+  if (wait_status != kExitStatusUnknown && WIFSIGNALED(wait_status)) return obs::ExitCause::signal;
+  return obs::ExitCause::exit_code;
+}
+
+int exit_value(int wait_status) {
+  if (wait_status == kExitStatusUnknown) return 0;
+  if (WIFSIGNALED(wait_status)) return WTERMSIG(wait_status);
+  return WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 0;
+}
+
+}  // namespace
+
 // The supervisor thread: events are only queued here, and handled on the
 // engine thread (handle_events_locked), the one thread that starts slots.
 void EngineImpl::on_process_event(const ProcessEvent& e) {
@@ -47,7 +66,9 @@ void EngineImpl::handle_events_locked() {
         s.pidfd = e.pidfd;
         if (s.state == SlotState::starting) s.state = SlotState::alive;
         ++stats_.workers_started;
-        log_locked(LogLevel::debug, worker_name(e.slot) + " started");
+        stats_block_->worker_spawned(e.slot, e.pid);
+        publish_locked();
+        log_locked(LogLevel::debug, worker_name(e.slot) + " started", static_cast<int32_t>(e.slot));
         if (s.quarantined) kill_worker(s.pidfd, s.pid);  // its rings went bad before it started
         break;
       case ProcessEvent::Type::spawn_failed:
@@ -84,6 +105,7 @@ void EngineImpl::start_slot_locked(uint32_t slot) {
   s.jobs_forgotten = false;
   watch_[slot].live.store(true);
   s.state = SlotState::starting;
+  stats_block_->worker_starting(slot);
   s.pid = 0;
   s.pidfd.reset();
   s.known_functions.clear();
@@ -166,11 +188,17 @@ void EngineImpl::handle_exit_locked(uint32_t slot, pid_t pid, int wait_status) {
     ++stats_.workers_lost;
     if (!quarantined && running == 0 && s.completed == 0) ++failures_without_progress_;
     if (!s.kill_reason && !stopping_ && !quarantined)
-      log_locked(LogLevel::warning, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
-                                        describe_exit(wait_status) + "; starting a replacement");
+      log_locked(LogLevel::warning,
+                 "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") " +
+                     describe_exit(wait_status) + "; starting a replacement",
+                 static_cast<int32_t>(slot), running);
   } else {
-    log_locked(LogLevel::debug, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") exited");
+    log_locked(LogLevel::debug, "worker " + std::to_string(slot) + " (pid " + std::to_string(pid) + ") exited",
+               static_cast<int32_t>(slot));
   }
+  const bool restarting = !(stopping_ || broken_);
+  stats_block_->worker_ended(slot, exit_cause(s, quarantined, clean, wait_status), exit_value(wait_status), restarting);
+  publish_locked();
   s.kill_reason.reset();
   s.state = SlotState::dead;
   watch_[slot].live.store(false);

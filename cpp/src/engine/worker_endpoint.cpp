@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <ctime>
 
 #include "shoal/base/errors.hpp"
@@ -11,12 +12,28 @@
 namespace shoal {
 
 WorkerEndpoint::WorkerEndpoint(const std::string& segment_name, uint32_t slot)
-    : layout_(PoolLayout::attach(segment_name)), slot_(slot) {
+    : layout_(PoolLayout::attach(segment_name)), slot_(slot), stats_(stats_writer(layout_, slot)) {
   if (slot >= layout_.slots()) throw std::out_of_range("worker slot " + std::to_string(slot) + " out of range");
   inbox_ = layout_.inbox(slot);
   outbox_ = layout_.outbox(slot);
   layout_.status(slot).pid.store(static_cast<uint32_t>(getpid()));
   owner_pid_ = owner_of(layout_.segment().name());
+  stats_.ready(0);  // again after the pool's initializer, if it has one
+}
+
+obs::WorkerStatsWriter WorkerEndpoint::stats_writer(const PoolLayout& layout, uint32_t slot) {
+  std::shared_ptr<obs::StatsBlock> block;
+  const std::string name = layout.stats_name();
+  // Stats are never worth a worker: a block that cannot be attached (gone,
+  // corrupt, another version, SHOAL_STATS=0) is replaced by a private one.
+  const char* off = std::getenv("SHOAL_STATS");
+  if (!name.empty() && !(off && std::string_view(off) == "0")) {
+    try {
+      block = obs::StatsBlock::attach(name);
+    } catch (const std::exception&) {
+    }
+  }
+  return obs::WorkerStatsWriter(std::move(block), slot);
 }
 
 pid_t WorkerEndpoint::owner_of(const std::string& segment_name) {
@@ -37,13 +54,13 @@ pid_t WorkerEndpoint::owner_of(const std::string& segment_name) {
   return getpid();  // not a name of ours: the worker's own pid, as any segment it makes
 }
 
-void WorkerEndpoint::mark_running(uint64_t job_id) {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+uint64_t WorkerEndpoint::mark_running(uint64_t job_id) {
+  const uint64_t now = obs::monotonic_ns();
   SlotStatus& st = layout_.status(slot_);
-  st.started_ns.store(uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec), std::memory_order_relaxed);
+  st.started_ns.store(now, std::memory_order_relaxed);
   st.running_item.store(0, std::memory_order_relaxed);
   st.running_job.store(job_id, std::memory_order_seq_cst);
+  return now;
 }
 
 void WorkerEndpoint::send(proto::FrameHeader h, std::string_view payload) {
@@ -130,9 +147,11 @@ void WorkerEndpoint::inbox_corrupt(const std::string& what) {
   throw CorruptFrameError(message);
 }
 
-void WorkerEndpoint::send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload) {
+void WorkerEndpoint::send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload,
+                                 uint64_t items, uint64_t failed) {
   send(proto::FrameHeader{proto::Kind::result, static_cast<uint32_t>(status), job_id, run_ns}, payload);
   layout_.status(slot_).running_job.store(0, std::memory_order_seq_cst);
+  stats_.job_done(job_id, static_cast<uint32_t>(status), run_ns, items, failed, payload.size());
 }
 
 bool WorkerEndpoint::send_partial(uint64_t job_id, proto::Status status, uint64_t items, std::string_view payload) {

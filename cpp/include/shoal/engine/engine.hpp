@@ -20,6 +20,10 @@
 #include "shoal/proc/launcher.hpp"
 #include "shoal/wire/protocol.hpp"
 
+namespace shoal::obs {
+class StatsBlock;
+}
+
 namespace shoal {
 
 class EngineImpl;
@@ -50,6 +54,10 @@ struct EngineOptions {
   // took (its Completion was never collected): the submitter's bookkeeping
   // for it goes too. The destructor's thread calls it.
   std::function<void(uint64_t owner)> drop_owner;
+  // What the pool's stats block (shoal/obs/stats_block.hpp) calls it: the
+  // surface ("Executor", "Pool") and the user's name for it.
+  std::string pool_kind = "Executor";
+  std::string pool_label;
 };
 
 // Python's logging levels, for the log records the engine emits.
@@ -81,6 +89,10 @@ struct Completion {
   // `retries_left` re-runs left for the one that was running.
   uint64_t failed_item = 0;
   int retries_left = 0;
+  // A log record's subject (Python's logging gets them as `extra` fields):
+  // the worker slot it is about (-1: none) and the job (0: none).
+  int32_t log_worker = -1;
+  uint64_t log_job = 0;
 };
 
 // Faults a test can provoke (Engine::inject_fault_for_testing).
@@ -90,9 +102,13 @@ enum class TestFault {
   supervisor_thread_throws,  // the supervisor thread's next round throws
 };
 
+// `completed` counts every end (results, exceptions, failures, cancels);
+// `failed` the jobs that ended without their task's outcome (worker lost,
+// timed out, memory limit, broken pool), `cancelled` those cancelled.
 struct EngineStats {
   uint64_t submitted = 0, completed = 0, pending = 0, in_flight = 0;
   uint64_t workers_started = 0, workers_lost = 0, retried = 0;
+  uint64_t failed = 0, cancelled = 0, timed_out = 0;
 };
 
 class Engine {
@@ -103,6 +119,9 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   const std::string& segment_name() const;
+  // The pool's stats block (shoal/obs/stats_block.hpp): its name under /dev/shm.
+  const std::string& stats_name() const;
+  const std::shared_ptr<obs::StatsBlock>& stats_block() const;
 
   // Registers a pickled callable; workers receive it once, before their first job using it.
   uint64_t define_function(std::string pickled);

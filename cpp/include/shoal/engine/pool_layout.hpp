@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "shoal/base/errors.hpp"
 #include "shoal/ipc/notifier.hpp"
@@ -36,7 +37,7 @@ namespace shoal {
 
 struct PoolHeader {
   static constexpr uint64_t kMagic = 0x73686f616c504f4fULL;  // "shoalPOO"
-  static constexpr uint32_t kVersion = 3;                     // of this layout
+  static constexpr uint32_t kVersion = 4;                     // of this layout
   // Where the two words every version keeps lie (see the top of this file).
   static constexpr std::size_t kMagicOffset = 0;
   static constexpr std::size_t kVersionOffset = 8;
@@ -46,6 +47,10 @@ struct PoolHeader {
   uint32_t slots;
   uint64_t ring_bytes;     // as asked for; each ring's capacity is its power of two
   uint64_t segment_bytes;  // what the layout needs (the segment may be a little larger)
+  // The pool's stats block (shoal/obs/stats_block.hpp), NUL-terminated; a
+  // worker attaches it by this name (a name it cannot attach: it keeps its
+  // stats privately, the pool runs on).
+  char stats_name[64];
   // Workers ring this after publishing a result; the parent's engine sleeps on it.
   alignas(64) Notifier doorbell;
 };
@@ -84,7 +89,7 @@ class PoolLayout {
   static constexpr uint32_t kMaxSlots = 1u << 16;
   static constexpr uint64_t kMaxRingBytes = uint64_t{1} << 40;
 
-  static PoolLayout create(uint32_t slots, std::size_t ring_bytes);
+  static PoolLayout create(uint32_t slots, std::size_t ring_bytes, std::string_view stats_name = {});
   // Throws LayoutVersionError if the segment holds a pool of another layout
   // version, CorruptFrameError if it holds no pool, or one whose geometry
   // does not fit it.
@@ -98,6 +103,8 @@ class PoolLayout {
   // attached (magic, version, slots, sizes); nullopt while it is intact.
   std::optional<std::string> header_fault() const;
 
+  // The stats block's name from the header (bounded; empty if none).
+  std::string stats_name() const;
   SlotStatus& status(uint32_t slot) const;
   // Formats both rings of a slot anew (parent only, while no worker uses it).
   void reset_slot(uint32_t slot) const;

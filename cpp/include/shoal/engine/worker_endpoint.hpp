@@ -13,6 +13,7 @@
 #include "shoal/base/errors.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/pool_layout.hpp"
+#include "shoal/obs/stats_block.hpp"
 #include "shoal/wire/protocol.hpp"
 
 namespace shoal {
@@ -39,9 +40,14 @@ class WorkerEndpoint {
   void take(proto::FrameHeader& h, Alloc&& alloc) {
     if (corrupt_) inbox_corrupt("it was found corrupt before");
     std::string spilled_name;
+    std::size_t payload_bytes = 0;
+    auto counted = [&](std::size_t n) -> std::byte* {
+      payload_bytes = n;
+      return alloc(n);
+    };
     try {
       inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
-        if (!(h.tag & proto::kSpilled)) return alloc(n);
+        if (!(h.tag & proto::kSpilled)) return counted(n);
         spilled_name.resize(n);
         return reinterpret_cast<std::byte*>(spilled_name.data());
       });
@@ -49,17 +55,18 @@ class WorkerEndpoint {
     } catch (const CorruptFrameError& e) {
       inbox_corrupt(e.what());
     }
-    if (h.kind == proto::Kind::job) mark_running(h.id);
+    const uint64_t taken_ns = h.kind == proto::Kind::job ? mark_running(h.id) : 0;
     if (h.tag & proto::kSpilled) {
       h.tag &= ~proto::kSpilled;
       // The parent owns job payload segments (it may re-send them on retry);
       // an initialisation payload is read once, so the worker removes it.
       try {
-        read_spilled(spilled_name, h.kind == proto::Kind::initialize, alloc);
+        read_spilled(spilled_name, h.kind == proto::Kind::initialize, counted);
       } catch (const CorruptFrameError& e) {
         inbox_corrupt(e.what());
       }
     }
+    if (taken_ns) stats_.job_taken(h.id, taken_ns, payload_bytes);
   }
 
   // Publishes a job's outcome and rings the parent's doorbell. A payload too
@@ -67,7 +74,9 @@ class WorkerEndpoint {
   // room for it, throws SpillError having sent nothing and left nothing behind:
   // the worker goes on, and sends an error result for the job instead (the
   // Python worker sends the MemoryError the bindings make of it).
-  void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload);
+  // `items` of the job ran, `failed` of them raised (for the stats block).
+  void send_result(uint64_t job_id, proto::Status status, uint64_t run_ns, std::string_view payload,
+                   uint64_t items = 1, uint64_t failed = 0);
   void send_init_failed(std::string_view reason);
   // Sends part of a map chunk's results ahead of its end (a partial_result
   // frame covering the next `items` items), so they survive this worker's
@@ -81,12 +90,17 @@ class WorkerEndpoint {
     layout_.status(slot_).running_item.store(index ? *index + 1 : 0, std::memory_order_relaxed);
   }
 
+  // This worker's stats in the pool's stats block (shoal/obs/stats_block.hpp).
+  obs::WorkerStatsWriter& stats() { return stats_; }
+
   // The pool's owner (the parent), whose pid spilled results are named after.
   pid_t spill_owner() const { return owner_pid_; }
 
  private:
   void send(proto::FrameHeader h, std::string_view payload);
-  void mark_running(uint64_t job_id);
+  // Returns the time it started (CLOCK_MONOTONIC ns).
+  uint64_t mark_running(uint64_t job_id);
+  static obs::WorkerStatsWriter stats_writer(const PoolLayout& layout, uint32_t slot);
   static pid_t owner_of(const std::string& segment_name);
   std::string worker_name() const;
   // Throws CorruptFrameError if `h` (and the spilled name) break the protocol;
@@ -101,6 +115,7 @@ class WorkerEndpoint {
   SpscRing inbox_, outbox_;
   std::unordered_set<uint64_t> functions_;  // defined and not dropped: what a job may name
   bool corrupt_ = false;                    // inbox_corrupt() ran: nothing more is taken
+  obs::WorkerStatsWriter stats_;
 };
 
 }  // namespace shoal
