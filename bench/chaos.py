@@ -33,7 +33,7 @@ def recovery_times(kills: int) -> list[float]:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # wait until a worker is running it
                 pids = ex.worker_pids()
-                if ex.stats()["in_flight"] and pids:
+                if ex.stats().in_flight and pids:
                     break
                 time.sleep(0.001)
             time.sleep(0.02)

@@ -57,7 +57,7 @@ def test_map_consumes_a_generator_lazily(ex):
     seen, deadline = None, time.monotonic() + 60
     while True:
         stats = ex.stats()
-        now = (len(pulled), stats["submitted"]) if stats["submitted"] == stats["completed"] else None
+        now = (len(pulled), stats.submitted) if stats.submitted == stats.ended else None
         if now is not None and now == seen:
             break
         assert time.monotonic() < deadline, f"the map kept reading its input ({len(pulled)} items)"

@@ -30,7 +30,7 @@ def test_chaos_with_retries_every_result_exactly_once(tmp_path, no_leaks):
     with shoal.Executor(2) as ex:
         futs = {x: ex.with_options(retries=3).submit(tasks.kill_self_once, x, str(tmp_path)) for x in range(2000)}
         results = {x: f.result(timeout=120) for x, f in futs.items()}
-        assert ex.stats()["workers_lost"] >= len(doomed)
+        assert ex.stats().workers_lost >= len(doomed)
     assert results == {x: 2 * x for x in range(2000)}
     assert len(list(tmp_path.glob("*.killed"))) == len(doomed)  # each doomed task died once
 

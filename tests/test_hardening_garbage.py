@@ -88,7 +88,7 @@ SCRIPT = textwrap.dedent(
     # once its task is done.
     def noticed():
         try:
-            lost = ex.stats()["workers_lost"]
+            lost = ex.stats().workers_lost
         except Exception:  # noqa: BLE001 - a broken pool
             return True
         return lost > 0 or any(f.done() for f in running + later)
@@ -320,7 +320,7 @@ ARENA_SCRIPT = textwrap.dedent(
         report("RESULT-ARRAY", lambda: float(ex.submit(make, i).result(timeout=60)[0]))
         report("SHARED", lambda: float(shoal.share(arr).sum()))
         report("PLAIN", lambda: ex.submit(pow, 3, 3).result(timeout=60))
-    print("STATS", ex.stats()["workers_lost"], flush=True)
+    print("STATS", ex.stats().workers_lost, flush=True)
     t = threading.Thread(target=ex.shutdown, daemon=True)
     t.start()
     t.join(timeout=60)

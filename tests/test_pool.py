@@ -154,5 +154,6 @@ def test_pool_has_the_executors_stats(no_leaks):
     with shoal.Pool(2) as pool:
         assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
         stats = pool.stats()
-    assert stats["submitted"] >= 1 and stats["completed"] == stats["submitted"], stats
-    assert stats["workers_started"] == 2 and stats["shm_used_bytes"] == 0, stats
+    assert stats.submitted >= 1 and stats.completed == stats.submitted, stats
+    assert stats.workers_started == 2 and stats.arena_used_bytes == 0, stats
+    assert stats.kind == "Pool" and stats.tasks_completed == 10, stats

@@ -81,7 +81,7 @@ def test_ten_thousand_one_mib_tasks_leave_the_arena_empty_and_rss_flat(ex):
     rss = rss_kib()
     total = sum(ex.map(tasks.length, (arr for _ in range(10_000)), chunksize=1))
     assert total == 10_000 * len(arr)
-    assert ex.stats()["shm_used_bytes"] == 0
+    assert ex.stats().arena_used_bytes == 0
     assert rss_kib() - rss < 64 * 1024  # not 1 MiB per task (that would be 10 GiB)
 
 

@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
             shared = shoal.share(data)
             assert abs(ex.submit(total, shared).result() - float(data.sum())) < 1e-3
             assert abs(ex.submit(total, data).result() - float(data.sum())) < 1e-3
-            used = ex.stats()["shm_used_bytes"]
+            used = ex.stats().arena_used_bytes
             print("shm_used_bytes", used, flush=True)
             out.close()
             del out, shared
@@ -254,7 +254,7 @@ FULL_SHM_SCRIPT = textwrap.dedent(
                     print("RESULT-ERROR", type(e).__name__, str(e).replace("\\n", " "))
                 # The worker goes on (no worker was lost), and so does the pool.
                 assert [ex.submit(pow, 3, i).result(timeout=60) for i in range(8)] == [3 ** i for i in range(8)]
-                assert ex.stats()["workers_lost"] == 0, ex.stats()
+                assert ex.stats().workers_lost == 0, ex.stats()
                 # Arguments that cannot be spilled: that submit's future fails.
                 try:
                     ex.submit(length, b"a" * n).result(timeout=60)
@@ -262,7 +262,7 @@ FULL_SHM_SCRIPT = textwrap.dedent(
                 except Exception as e:
                     print("ARGUMENT-ERROR", type(e).__name__, str(e).replace("\\n", " "))
                 assert ex.submit(pow, 2, 5).result(timeout=60) == 32
-                assert ex.stats()["workers_lost"] == 0, ex.stats()
+                assert ex.stats().workers_lost == 0, ex.stats()
                 # Nothing was left in /dev/shm by the failed spills.
                 assert names() == before | {os.path.basename(filler)}, names() ^ before
             finally:

@@ -59,7 +59,7 @@ class Runner:
 
     def shm_used(self):
         stats = self.pool.stats() if self.kind == "executor" else self.pool._runtime.stats()
-        return stats["shm_used_bytes"]
+        return stats.arena_used_bytes
 
     def close(self):
         if self.kind == "executor":

@@ -13,6 +13,7 @@ from .errors import BrokenPoolError, MemoryLimitError, RemoteError, RemoteTraceb
 from .api.executor import Executor
 from .api.pool import AsyncResult, Pool
 from .shm.queue import Queue
+from .obs.trace import trace
 from .shm.sync import (
     Barrier,
     BoundedSemaphore,
@@ -25,7 +26,8 @@ from .shm.sync import (
     Semaphore,
 )
 
-if TYPE_CHECKING:  # imported on first use at run time (below): they need numpy
+if TYPE_CHECKING:  # imported on first use at run time (below): they need numpy, prometheus-client
+    from .obs.metrics import serve_metrics
     from .shm.shared_array import SharedArray, share
 
 __all__ = [
@@ -50,7 +52,9 @@ __all__ = [
     "SharedSegment",
     "TransferError",
     "WorkerLostError",
+    "serve_metrics",
     "share",
+    "trace",
     "worker_id",
 ]
 __version__ = "0.1.0"
@@ -65,4 +69,8 @@ if not TYPE_CHECKING:  # type checkers see the names above, not a module that an
             from .shm import shared_array
 
             return getattr(shared_array, name)
+        if name == "serve_metrics":
+            from .obs.metrics import serve_metrics
+
+            return serve_metrics
         raise AttributeError(f"module 'shoal' has no attribute {name!r}")

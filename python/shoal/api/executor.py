@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterable, Iterator, Optional, TypeVar, Union
 
+from ..obs.insights import Insights
+from ..obs.snapshot import PoolSnapshot
 from ..runtime.core import PoolCore
 from ..runtime.options import CpuAffinity, PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
@@ -67,6 +70,14 @@ class Executor(futures.Executor):
         cpu_affinity: pin workers to CPUs, as mpire's ``cpu_ids``: one entry
             for all workers or one per worker, each a CPU number or a list of
             them (``[[0, 1], [2, 3]]``); or ``"spread"``: one CPU per worker.
+        trace: write a timeline of the pool's tasks to this file (Chrome
+            trace JSON, for Perfetto) when the pool shuts down; see also
+            ``shoal.trace()``.
+        metrics_port: serve Prometheus ``/metrics`` of this process's pools
+            on 127.0.0.1 at this port (0: a free one) while the pool runs.
+        dashboard: serve the live web dashboard of this process's pools on
+            127.0.0.1 (a free port; its URL, with its access token, is logged
+            on the "shoal" logger and in ``ex.dashboard_url``).
     """
 
     def __init__(
@@ -82,11 +93,14 @@ class Executor(futures.Executor):
         start_method: str = "forkserver",
         inner_max_num_threads: Optional[int] = None,
         cpu_affinity: CpuAffinity = None,
+        trace: Union[str, "os.PathLike[str]", None] = None,
+        metrics_port: Optional[int] = None,
+        dashboard: bool = False,
     ) -> None:
         self._core = PoolCore(
             PoolOptions.for_executor(max_workers, mp_context, initializer, initargs, max_tasks_per_child,
                                      max_memory_per_worker, shm_limit, start_method,
-                                     inner_max_num_threads, cpu_affinity)
+                                     inner_max_num_threads, cpu_affinity).monitored(trace, metrics_port, dashboard)
         )
 
     @property
@@ -191,9 +205,27 @@ class Executor(futures.Executor):
         """Process ids of the live workers."""
         return self._core.worker_pids()
 
-    def stats(self) -> dict[str, int]:
-        """Counters from the engine: tasks submitted/completed, workers started/lost, retries."""
+    @property
+    def dashboard_url(self) -> Optional[str]:
+        """The live web page's address (with its access token) if the pool
+        was made with ``dashboard=True``; else None."""
+        return self._core.runtime.dashboard_url
+
+    def stats(self) -> PoolSnapshot:
+        """A snapshot of the pool's stats block (:class:`shoal.obs.PoolSnapshot`):
+        jobs submitted, completed, failed, cancelled and retried; workers
+        started and lost; queue depth; arena use; and per worker its state,
+        running job, time split into work and (de)serialisation, a task
+        duration histogram, its slowest tasks and recent errors. See
+        docs/observability.md."""
         return self._core.stats()
+
+    def insights(self) -> Insights:
+        """A summary a person reads (print it): per worker the share of time
+        working, waiting and (de)serialising, start-up time; task duration
+        percentiles; the slowest tasks with their arguments; restarts and
+        their causes; hints when tasks are too small or the load is uneven."""
+        return Insights(self._core.stats())
 
 
 class TaskOptions:

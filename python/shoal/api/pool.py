@@ -1,6 +1,7 @@
 """``shoal.Pool``: a drop-in ``multiprocessing.Pool`` on shoal's engine."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from multiprocessing import TimeoutError as MpTimeoutError
@@ -8,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Ma
 
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]  # missing from typeshed
 
+from ..obs.insights import Insights
+from ..obs.snapshot import PoolSnapshot
 from ..runtime.outcome import Payload, decode
 from ..runtime.core import PoolCore
 from ..runtime.handle import JobHandle
@@ -202,7 +205,9 @@ class Pool:
     takes a multiprocessing context's); ``start_method="inline"`` or
     ``SHOAL_SERIAL=1`` runs tasks inline; ``inner_max_num_threads`` and
     ``cpu_affinity`` as for ``shoal.Executor`` (BLAS/OpenMP threads per
-    worker, default its share of the cores; CPU pinning).
+    worker, default its share of the cores; CPU pinning); ``trace``,
+    ``metrics_port`` and ``dashboard`` as for ``shoal.Executor`` (a timeline
+    file, Prometheus /metrics, the live web page).
     """
 
     def __init__(
@@ -218,11 +223,14 @@ class Pool:
         start_method: str = "forkserver",
         inner_max_num_threads: Optional[int] = None,
         cpu_affinity: CpuAffinity = None,
+        trace: Union[str, "os.PathLike[str]", None] = None,
+        metrics_port: Optional[int] = None,
+        dashboard: bool = False,
     ) -> None:
         self._core = PoolCore(
             PoolOptions.for_pool(processes, initializer, initargs, maxtasksperchild, context,
                                  max_memory_per_worker, shm_limit, start_method,
-                                 inner_max_num_threads, cpu_affinity)
+                                 inner_max_num_threads, cpu_affinity).monitored(trace, metrics_port, dashboard)
         )
 
     @property
@@ -404,7 +412,24 @@ class Pool:
         """Process ids of the live workers."""
         return self._core.worker_pids()
 
-    def stats(self) -> dict[str, int]:
-        """Counters from the engine, as ``Executor.stats()``: tasks submitted and
-        completed, workers started and lost, retries, ``shm_used_bytes``."""
+    @property
+    def dashboard_url(self) -> Optional[str]:
+        """The live web page's address (with its access token) if the pool
+        was made with ``dashboard=True``; else None."""
+        return self._core.runtime.dashboard_url
+
+    def stats(self) -> PoolSnapshot:
+        """A snapshot of the pool's stats block (:class:`shoal.obs.PoolSnapshot`):
+        jobs submitted, completed, failed, cancelled and retried; workers
+        started and lost; queue depth; arena use; and per worker its state,
+        running job, time split into work and (de)serialisation, a task
+        duration histogram, its slowest tasks and recent errors. See
+        docs/observability.md."""
         return self._core.stats()
+
+    def insights(self) -> Insights:
+        """A summary a person reads (print it): per worker the share of time
+        working, waiting and (de)serialising, start-up time; task duration
+        percentiles; the slowest tasks with their arguments; restarts and
+        their causes; hints when tasks are too small or the load is uneven."""
+        return Insights(self._core.stats())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Optional
 
+from ..obs.snapshot import PoolSnapshot
 from ..wire.protocol import MAP_ONE, MAP_STAR
 from .lifecycle import interpreter_exiting
 from .map_feed import MapFeed
@@ -124,5 +125,5 @@ class PoolCore:
     def worker_pids(self) -> list[int]:
         return self.runtime.worker_pids()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> PoolSnapshot:
         return self.runtime.stats()

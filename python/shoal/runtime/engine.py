@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .. import _core
 from ..errors import BrokenPoolError
+from ..obs.reader import snapshot_from_raw
+from ..obs.snapshot import PoolSnapshot
+from ..obs.trace import Trace
 from ..wire.payload import pack, pack_call
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
@@ -32,6 +35,7 @@ from ..worker.bootstrap import (
 )
 from . import lifecycle
 from .map_feed import MapFeed
+from .monitoring import PoolMonitoring
 from .options import PoolOptions, check_timeout
 from .outcome import INLINE_ERROR, Handler, log, run_handler, report_handler_failure
 
@@ -61,6 +65,16 @@ _IMPORTING_MAIN = """
 
         The "freeze_support()" line can be omitted if the program
         is not going to be frozen to produce an executable."""
+
+
+def _program_name() -> str:
+    """What `shoal top` calls a pool: the script (or module) that made it."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        name: str = spec.name
+        return (name[: -len(".__main__")] if name.endswith(".__main__") else name)[:47]
+    return (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")[:47]
 
 
 class Prepared:
@@ -120,6 +134,11 @@ class Runtime:
                     )
                 raise
         try:
+            self._monitoring = PoolMonitoring(options)
+        except BaseException:
+            self._close_inherited_fds()
+            raise
+        try:
             self._engine = _core.Engine(
                 workers=workers,
                 fork_server=forked,
@@ -133,10 +152,16 @@ class Runtime:
                 memory_soft_limit=int(hard_limit * MEMORY_SOFT_FRACTION),
                 arena=self._arena,
                 inherited_fds=self._inherited_fds,
+                pool_kind=options.surface,
+                pool_label=_program_name(),
             )
         except BaseException:
+            self._monitoring.close()
             self._close_inherited_fds()
             raise
+        self.dashboard_url = self._monitoring.dashboard_url
+        self._pool_name: str = self._engine.stats_name  # log records' `pool`: the stats block, as shoal top lists it
+        self._monitoring.attach(self._engine, self._arena_used)
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
         self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
@@ -285,6 +310,7 @@ class Runtime:
                 # Every worker is gone: the arena's names go too (blocks that
                 # results still use stay mapped until those objects die), and
                 # the descriptors kept for workers yet to start.
+                self._monitoring.close()  # the trace is written, the servers stop
                 self._arena.close()
                 self._close_inherited_fds()
                 return
@@ -295,12 +321,25 @@ class Runtime:
                     except BaseException:  # noqa: BLE001 - SystemExit from a callback must not end this thread
                         report_handler_failure()
                 elif status == LOG:
-                    log.log(run_ns, "%s", payload.decode(errors="replace"))
+                    text: bytes
+                    worker: int
+                    job: int
+                    text, worker, job = payload
+                    extra = {"pool": self._pool_name, "worker": None if worker < 0 else worker, "job": job or None}
+                    log.log(run_ns, "%s", text.decode(errors="replace"), extra=extra)
             # This thread sleeps in collect() next: it must not keep the last
             # batch's handlers (futures, maps and their results) alive meanwhile.
-            batch = handler = payload = None  # type: ignore[assignment]
+            batch = None
+            handler = payload = None
 
     # -- life cycle -----------------------------------------------------------
+
+    def _arena_used(self) -> int:
+        return 0 if self._arena.closed else self._arena.used_bytes()
+
+    def join_trace(self, trace: Trace) -> None:
+        """A ``shoal.trace()`` that starts while this pool runs records it too."""
+        trace.add(self._engine, self._arena_used)
 
     def _close_inherited_fds(self) -> None:
         fds, self._inherited_fds = self._inherited_fds, []
@@ -366,8 +405,6 @@ class Runtime:
     def worker_pids(self) -> list[int]:
         return list(self._engine.worker_pids())
 
-    def stats(self) -> dict[str, int]:
-        stats = dict(self._engine.stats())
-        stats["shm_used_bytes"] = 0 if self._arena.closed else self._arena.used_bytes()
-        return stats
+    def stats(self) -> PoolSnapshot:
+        return snapshot_from_raw(self._engine.stats_snapshot())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
+from ..obs.snapshot import PoolSnapshot
 from .outcome import Handler, Payload
 
 if TYPE_CHECKING:
@@ -61,4 +62,7 @@ class PoolRuntime(Protocol):
 
     def worker_pids(self) -> list[int]: ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> PoolSnapshot: ...
+
+    @property
+    def dashboard_url(self) -> Optional[str]: ...

@@ -2,6 +2,7 @@
 checks both pool surfaces share, with the stdlib's errors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
@@ -149,6 +150,30 @@ class PoolOptions:
     cancel_at_exit: bool = False  # at interpreter exit: terminate (Pool) rather than finish the work (Executor)
     inner_max_num_threads: Optional[int] = None  # threads of BLAS/OpenMP per worker; None: its cores
     cpu_affinity: Optional[CpuSets] = None  # per worker (or one for all); None: not pinned
+    surface: str = "Executor"  # which pool API made it ("Executor", "Pool"): what `shoal top` shows
+    # Seeing inside (shoal.obs): a Chrome trace written at the end, /metrics
+    # served on this port (0: a free one), the live web page.
+    trace: Optional[str] = None
+    metrics_port: Optional[int] = None
+    dashboard: bool = False
+
+    def monitored(
+        self, trace: Union[str, "os.PathLike[str]", None], metrics_port: Optional[int], dashboard: bool
+    ) -> "PoolOptions":
+        """These options with the monitoring ones, checked."""
+        if trace is not None and not isinstance(trace, (str, os.PathLike)):
+            raise TypeError(f"trace must be a file path, not {type(trace).__name__}")
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port <= 65535
+        ):
+            raise ValueError(f"metrics_port must be a port number (0 for a free one), not {metrics_port!r}")
+        if not isinstance(dashboard, bool):
+            raise TypeError("dashboard must be True or False")
+        if trace is None and metrics_port is None and not dashboard:
+            return self
+        return dataclasses.replace(
+            self, trace=None if trace is None else os.fspath(trace), metrics_port=metrics_port, dashboard=dashboard
+        )
 
     @property
     def inline(self) -> bool:
@@ -205,14 +230,14 @@ class PoolOptions:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         return cls._make(processes, initializer, initargs, maxtasksperchild, context, start_method,
-                         max_memory_per_worker, shm_limit, True, inner_max_num_threads, cpu_affinity)
+                         max_memory_per_worker, shm_limit, True, inner_max_num_threads, cpu_affinity, surface="Pool")
 
     @classmethod
     def _make(cls, workers: Optional[int], initializer: Optional[Callable[..., Any]], initargs: Iterable[Any],
               max_tasks_per_child: Optional[int], context: Optional[BaseContext], start_method: str,
               max_memory_per_worker: Union[int, str, None], shm_limit: Union[int, str, None],
               cancel_at_exit: bool, inner_max_num_threads: Optional[int] = None,
-              cpu_affinity: CpuAffinity = None) -> "PoolOptions":
+              cpu_affinity: CpuAffinity = None, surface: str = "Executor") -> "PoolOptions":
         workers = default_workers() if workers is None else workers
         return cls(
             workers=workers,
@@ -225,4 +250,5 @@ class PoolOptions:
             cancel_at_exit=cancel_at_exit,
             inner_max_num_threads=check_inner_threads(inner_max_num_threads),
             cpu_affinity=check_cpu_affinity(cpu_affinity, workers),
+            surface=surface,
         )

@@ -8,9 +8,12 @@ Per-task time and memory limits and retries do not apply here.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..obs.snapshot import PoolSnapshot
 from ..wire.protocol import CALL, MAP_STAR
 from .outcome import INLINE_ERROR, INLINE_OK, Handler, Payload
 from .options import PoolOptions
@@ -27,6 +30,10 @@ class SerialRuntime:
     def __init__(self, options: PoolOptions) -> None:
         self._job_ids = itertools.count(1)
         self._closed = False
+        self._surface = options.surface
+        self._created = time.time()
+        self._started = time.monotonic()
+        self._submitted = 0
         if options.initializer is not None:
             options.initializer(*options.initargs)  # once, as in each worker
 
@@ -53,6 +60,7 @@ class SerialRuntime:
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         job_id = next(self._job_ids)
+        self._submitted = job_id
         if tag == CALL:
             args, kwargs = payload
             try:
@@ -104,8 +112,17 @@ class SerialRuntime:
     def worker_pids(self) -> list[int]:
         return []
 
-    def stats(self) -> dict[str, int]:
-        return {}
+    dashboard_url: Optional[str] = None  # no workers, no stats block: nothing to watch
+
+    def stats(self) -> PoolSnapshot:
+        """Jobs only: no workers, no stats block (nothing to read from elsewhere)."""
+        return PoolSnapshot(
+            name="", pid=os.getpid(), kind=self._surface, label="serial", state="closed" if self._closed else "running",
+            workers=0, created=self._created, uptime_s=time.monotonic() - self._started,
+            submitted=self._submitted, completed=self._submitted, failed=0, cancelled=0, retried=0, timed_out=0,
+            workers_started=0, workers_lost=0, pending=0, in_flight=0,
+            arena_used_bytes=0, arena_peak_bytes=0, arena_limit_bytes=0, taken_at=time.monotonic(),
+        )
 
 
 def make_runtime(options: PoolOptions) -> PoolRuntime:

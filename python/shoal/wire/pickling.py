@@ -182,9 +182,16 @@ def dumps_callable(fn: object) -> bytes:
     return dumps(fn, "the callable")
 
 
-def dumps_exception(exc: BaseException) -> bytes:
-    """Pickle an exception with its traceback text; RemoteError if it cannot be pickled."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def exception_text(exc: BaseException) -> str:
+    """An exception's traceback, as Python prints it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def dumps_exception(exc: BaseException, tb: Optional[str] = None) -> bytes:
+    """Pickle an exception with its traceback text (`tb`, else formatted here);
+    RemoteError if it cannot be pickled."""
+    if tb is None:
+        tb = exception_text(exc)
     try:
         blob = pickle.dumps((exc, tb), PROTOCOL)
         pickle.loads(blob)  # an exception whose __reduce__ is broken fails here, not in the caller

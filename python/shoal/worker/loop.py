@@ -6,6 +6,7 @@ Everything that waits or touches shared memory happens in the C++ endpoint
 from __future__ import annotations
 
 import os
+import reprlib
 import signal
 import sys
 from itertools import starmap
@@ -16,7 +17,14 @@ from typing import Any, Callable, Optional
 from .. import _core
 from ..shm.arena import pin_arenas, set_worker_arena
 from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, release, unpack
-from ..wire.pickling import PICKLE_PROTOCOL_5, as_pickling_error, dumps_exception, loads, transfer_error
+from ..wire.pickling import (
+    PICKLE_PROTOCOL_5,
+    as_pickling_error,
+    dumps_exception,
+    exception_text,
+    loads,
+    transfer_error,
+)
 from ..wire.protocol import CALL, DEFINE_FUNCTION, DROP_FUNCTION, ERROR, INITIALIZE, JOB, MAP_STAR, OK
 from . import cores
 from .stdio import text_stream
@@ -32,31 +40,65 @@ _HEAP_CACHE_ARENAS = 32
 PUBLISH_NS = 1_000_000
 
 
+# Bounded reprs (a slow map chunk may hold a million items).
+_REPR = reprlib.Repr()
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 4
+_REPR.maxstring = _REPR.maxother = 40
+
+
 def worker_id() -> Optional[int]:
     """The index (0..workers-1) of the worker running the current task; None outside workers."""
     return _worker_id
 
 
+class _Outcome:
+    """What a job came to: the status and payload to send, how many calls it
+    made and how many raised (for the stats block), and what it was called
+    with (kept, as the stdlib pools keep it, until its result is sent: a
+    slow job's arguments are shown in ``insights()``)."""
+
+    __slots__ = ("status", "payload", "items", "failed", "arguments")
+
+    def __init__(self, status: int, payload: bytes, items: int = 1, failed: int = 0, arguments: Any = None) -> None:
+        self.status, self.payload, self.items, self.failed, self.arguments = status, payload, items, failed, arguments
+
+
+def _failure(endpoint: _core.WorkerEndpoint, ident: int, exc: BaseException) -> bytes:
+    """A task's exception, pickled with its traceback; the traceback also goes
+    to the pool's recent errors (a few a second)."""
+    tb = exception_text(exc)
+    if endpoint.wants_error():
+        endpoint.note_error(ident, tb)
+    return dumps_exception(exc, tb)
+
+
 def _run_job(
     endpoint: _core.WorkerEndpoint, ident: int, fn: Callable[..., Any], tag: int, payload: bytes
-) -> tuple[int, bytes]:
+) -> _Outcome:
     if tag == CALL:
         try:
             # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
             args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
-            return ERROR, dumps_exception(transfer_error("the task's arguments", exc))
+            return _Outcome(ERROR, _failure(endpoint, ident, transfer_error("the task's arguments", exc)), 1, 1)
+        endpoint.args_loaded()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
-            return ERROR, dumps_exception(exc)
+            endpoint.call_returned()
+            return _Outcome(ERROR, _failure(endpoint, ident, exc), 1, 1, (args, kwargs))
+        endpoint.call_returned()
         if type(result) in SCALAR_TYPES:
-            return OK, dumps(result, PROTOCOL)
-        return _pickled_result(result)
+            return _Outcome(OK, dumps(result, PROTOCOL), 1, 0, (args, kwargs))
+        status, out = _pickled_result(result)
+        return _Outcome(status, out, 1, 0 if status == OK else 1, (args, kwargs))
     try:
-        items = iter(unpack(payload, _arena))
+        chunk = unpack(payload, _arena)
+        items = iter(chunk)
     except BaseException as exc:  # noqa: BLE001 - the whole chunk fails, the worker goes on
-        return ERROR, dumps_exception(transfer_error("the map's items", exc))
+        return _Outcome(ERROR, _failure(endpoint, ident, transfer_error("the map's items", exc)), 1, 1)
+    endpoint.args_loaded()
+    done = failed = 0  # items sent ahead, and how many of those raised
     results: list[Any] = []
     failures: dict[int, bytes] = {}
     calls = starmap(fn, items) if tag == MAP_STAR else map(fn, items)
@@ -71,7 +113,7 @@ def _run_job(
             if not endpoint.run_items(calls, results, first, budget):
                 break
         except BaseException as exc:  # noqa: BLE001 - reported per item, the chunk goes on
-            failures[len(results)] = dumps_exception(exc)
+            failures[len(results)] = _failure(endpoint, ident, exc)
             results.append(None)
             if budget:
                 budget = max(1, PUBLISH_NS - (perf_counter_ns() - since))
@@ -81,12 +123,17 @@ def _run_job(
         if _pickled(status, failures):
             if endpoint.send_partial(ident, status, len(results), out):
                 first += len(results)
+                done += len(results)
+                failed += len(failures)
                 results, failures = [], {}
                 budget, since = PUBLISH_NS, perf_counter_ns()
                 continue
             release(out, _arena)
         budget = 0  # too big to go ahead (or not picklable): the rest goes at the end
-    return _pickled_result(results, failures)
+    endpoint.call_returned()
+    status, out = _pickled_result(results, failures)
+    n = len(results)
+    return _Outcome(status, out, done + n, failed + (len(failures) if _pickled(status, failures) else n), chunk)
 
 
 def _pickled(status: int, failures: Optional[dict[int, bytes]]) -> bool:
@@ -113,12 +160,30 @@ def _pickled_result(result: Any, failures: Optional[dict[int, bytes]] = None) ->
         return ERROR, dumps_exception(exc)
 
 
-def _short_repr(value: Any) -> str:
+def _arguments_repr(outcome: _Outcome) -> str:
+    """A slow job's arguments, short: ``f(*args, **kwargs)``'s or a map chunk's items."""
+    try:
+        if outcome.arguments is None:
+            return "<arguments not loaded>"
+        if isinstance(outcome.arguments, tuple):
+            args, kwargs = outcome.arguments
+            parts = [_REPR.repr(a) for a in args] + [f"{k}={_REPR.repr(v)}" for k, v in kwargs.items()]
+            return _shorten("(" + ", ".join(parts) + ")", 110)
+        return _shorten(f"{outcome.items} items: {_REPR.repr(outcome.arguments)}", 110)
+    except Exception:  # noqa: BLE001 - a __repr__ that raises
+        return "<arguments without a repr>"
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001
         text = f"<{type(value).__name__} object>"
-    return text if len(text) <= 200 else text[:197] + "..."
+    return _shorten(text, limit)
 
 
 def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
@@ -148,28 +213,36 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
         sys.stdout.flush()
         os._exit(3)
     functions: dict[int, Callable[..., Any]] = {}
+    slow_floor = endpoint.slow_floor
     while True:
         frame = endpoint.recv()
         if frame is None:
+            endpoint.exiting()
             return
         kind, tag, ident, arg, payload = frame
         if kind == JOB:
             start = perf_counter_ns()
-            status, out = _run_job(endpoint, ident, functions[arg], tag, payload)
+            outcome = _run_job(endpoint, ident, functions[arg], tag, payload)
+            run_ns = perf_counter_ns() - start
             try:
-                endpoint.send_result(ident, status, perf_counter_ns() - start, out)
+                endpoint.send_result(ident, outcome.status, run_ns, outcome.payload, outcome.items, outcome.failed)
             except MemoryError as exc:
                 # Too big for the ring, and /dev/shm has no room to spill it:
                 # nothing was sent; this task fails with that, the worker goes on.
-                endpoint.send_result(ident, ERROR, perf_counter_ns() - start, dumps_exception(exc))
+                endpoint.send_result(ident, ERROR, run_ns, dumps_exception(exc), outcome.items, outcome.items)
+            if run_ns > slow_floor:  # among this worker's slowest jobs so far: keep what it was called with
+                slow_floor = endpoint.note_slow(ident, run_ns, outcome.items, _arguments_repr(outcome))
+            del outcome
         elif kind == DEFINE_FUNCTION:
             functions[ident] = loads(payload)
         elif kind == DROP_FUNCTION:
             functions.pop(ident, None)
         elif kind == INITIALIZE:
             try:
+                started = perf_counter_ns()
                 initializer, initargs = loads(payload)
                 initializer(*initargs)
+                endpoint.initialized(perf_counter_ns() - started)
             except BaseException as exc:  # noqa: BLE001
                 import traceback
 
