@@ -15,10 +15,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: build
 
+# The observability tests drive real programs: `shoal top` under tmux, the
+# dashboard in headless Chromium (chromium-driver), /metrics scraped by a real
+# Prometheus server.
 system-deps:
-	@if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then \
-	  echo "installing Debian packages: libgtest-dev cmake g++"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libgtest-dev cmake g++ >/dev/null; \
+	@if [ ! -f /usr/include/gtest/gtest.h ] || ! command -v cmake >/dev/null || ! command -v g++ >/dev/null \
+	    || ! command -v tmux >/dev/null || ! command -v chromedriver >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "installing Debian packages: libgtest-dev cmake g++ tmux chromium chromium-driver prometheus"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    libgtest-dev cmake g++ tmux chromium chromium-driver prometheus >/dev/null; \
 	fi
 
 clang-deps:
