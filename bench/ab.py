@@ -1,6 +1,11 @@
 """``python -m bench.ab``: two builds of shoal side by side, interleaved, on the hot path.
 
-    python -m bench.ab BEFORE_PKG AFTER_PKG [--repeats 7]
+    python -m bench.ab BEFORE_PKG AFTER_PKG [--repeats 7] [--before-env K=V ...] [--after-env K=V ...]
+
+The two sides may be one build under two settings: the cost of the stats
+block is ``python -m bench.ab build/dev/pkg build/dev/pkg --before-env
+SHOAL_STATS=0``, of a trace ``--after-env SHOAL_BENCH_TRACE=/tmp/t.json``
+(the figures then run inside ``shoal.trace()``).
 
 Each ``*_PKG`` is a directory that holds an importable ``shoal`` package (a dev
 build's ``build/dev/pkg``, or a checkout of an older commit built there). For
@@ -25,10 +30,13 @@ import sys
 _CHILD = r"""
 import json, sys, time
 from concurrent.futures import as_completed
+import contextlib, os
 import shoal
 from bench.work import square
 what = sys.argv[1]
-with shoal.Executor(2) as ex:
+trace_path = os.environ.get("SHOAL_BENCH_TRACE")
+recording = shoal.trace(trace_path) if trace_path else contextlib.nullcontext()
+with shoal.Executor(2) as ex, recording:
     for _ in range(200):
         ex.submit(square, 3).result()  # workers up, function sent, spins warm
     if what == "round_trip_us":
@@ -46,7 +54,7 @@ with shoal.Executor(2) as ex:
         value = 100_000 / (time.perf_counter() - t)
         assert total == sum(i * i for i in range(100_000))
 if what == "map_1m_ms":
-    with shoal.Pool(2) as pool:
+    with shoal.Pool(2) as pool, (shoal.trace(trace_path) if trace_path else contextlib.nullcontext()):
         pool.map(square, range(1000))
         t = time.perf_counter()
         out = pool.map(square, range(1_000_000))
@@ -58,9 +66,9 @@ print(json.dumps(value))
 FIGURES = ("round_trip_us", "submits_per_s", "map_1m_ms")
 
 
-def _measure(pkg: str, figure: str) -> float:
+def _measure(pkg: str, figure: str, extra_env: dict | None = None) -> float:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg, root]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg, root]), **(extra_env or {}))
     out = subprocess.run([sys.executable, "-c", _CHILD, figure], env=env, capture_output=True, text=True,
                          timeout=600, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -72,13 +80,16 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("before")
     ap.add_argument("after")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--before-env", action="append", default=[], metavar="K=V", help="environment of the before side")
+    ap.add_argument("--after-env", action="append", default=[], metavar="K=V", help="environment of the after side")
     args = ap.parse_args(argv)
+    envs = {side: dict(kv.split("=", 1) for kv in getattr(args, f"{side}_env")) for side in ("before", "after")}
     runs: dict = {(b, f): [] for b in ("before", "after") for f in FIGURES}
     for rep in range(args.repeats):
         order = ("before", "after") if rep % 2 == 0 else ("after", "before")
         for figure in FIGURES:
             for build in order:
-                runs[(build, figure)].append(_measure(getattr(args, build), figure))
+                runs[(build, figure)].append(_measure(getattr(args, build), figure, envs[build]))
     print(f"{'figure':16} {'before: median [min-max]':30} {'after: median [min-max]':30} after/before")
     for figure in FIGURES:
         cells = []

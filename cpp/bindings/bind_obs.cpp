@@ -3,6 +3,7 @@
 // (StatsBlockReader). Raw numbers in ns and bytes; shoal.obs.reader makes
 // the typed snapshot of them.
 #include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -13,6 +14,7 @@
 #include "common.hpp"
 #include "shoal/engine/engine.hpp"
 #include "shoal/obs/stats_block.hpp"
+#include "shoal/obs/trace_recorder.hpp"
 
 namespace shoal::py {
 
@@ -103,10 +105,6 @@ nb::dict snapshot(const StatsBlock& b) {
   return d;
 }
 
-nb::tuple event_tuple(int64_t slot, const TraceEvent& e) {
-  return nb::make_tuple(slot, e.job, e.recv, e.call, e.ret, e.end, e.items, e.status);
-}
-
 }  // namespace
 
 void bind_obs(nb::module_& m) {
@@ -124,6 +122,28 @@ void bind_obs(nb::module_& m) {
       .def_prop_ro("name", &StatsBlock::name)
       .def("snapshot", [](const StatsBlock& b) { return snapshot(b); }, "Everything in the block now, as a dict.");
 
+  nb::class_<TraceRecorder>(m, "TraceRecorder", "Drains a pool's trace rings while it records (Engine.record_trace).")
+      .def("stop", &TraceRecorder::stop, nb::call_guard<nb::gil_scoped_release>(),
+           "Stop recording (what was pushed until now is kept); idempotent.")
+      .def(
+          "take_events",
+          [](TraceRecorder& r) {
+            const std::vector<TracedEvent> events = r.take_events();
+            return nb::bytes(reinterpret_cast<const char*>(events.data()), events.size() * sizeof(TracedEvent));
+          },
+          "The events recorded since the last call, packed as struct '<qQQQQQII' each: (slot, job, a, b, c, d, "
+          "items, status); slot -1 for the parent's (a = submit, b = dispatch, items = the worker's slot), else a "
+          "worker's (a = taken, b = arguments loaded, c = call returned, d = result sent); CLOCK_MONOTONIC ns.")
+      .def(
+          "take_samples",
+          [](TraceRecorder& r) {
+            const std::vector<CounterSample> samples = r.take_samples();
+            return nb::bytes(reinterpret_cast<const char*>(samples.data()), samples.size() * sizeof(CounterSample));
+          },
+          "The pending depth and arena use sampled since the last call, packed as struct '<QQQ' each: (at, "
+          "pending, arena bytes).")
+      .def_prop_ro("dropped", &TraceRecorder::dropped, "Events the rings had no room for since recording began.");
+
 }
 
 void bind_engine_stats(nb::class_<Engine>& engine) {
@@ -137,25 +157,9 @@ void bind_engine_stats(nb::class_<Engine>& engine) {
           },
           "The pool's stats block now, as a dict.")
       .def(
-          "set_tracing",
-          [](const Engine& e, bool on) {
-            e.stats_block()->header().trace_on.store(on ? 1 : 0, std::memory_order_relaxed);
-          },
-          nb::arg("on"), "Start or stop recording trace events (each task's submit, dispatch, start and end).")
-      .def(
-          "drain_trace",
-          [](const Engine& e) {
-            // One consumer: the GIL serialises the callers.
-            const auto& b = *e.stats_block();
-            nb::list out;
-            for (const TraceEvent& ev : trace_drain(b.header().parent_trace)) out.append(event_tuple(-1, ev));
-            for (uint32_t s = 0; s < b.slots(); ++s)
-              for (const TraceEvent& ev : trace_drain(b.worker(s).trace)) out.append(event_tuple(s, ev));
-            return out;
-          },
-          "Trace events recorded since the last call, as (slot, job, a, b, c, d, items, status): slot -1 for the "
-          "parent's (a = submit, b = dispatch, items = the slot), else a worker's (a = taken, b = arguments loaded, "
-          "c = call returned, d = result sent); CLOCK_MONOTONIC ns.");
+          "record_trace", [](const Engine& e) { return std::make_unique<TraceRecorder>(e.stats_block()); },
+          "Start recording the pool's trace events (each task's submit, dispatch, start and end), drained by a "
+          "thread of the recorder's; one recorder at a time.");
 }
 
 }  // namespace shoal::py

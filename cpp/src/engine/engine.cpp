@@ -224,6 +224,7 @@ EngineStats EngineImpl::stats() const {
 }
 
 void EngineImpl::publish_locked() {
+  if (!publish_stats_) return;
   obs::PoolCounters& c = stats_block_->header().pool;
   const auto put = [](obs::Counter& field, uint64_t v) { field.store(v, std::memory_order_relaxed); };
   put(c.submitted, stats_.submitted);

@@ -32,10 +32,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -262,6 +264,8 @@ class EngineImpl {
   // Written by this engine and its workers, read by any process (`shoal top`);
   // its name goes in the pool header, for the workers. Unlinked at the final stop.
   const std::shared_ptr<obs::StatsBlock> stats_block_;
+  // SHOAL_STATS=0: the counters are not published (to measure what publishing costs).
+  const bool publish_stats_ = !std::getenv("SHOAL_STATS") || std::string_view(std::getenv("SHOAL_STATS")) != "0";
   PoolLayout layout_;  // the engine thread unlinks its name at the end; nothing else changes
   const std::size_t inline_payload_limit_;
   const pid_t pid_ = ::getpid();  // this process: spilled payloads for it carry its pid

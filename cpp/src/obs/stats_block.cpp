@@ -24,7 +24,6 @@ constexpr std::size_t align64(std::size_t n) { return (n + 63) & ~std::size_t{63
 constexpr std::size_t kHeaderBytes = align64(sizeof(StatsHeader));
 constexpr std::size_t kWorkerBytes = align64(sizeof(WorkerStats));
 constexpr uint32_t kMaxSlots = 1u << 16;
-static_assert(std::has_single_bit(kTraceEvents));
 
 uint64_t clock_ns(clockid_t clock) {
   timespec ts{};
@@ -213,7 +212,9 @@ void WorkerStatsWriter::job_taken(uint64_t job, uint64_t now_ns, std::size_t pay
 
 void WorkerStatsWriter::job_done(uint64_t job, uint32_t status, uint64_t run_ns, uint64_t items, uint64_t failed,
                                  std::size_t payload_bytes) {
-  if (!on_) return;
+  // Once per job: a result that could not be sent is followed by an error result for the same job.
+  if (!on_ || job == last_done_job_) return;
+  last_done_job_ = job;
   const uint64_t end = monotonic_ns();
   // Marks that were not set for this job (a frame kind without them) count as none.
   const uint64_t call = std::max(call_ns_, recv_ns_), ret = std::max(ret_ns_, call);
@@ -327,30 +328,6 @@ std::vector<ErrorCopy> read_errors(const WorkerStats& w) {
         }))
       out.push_back(std::move(c));
   }
-  return out;
-}
-
-bool trace_push(TraceRing& ring, const TraceEvent& e) {
-  const uint64_t head = ring.head.load(std::memory_order_relaxed);
-  const uint64_t tail = ring.tail.load(std::memory_order_acquire);
-  if (head - tail >= kTraceEvents) {
-    bump(ring.dropped);
-    return false;
-  }
-  ring.events[head & (kTraceEvents - 1)] = e;
-  ring.head.store(head + 1, std::memory_order_release);
-  return true;
-}
-
-std::vector<TraceEvent> trace_drain(TraceRing& ring) {
-  const uint64_t head = ring.head.load(std::memory_order_acquire);
-  uint64_t tail = ring.tail.load(std::memory_order_relaxed);
-  // Another process may have written garbage positions: never read more than the ring holds.
-  if (head - tail > kTraceEvents) tail = head - kTraceEvents;
-  std::vector<TraceEvent> out;
-  out.reserve(static_cast<std::size_t>(head - tail));
-  for (; tail != head; ++tail) out.push_back(ring.events[tail & (kTraceEvents - 1)]);
-  ring.tail.store(head, std::memory_order_release);
   return out;
 }
 

@@ -7,19 +7,20 @@ Data flow::
       dispatch -> parent_trace ring        args loaded -> call, call returned -> ret
                                            result sent -> end  -> worker k's trace ring
                  \\                          /
-                  stats block (shared memory; rings of 4096 events, one producer each)
+                  stats block (shared memory; rings of 4096 events per worker,
+                  65536 for the parent, one producer each)
                                  |
-          drain thread (this module): Engine.drain_trace() every 20 ms, plus the
-          pending depth and arena use from the pool's stats, kept in memory
+          _core.TraceRecorder (C++, its own thread, no GIL): drains the rings
+          every 2 ms and samples the pending depth and arena use every 20 ms
                                  |
-          at the end: Chrome trace JSON (Perfetto, chrome://tracing)
+          at the end, this module: Chrome trace JSON (Perfetto, chrome://tracing)
 
 While a trace records, the block's ``trace_on`` word is set: the engine
 stamps each job's submit time and pushes (submit, dispatch, slot) when it
 hands the job to a worker; each worker pushes (taken, args loaded, call
 returned, result sent) when it sends the result. A ring that is full (the
-drain thread fell behind) drops events and counts them; the trace says how
-many were lost.
+recorder fell behind) drops events and counts them; the file says how many
+were lost (``otherData.dropped_events``).
 
 The JSON has one track (process) per worker process, a complete event per
 task with its (de)serialisation and the call as nested slices, flow arrows
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 import time
 from types import TracebackType
@@ -38,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 if TYPE_CHECKING:
     from .. import _core
 
-#: How often recorded events are taken out of the rings (each holds 4096 per worker).
-DRAIN_INTERVAL_S = 0.02
+_EVENT = struct.Struct("<qQQQQQII")  # TraceRecorder.take_events()'s packing
+_SAMPLE = struct.Struct("<QQQ")  # TraceRecorder.take_samples()'s
 
 _lock = threading.Lock()
 _global: Optional["Trace"] = None  # the `with shoal.trace(...)` recording now, if any
@@ -48,16 +50,28 @@ _global: Optional["Trace"] = None  # the `with shoal.trace(...)` recording now, 
 class _Source:
     """One pool's engine as the trace sees it."""
 
-    def __init__(self, engine: "_core.Engine", arena_used: Any) -> None:
+    def __init__(self, engine: "_core.Engine") -> None:
         self.engine = engine
-        self.arena_used = arena_used  # () -> bytes
-        snap = engine.stats_snapshot()
-        self.pool_pid = int(snap["owner_pid"])
-        self.pids: dict[int, set[int]] = {}  # slot -> worker pids seen while tracing
-        self.events: list[tuple[int, ...]] = []
-        self.counters: list[tuple[int, int, int]] = []  # (monotonic ns, pending, arena bytes)
-        self.dropped_before = sum(w["trace_dropped"] for w in snap["workers"])
+        self.pool_pid = int(engine.stats_snapshot()["owner_pid"])
+        self.recorder: Optional["_core.TraceRecorder"] = engine.record_trace()
+        self.events = b""
+        self.samples = b""
         self.dropped = 0
+        self.pids: dict[int, int] = {}  # slot -> its worker's pid (the latest one)
+
+    def finish(self) -> None:
+        """Stops recording and keeps what was recorded."""
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return
+        recorder.stop()
+        self.events, self.samples, self.dropped = recorder.take_events(), recorder.take_samples(), recorder.dropped
+        try:
+            for w in self.engine.stats_snapshot()["workers"]:
+                if w["pid"]:
+                    self.pids[int(w["slot"])] = int(w["pid"])
+        except Exception:  # noqa: BLE001 - no pids: the workers' tracks are named by slot
+            pass
 
 
 class Trace:
@@ -71,10 +85,8 @@ class Trace:
     def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
         self.path = os.fspath(path)
         self._sources: list[_Source] = []
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self._started_ns = 0
-        self._lock = threading.Lock()  # _sources, and one drain at a time
+        self._lock = threading.Lock()
         self.written = False
 
     # -- recording ------------------------------------------------------------
@@ -84,54 +96,20 @@ class Trace:
         with open(self.path, "a"):
             pass
         self._started_ns = time.monotonic_ns()
-        self._thread = threading.Thread(target=self._drain_loop, name="shoal-trace", daemon=True)
-        self._thread.start()
         return self
 
-    def add(self, engine: "_core.Engine", arena_used: Any) -> None:
-        """Starts recording a pool's engine (its block's trace_on word)."""
+    def add(self, engine: "_core.Engine") -> None:
+        """Starts recording a pool's engine."""
         with self._lock:
-            if any(s.engine is engine for s in self._sources):
-                return
-            self._sources.append(_Source(engine, arena_used))
-        engine.set_tracing(True)
-
-    def remove(self, engine: "_core.Engine") -> None:
-        """A pool that shuts down: what it recorded is taken now."""
-        with self._lock:
-            for s in self._sources:
-                if s.engine is engine:
-                    self._drain(s)
-                    engine.set_tracing(False)
+            if not any(s.engine is engine for s in self._sources):
+                self._sources.append(_Source(engine))
 
     def stop(self) -> None:
         """Stops recording and writes the file."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
         with self._lock:
             for s in self._sources:
-                s.engine.set_tracing(False)
-                self._drain(s)
-        self._write()
-
-    def _drain_loop(self) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL_S):
-            with self._lock:
-                for s in self._sources:
-                    self._drain(s)
-
-    def _drain(self, s: _Source) -> None:
-        try:
-            s.events.extend(s.engine.drain_trace())
-            snap = s.engine.stats_snapshot()
-            s.counters.append((int(snap["now_mono_ns"]), int(snap["pending"]), int(s.arena_used())))
-            for w in snap["workers"]:
-                if w["pid"]:
-                    s.pids.setdefault(int(w["slot"]), set()).add(int(w["pid"]))
-            s.dropped = sum(w["trace_dropped"] for w in snap["workers"]) - s.dropped_before
-        except Exception:  # noqa: BLE001 - a pool that is gone: what it recorded stays
-            pass
+                s.finish()
+            self._write()
 
     # -- the file ----------------------------------------------------------------
 
@@ -147,13 +125,15 @@ class Trace:
             parent = s.pool_pid
             add(_meta(parent, 0, "process_name", f"shoal pool (pid {parent})"))
             add(_meta(parent, 0, "thread_name", "submit and dispatch"))
+            # A track per worker slot, named after its (latest) process: a
+            # replaced worker's tasks share its slot's track.
             tracks: dict[int, int] = {}
-            for slot, pids in sorted(s.pids.items()):
-                pid = max(pids)  # the slot's latest worker: restarts share its track
-                tracks[slot] = pid
-                add(_meta(pid, pid, "process_name", f"shoal worker {slot} (pid {pid})"))
-                add(_meta(pid, pid, "process_sort_index", str(slot + 1), key="sort_index"))
-            for slot, job, a, b, c, d, items, status in s.events:
+            for slot, job, a, b, c, d, items, status in _EVENT.iter_unpack(s.events):
+                if slot >= 0 and slot not in tracks:
+                    pid = s.pids.get(slot, parent * 1000 + slot + 1)
+                    tracks[slot] = pid
+                    add(_meta(pid, pid, "process_name", f"shoal worker {slot} (pid {pid})"))
+                    add(_meta(pid, pid, "process_sort_index", str(slot + 1), key="sort_index"))
                 if slot < 0:  # the parent's: a = submit, b = dispatch, items = the worker's slot
                     add(f'{{"ph":"i","s":"t","name":"submit","pid":{parent},"tid":0,"ts":{us(a)},'
                         f'"args":{{"job":{job},"slot":{items}}}}}')
@@ -170,7 +150,7 @@ class Trace:
                     if end > start:
                         add(f'{{"ph":"X","cat":"phase","name":"{part}","pid":{pid},"tid":{pid},"ts":{us(start)},'
                             f'"dur":{(end - start) / 1000:.3f}}}')
-            for at, pending, arena in s.counters:
+            for at, pending, arena in _SAMPLE.iter_unpack(s.samples):
                 add(f'{{"ph":"C","name":"pending jobs","pid":{parent},"ts":{us(at)},"args":{{"pending":{pending}}}}}')
                 add(f'{{"ph":"C","name":"arena bytes","pid":{parent},"ts":{us(at)},"args":{{"used":{arena}}}}}')
         dropped = sum(s.dropped for s in self._sources)

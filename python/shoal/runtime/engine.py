@@ -96,6 +96,9 @@ class Runtime:
     def __init__(self, options: PoolOptions) -> None:
         if importing_main():
             raise RuntimeError(_IMPORTING_MAIN)
+        # First: a trace file that cannot be written or a port in use fails
+        # the pool before any process starts.
+        self._monitoring = PoolMonitoring(options)
         workers, start_method = options.workers, options.start_method
         # The fork server imports what the parent already uses, so workers start warm.
         preload = [m for m in ("cloudpickle", "numpy") if m in sys.modules]
@@ -134,11 +137,6 @@ class Runtime:
                     )
                 raise
         try:
-            self._monitoring = PoolMonitoring(options)
-        except BaseException:
-            self._close_inherited_fds()
-            raise
-        try:
             self._engine = _core.Engine(
                 workers=workers,
                 fork_server=forked,
@@ -161,7 +159,7 @@ class Runtime:
             raise
         self.dashboard_url = self._monitoring.dashboard_url
         self._pool_name: str = self._engine.stats_name  # log records' `pool`: the stats block, as shoal top lists it
-        self._monitoring.attach(self._engine, self._arena_used)
+        self._monitoring.attach(self._engine)
         self._lock = threading.Lock()
         self._shutdown_lock = threading.Lock()  # one engine shutdown at a time
         self._feeds: set[MapFeed] = set()  # maps still reading input: shutdown waits for them
@@ -334,12 +332,11 @@ class Runtime:
 
     # -- life cycle -----------------------------------------------------------
 
-    def _arena_used(self) -> int:
-        return 0 if self._arena.closed else self._arena.used_bytes()
-
     def join_trace(self, trace: Trace) -> None:
-        """A ``shoal.trace()`` that starts while this pool runs records it too."""
-        trace.add(self._engine, self._arena_used)
+        """A ``shoal.trace()`` that starts while this pool runs records it too
+        (unless the pool records its own, ``trace=``: a pool's rings have one reader)."""
+        if self._monitoring.trace is None:
+            trace.add(self._engine)
 
     def _close_inherited_fds(self) -> None:
         fds, self._inherited_fds = self._inherited_fds, []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..obs import trace as tracing
 from .options import PoolOptions
@@ -84,12 +84,15 @@ class PoolMonitoring:
             self.close()
             raise
 
-    def attach(self, engine: "_core.Engine", arena_used: Callable[[], int]) -> None:
+    def attach(self, engine: "_core.Engine") -> None:
+        # A pool traced by its own trace= is left out of a shoal.trace()
+        # (a pool's rings have one reader).
         if self.trace is not None:
-            self.trace.add(engine, arena_used)
+            self.trace.add(engine)
+            return
         recording = tracing.recording()
-        if recording is not None and recording is not self.trace:
-            recording.add(engine, arena_used)
+        if recording is not None:
+            recording.add(engine)
 
     def close(self) -> None:
         """The engine stopped: the trace file is written, the servers stop."""

@@ -40,6 +40,10 @@ _HEAP_CACHE_ARENAS = 32
 PUBLISH_NS = 1_000_000
 
 
+# The stats block's off switch, for measuring what keeping it costs
+# (docs/benchmarks.md): SHOAL_STATS=0 leaves every worker's stats untouched.
+_STATS = os.environ.get("SHOAL_STATS", "1") != "0"
+
 # Bounded reprs (a slow map chunk may hold a million items).
 _REPR = reprlib.Repr()
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 4
@@ -81,13 +85,15 @@ def _run_job(
             args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
             return _Outcome(ERROR, _failure(endpoint, ident, transfer_error("the task's arguments", exc)), 1, 1)
-        endpoint.args_loaded()
+        if _STATS:
+            endpoint.args_loaded()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
             endpoint.call_returned()
             return _Outcome(ERROR, _failure(endpoint, ident, exc), 1, 1, (args, kwargs))
-        endpoint.call_returned()
+        if _STATS:
+            endpoint.call_returned()
         if type(result) in SCALAR_TYPES:
             return _Outcome(OK, dumps(result, PROTOCOL), 1, 0, (args, kwargs))
         status, out = _pickled_result(result)

@@ -66,7 +66,9 @@ inline constexpr std::size_t kSlowest = 5;        // slowest tasks kept per work
 inline constexpr std::size_t kArgsText = 112;     // bytes of a slow task's argument repr
 inline constexpr std::size_t kRecentErrors = 4;   // recent errors kept per worker
 inline constexpr std::size_t kErrorText = 2040;   // bytes of an error's traceback text
-inline constexpr std::size_t kTraceEvents = 4096; // per worker trace ring (a power of two)
+inline constexpr std::size_t kTraceEvents = 4096;  // per worker trace ring (a power of two)
+// The parent's ring takes every job's submit and dispatch, of all workers.
+inline constexpr std::size_t kParentTraceEvents = 65536;
 
 using Counter = std::atomic<uint64_t>;
 
@@ -118,12 +120,17 @@ struct TraceEvent {
 // Single producer (the writer named above), single consumer (the tracing
 // process). `head` is written by the producer, `tail` by the consumer; an
 // event that finds the ring full is dropped and counted.
-struct TraceRing {
+template <std::size_t N>
+struct TraceRingOf {
+  static_assert((N & (N - 1)) == 0, "a power of two");
+  static constexpr std::size_t capacity = N;
   alignas(64) Counter head;
   alignas(64) Counter tail;
   Counter dropped;
-  TraceEvent events[kTraceEvents];
+  TraceEvent events[N];
 };
+using TraceRing = TraceRingOf<kTraceEvents>;
+using ParentTraceRing = TraceRingOf<kParentTraceEvents>;
 
 struct WorkerStats {
   alignas(64) std::atomic<uint32_t> pid;
@@ -164,7 +171,7 @@ struct StatsHeader {
   std::atomic<uint32_t> state;     // PoolState
   std::atomic<uint32_t> trace_on;  // workers and engine record trace events while non-zero
   PoolCounters pool;
-  TraceRing parent_trace;  // submit and dispatch times, written by the engine under its lock
+  ParentTraceRing parent_trace;  // submit and dispatch times, written by the engine under its lock
 };
 
 static_assert(offsetof(StatsHeader, magic) == 0 && offsetof(StatsHeader, version) == 8);
@@ -256,6 +263,7 @@ class WorkerStatsWriter {
   bool on_ = true;
   uint64_t recv_ns_ = 0, call_ns_ = 0, ret_ns_ = 0;
   uint64_t last_error_ns_ = 0;
+  uint64_t last_done_job_ = 0;
 };
 
 // Readers' copies of the seqlock-guarded entries: only whole ones (an entry
@@ -271,10 +279,34 @@ struct ErrorCopy {
 std::vector<SlowTaskCopy> read_slowest(const WorkerStats& w);  // unordered
 std::vector<ErrorCopy> read_errors(const WorkerStats& w);      // newest first
 
-// Appends an event to a ring whose producer this thread is; false if full.
-bool trace_push(TraceRing& ring, const TraceEvent& e);
-// Takes every event the producer published since the last drain (consumer side).
-std::vector<TraceEvent> trace_drain(TraceRing& ring);
+// Appends an event to a ring whose producer this thread is; false (and
+// counted as dropped) if full.
+template <std::size_t N>
+bool trace_push(TraceRingOf<N>& ring, const TraceEvent& e) {
+  const uint64_t head = ring.head.load(std::memory_order_relaxed);
+  const uint64_t tail = ring.tail.load(std::memory_order_acquire);
+  if (head - tail >= N) {
+    bump(ring.dropped);
+    return false;
+  }
+  ring.events[head & (N - 1)] = e;
+  ring.head.store(head + 1, std::memory_order_release);
+  return true;
+}
+
+// Appends to `out` every event the producer published since the last drain
+// (consumer side); returns how many.
+template <std::size_t N>
+std::size_t trace_drain(TraceRingOf<N>& ring, std::vector<TraceEvent>& out) {
+  const uint64_t head = ring.head.load(std::memory_order_acquire);
+  uint64_t tail = ring.tail.load(std::memory_order_relaxed);
+  // Another process may have written garbage positions: never read more than the ring holds.
+  if (head - tail > N) tail = head - N;
+  const std::size_t n = static_cast<std::size_t>(head - tail);
+  for (; tail != head; ++tail) out.push_back(ring.events[tail & (N - 1)]);
+  ring.tail.store(head, std::memory_order_release);
+  return n;
+}
 
 // Names under /dev/shm of this user's stats blocks (of `pid` only, if > 0).
 std::vector<std::string> list_stats_blocks(pid_t pid = 0);
