@@ -418,6 +418,12 @@ class Pool:
         was made with ``dashboard=True``; else None."""
         return self._core.runtime.dashboard_url
 
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """Where Prometheus scrapes this process's pools if the pool was made
+        with ``metrics_port=`` (``http://127.0.0.1:<port>/metrics``); else None."""
+        return self._core.runtime.metrics_url
+
     def stats(self) -> PoolSnapshot:
         """A snapshot of the pool's stats block (:class:`shoal.obs.PoolSnapshot`):
         jobs submitted, completed, failed, cancelled and retried; workers

@@ -31,14 +31,16 @@ class StatsError(Exception):
 def list_pools(pid: Optional[int] = None) -> list[PoolSnapshot]:
     """Snapshots of every live shoal pool of this user on this machine (of
     process `pid` only, if given), oldest first. Blocks that vanish while
-    being read, and blocks of another layout version, are skipped."""
+    being read, blocks of another layout version, and blocks of a process
+    that was killed (its names are reclaimed by the next shoal to start) are
+    skipped."""
     pools = []
     for name in _core.list_stats_blocks(pid or 0):
         try:
             snap = read_pool(name)
         except StatsError:
             continue
-        if snap.state != "closed":
+        if snap.state != "closed" and _process_alive(snap.pid):
             pools.append(snap)
     pools.sort(key=lambda p: (p.created, p.name))
     return pools
@@ -86,6 +88,16 @@ def snapshot_from_raw(raw: dict[str, Any]) -> PoolSnapshot:
         taken_at=time.monotonic(),
         tracing=raw["trace_on"],
     )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def _name(names: tuple[str, ...], value: int) -> str:

@@ -158,6 +158,7 @@ class Runtime:
             self._close_inherited_fds()
             raise
         self.dashboard_url = self._monitoring.dashboard_url
+        self.metrics_url = self._monitoring.metrics_url
         self._pool_name: str = self._engine.stats_name  # log records' `pool`: the stats block, as shoal top lists it
         self._monitoring.attach(self._engine)
         self._lock = threading.Lock()

@@ -66,3 +66,6 @@ class PoolRuntime(Protocol):
 
     @property
     def dashboard_url(self) -> Optional[str]: ...
+
+    @property
+    def metrics_url(self) -> Optional[str]: ...

@@ -68,9 +68,12 @@ class PoolMonitoring:
         self.trace = tracing.Trace(options.trace) if options.trace else None
         self._servers: list[Any] = []
         self.dashboard_url: Optional[str] = None
+        self.metrics_url: Optional[str] = None
         try:
             if options.metrics_port is not None:
-                self._servers.append(_SharedMetrics.acquire(options.metrics_port))
+                metrics = _SharedMetrics.acquire(options.metrics_port)
+                self._servers.append(metrics)
+                self.metrics_url = metrics.server.url
             if options.dashboard:
                 from ..obs.dashboard import serve_dashboard
 

@@ -8,6 +8,7 @@ Per-task time and memory limits and retries do not apply here.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,10 @@ class SerialRuntime:
         self._created = time.time()
         self._started = time.monotonic()
         self._submitted = 0
+        if options.trace or options.metrics_port is not None or options.dashboard:
+            logging.getLogger("shoal").warning(
+                "shoal: trace=, metrics_port= and dashboard= do nothing in the serial mode (no workers to watch)"
+            )
         if options.initializer is not None:
             options.initializer(*options.initargs)  # once, as in each worker
 
@@ -113,6 +118,7 @@ class SerialRuntime:
         return []
 
     dashboard_url: Optional[str] = None  # no workers, no stats block: nothing to watch
+    metrics_url: Optional[str] = None
 
     def stats(self) -> PoolSnapshot:
         """Jobs only: no workers, no stats block (nothing to read from elsewhere)."""

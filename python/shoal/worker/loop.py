@@ -230,14 +230,15 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
             start = perf_counter_ns()
             outcome = _run_job(endpoint, ident, functions[arg], tag, payload)
             run_ns = perf_counter_ns() - start
+            # Before the result goes: whoever has it sees the stats that include it.
+            if run_ns > slow_floor:  # among this worker's slowest jobs so far: keep what it was called with
+                slow_floor = endpoint.note_slow(ident, run_ns, outcome.items, _arguments_repr(outcome))
             try:
                 endpoint.send_result(ident, outcome.status, run_ns, outcome.payload, outcome.items, outcome.failed)
             except MemoryError as exc:
                 # Too big for the ring, and /dev/shm has no room to spill it:
                 # nothing was sent; this task fails with that, the worker goes on.
                 endpoint.send_result(ident, ERROR, run_ns, dumps_exception(exc), outcome.items, outcome.items)
-            if run_ns > slow_floor:  # among this worker's slowest jobs so far: keep what it was called with
-                slow_floor = endpoint.note_slow(ident, run_ns, outcome.items, _arguments_repr(outcome))
             del outcome
         elif kind == DEFINE_FUNCTION:
             functions[ident] = loads(payload)
