@@ -133,6 +133,7 @@ class Trace:
                     pid = s.pids.get(slot, parent * 1000 + slot + 1)
                     tracks[slot] = pid
                     add(_meta(pid, pid, "process_name", f"shoal worker {slot} (pid {pid})"))
+                    add(_meta(pid, pid, "thread_name", f"worker {slot}"))
                     add(_meta(pid, pid, "process_sort_index", str(slot + 1), key="sort_index"))
                 if slot < 0:  # the parent's: a = submit, b = dispatch, items = the worker's slot
                     add(f'{{"ph":"i","s":"t","name":"submit","pid":{parent},"tid":0,"ts":{us(a)},'
