@@ -52,6 +52,16 @@ def test_stats_count_what_ran_what_raised_and_keep_its_traceback(no_leaks):
     assert all(w.bytes_in > 0 and w.bytes_out > 0 for w in snap.worker_stats if w.jobs_completed)
 
 
+def test_big_buffers_are_counted_as_arena_bytes_both_ways(no_leaks):
+    np = pytest.importorskip("numpy")
+    with shoal.Executor(1) as ex:
+        assert ex.submit(tasks.identity, np.zeros(1 << 20)).result().nbytes == 8 << 20
+        assert ex.submit(tasks.square, 5).result() == 25
+        w = ex.stats().worker_stats[0]
+    assert w.arena_bytes_in == 8 << 20 and w.arena_bytes_out == 8 << 20
+    assert 0 < w.bytes_in < 1 << 20  # the pickles themselves stay small
+
+
 def test_a_running_task_and_its_worker_are_visible_while_it_runs(no_leaks, tmp_path):
     with shoal.Executor(1) as ex:
         fut = ex.submit(tasks.sleep_then, 1, 3.0)

@@ -58,6 +58,8 @@ nb::dict worker_dict(const WorkerStats& w, uint32_t slot) {
   d["serialize_ns"] = get(w.serialize_ns);
   d["bytes_in"] = get(w.bytes_in);
   d["bytes_out"] = get(w.bytes_out);
+  d["arena_bytes_in"] = get(w.arena_bytes_in);
+  d["arena_bytes_out"] = get(w.arena_bytes_out);
   d["started_ns"] = get(w.started_ns);
   d["ready_ns"] = get(w.ready_ns);
   d["initializer_ns"] = get(w.initializer_ns);

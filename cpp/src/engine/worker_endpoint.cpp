@@ -151,7 +151,8 @@ void WorkerEndpoint::send_result(uint64_t job_id, proto::Status status, uint64_t
                                  uint64_t items, uint64_t failed) {
   // Counted (and traced) before the parent can have the result: whoever
   // reads the stats after a result sees the job that made it.
-  stats_.job_done(job_id, static_cast<uint32_t>(status), run_ns, items, failed, payload.size());
+  stats_.job_done(job_id, static_cast<uint32_t>(status), run_ns, items, failed, payload.size(),
+                  packed::buffer_bytes(payload));
   send(proto::FrameHeader{proto::Kind::result, static_cast<uint32_t>(status), job_id, run_ns}, payload);
   layout_.status(slot_).running_job.store(0, std::memory_order_seq_cst);
 }

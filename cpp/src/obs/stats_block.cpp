@@ -215,17 +215,18 @@ void WorkerStatsWriter::ready(uint64_t initializer_ns) {
   w_->state.store(static_cast<uint32_t>(WorkerState::idle), std::memory_order_relaxed);
 }
 
-void WorkerStatsWriter::job_taken(uint64_t job, uint64_t now_ns, std::size_t payload_bytes) {
+void WorkerStatsWriter::job_taken(uint64_t job, uint64_t now_ns, std::size_t payload_bytes, uint64_t arena_bytes) {
   if (!on_) return;
   recv_ns_ = call_ns_ = ret_ns_ = now_ns;
   bump(w_->bytes_in, payload_bytes);
+  if (arena_bytes) bump(w_->arena_bytes_in, arena_bytes);
   w_->job_since_ns.store(now_ns, std::memory_order_relaxed);
   w_->job.store(job, std::memory_order_relaxed);
   w_->state.store(static_cast<uint32_t>(WorkerState::running), std::memory_order_relaxed);
 }
 
 void WorkerStatsWriter::job_done(uint64_t job, uint32_t status, uint64_t run_ns, uint64_t items, uint64_t failed,
-                                 std::size_t payload_bytes) {
+                                 std::size_t payload_bytes, uint64_t arena_bytes) {
   // Once per job: a result that could not be sent is followed by an error result for the same job.
   if (!on_ || job == last_done_job_) return;
   last_done_job_ = job;
@@ -236,6 +237,7 @@ void WorkerStatsWriter::job_done(uint64_t job, uint32_t status, uint64_t run_ns,
   bump(w_->deserialize_ns, call - recv_ns_);
   if (ret > call) bump(w_->serialize_ns, end > ret ? end - ret : 0);
   bump(w_->bytes_out, payload_bytes);
+  if (arena_bytes) bump(w_->arena_bytes_out, arena_bytes);
   bump(w_->jobs_completed);
   failed = std::min(failed, items);
   bump(w_->tasks_completed, items - failed);

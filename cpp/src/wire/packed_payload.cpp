@@ -107,6 +107,18 @@ std::vector<Reference> references(std::string_view payload) {
   return refs;
 }
 
+uint64_t buffer_bytes(std::string_view payload) noexcept {
+  if (!is_packed(payload)) return 0;
+  try {
+    uint64_t n = 0;
+    for (const auto& e : decode(payload).entries)
+      if (e.kind == EntryKind::buffer) n += e.view_length;
+    return n;
+  } catch (...) {
+    return 0;
+  }
+}
+
 void release(const std::vector<Reference>& refs, const std::shared_ptr<SharedArena>& own) {
   std::exception_ptr first;
   std::shared_ptr<SharedArena> other;  // the last arena attached by name: payloads rarely list more than one

@@ -127,6 +127,8 @@ def _worker(w: dict[str, Any], now: int) -> WorkerSnapshot:
         initializer_s=w["initializer_ns"] / 1e9,
         bytes_in=w["bytes_in"],
         bytes_out=w["bytes_out"],
+        arena_bytes_in=w["arena_bytes_in"],
+        arena_bytes_out=w["arena_bytes_out"],
         restarts=w["restarts"],
         restart_causes=causes,
         last_exit=describe_exit(w["last_exit_cause"], w["last_exit_value"]),

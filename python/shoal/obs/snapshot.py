@@ -65,6 +65,8 @@ class WorkerSnapshot:
     initializer_s: float  # the pool's initializer alone
     bytes_in: int  # job payloads received (pickles inline in the ring or spilled)
     bytes_out: int  # result payloads sent
+    arena_bytes_in: int  # the arguments' big buffers, received through the arena (zero-copy)
+    arena_bytes_out: int  # the results' big buffers, sent through the arena
     restarts: int  # replacements of this slot's worker
     # How its replaced workers ended: "exit" (a non-zero exit code), "signal",
     # "timeout", "memory" (limit), "retired" (max_tasks_per_child), "corrupt".

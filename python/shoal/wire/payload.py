@@ -1,7 +1,8 @@
 """Pickle protocol 5 with the big buffers in a shared-memory arena.
 
 ``pack(obj, arena)`` pickles ``obj``; every out-of-band buffer (numpy arrays,
-bytearrays, anything that pickles through ``PickleBuffer``) of at least
+anything that pickles through ``PickleBuffer``; pickle keeps bytes and
+bytearrays in band) of at least
 ``threshold`` bytes is copied once into a block of ``arena`` and left out of
 the pickle. ``unpack(payload, arena)`` rebuilds the object over zero-copy,
 copy-on-write views of those blocks (a private ``MAP_PRIVATE`` mapping of the

@@ -14,6 +14,7 @@
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/pool_layout.hpp"
 #include "shoal/obs/stats_block.hpp"
+#include "shoal/wire/packed_payload.hpp"
 #include "shoal/wire/protocol.hpp"
 
 namespace shoal {
@@ -41,9 +42,12 @@ class WorkerEndpoint {
     if (corrupt_) inbox_corrupt("it was found corrupt before");
     std::string spilled_name;
     std::size_t payload_bytes = 0;
+    const std::byte* payload = nullptr;
     auto counted = [&](std::size_t n) -> std::byte* {
       payload_bytes = n;
-      return alloc(n);
+      std::byte* p = alloc(n);
+      payload = p;
+      return p;
     };
     try {
       inbox_.try_pop_split(&h, sizeof h, [&](std::size_t n) -> std::byte* {
@@ -66,7 +70,10 @@ class WorkerEndpoint {
         inbox_corrupt(e.what());
       }
     }
-    if (taken_ns) stats_.job_taken(h.id, taken_ns, payload_bytes);
+    if (taken_ns) {
+      const std::string_view body(reinterpret_cast<const char*>(payload), payload ? payload_bytes : 0);
+      stats_.job_taken(h.id, taken_ns, payload_bytes, packed::buffer_bytes(body));
+    }
   }
 
   // Publishes a job's outcome and rings the parent's doorbell. A payload too

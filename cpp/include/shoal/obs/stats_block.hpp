@@ -139,7 +139,8 @@ struct WorkerStats {
   Counter job_since_ns;         // monotonic
   Counter tasks_completed, tasks_failed, jobs_completed;
   Counter busy_ns, deserialize_ns, serialize_ns;
-  Counter bytes_in, bytes_out;
+  Counter bytes_in, bytes_out;              // job and result payloads (pickles, inline or spilled)
+  Counter arena_bytes_in, arena_bytes_out;  // their out-of-band buffers, through the arena
   Counter started_ns;  // monotonic, this worker's start (set by the engine at spawn)
   Counter ready_ns;    // monotonic, when it was ready to take jobs
   Counter initializer_ns;
@@ -237,7 +238,7 @@ class WorkerStatsWriter {
   WorkerStatsWriter(WorkerStatsWriter&&) = default;
   // Ready for jobs, `initializer_ns` after the pool's initializer started (0: none).
   void ready(uint64_t initializer_ns);
-  void job_taken(uint64_t job, uint64_t now_ns, std::size_t payload_bytes);
+  void job_taken(uint64_t job, uint64_t now_ns, std::size_t payload_bytes, uint64_t arena_bytes = 0);
   void args_loaded() {
     if (on_) call_ns_ = monotonic_ns();
   }
@@ -246,7 +247,7 @@ class WorkerStatsWriter {
   }
   // A job's result was sent: `items` of it done, `failed` of them raised.
   void job_done(uint64_t job, uint32_t status, uint64_t run_ns, uint64_t items, uint64_t failed,
-                std::size_t payload_bytes);
+                std::size_t payload_bytes, uint64_t arena_bytes = 0);
   void exiting();
   // Whether a job of `ns` would be among the slowest kept (then call note_slow).
   bool is_slow(uint64_t ns) const { return ns > slow_floor(); }

@@ -67,6 +67,11 @@ std::string encode(const std::vector<std::string>& names, const std::vector<Entr
 // The references `payload` holds (none for a plain pickle or a number column).
 std::vector<Reference> references(std::string_view payload);
 
+// The bytes of the out-of-band buffers `payload` carries through arenas (0
+// for a plain pickle, a number column, or a payload that is no valid one):
+// for the stats, never trusted for anything else.
+uint64_t buffer_bytes(std::string_view payload) noexcept;
+
 // Drops each reference as the payload's, not this process's
 // (SharedArena::release_disowned): `own` is used for its own name, any other
 // arena is attached by name. Every reference is tried; the first error is
