@@ -82,16 +82,18 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--before-env", action="append", default=[], metavar="K=V", help="environment of the before side")
     ap.add_argument("--after-env", action="append", default=[], metavar="K=V", help="environment of the after side")
+    ap.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES), help="measure only these")
     args = ap.parse_args(argv)
     envs = {side: dict(kv.split("=", 1) for kv in getattr(args, f"{side}_env")) for side in ("before", "after")}
-    runs: dict = {(b, f): [] for b in ("before", "after") for f in FIGURES}
+    figures = tuple(args.figures)
+    runs: dict = {(b, f): [] for b in ("before", "after") for f in figures}
     for rep in range(args.repeats):
         order = ("before", "after") if rep % 2 == 0 else ("after", "before")
-        for figure in FIGURES:
+        for figure in figures:
             for build in order:
                 runs[(build, figure)].append(_measure(getattr(args, build), figure, envs[build]))
     print(f"{'figure':16} {'before: median [min-max]':30} {'after: median [min-max]':30} after/before")
-    for figure in FIGURES:
+    for figure in figures:
         cells = []
         for build in ("before", "after"):
             xs = runs[(build, figure)]
