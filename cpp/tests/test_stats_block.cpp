@@ -153,24 +153,26 @@ TEST(StatsBlock, AWorkersWriterCountsTasksTimesBytesAndDurations) {
   EXPECT_EQ(w.state.load(), static_cast<uint32_t>(WorkerState::idle));
   EXPECT_EQ(w.initializer_ns.load(), 5'000u);
 
-  writer.job_taken(11, monotonic_ns(), 100);
+  writer.job_taken(11, monotonic_ns() - 5'000'000, 100);  // taken 5 ms ago
   EXPECT_EQ(w.state.load(), static_cast<uint32_t>(WorkerState::running));
   EXPECT_EQ(w.job.load(), 11u);
+  writer.job_done(11, 0, 3'000, 1, 0, 40);  // one task of 3 µs, by the worker's own measure (no marks)
+  writer.job_taken(12, monotonic_ns(), 1'000);
   writer.args_loaded();
   writer.call_returned();
-  writer.job_done(11, 0, 3'000, 1, 0, 40);  // one task of 3 µs
-  writer.job_taken(12, monotonic_ns(), 1'000);
-  writer.job_done(12, 1, 2'000'000, 10, 3, 500);  // a chunk of 10 items, 3 raised, 200 µs each
+  writer.job_done(12, 1, 2'000'000, 10, 3, 500);  // a chunk of 10 items, 3 raised, its call between the marks
   EXPECT_EQ(w.state.load(), static_cast<uint32_t>(WorkerState::idle));
   EXPECT_EQ(w.job.load(), 0u);
   EXPECT_EQ(w.jobs_completed.load(), 2u);
   EXPECT_EQ(w.tasks_completed.load(), 1u + 7u);
   EXPECT_EQ(w.tasks_failed.load(), 3u);
-  EXPECT_EQ(w.busy_ns.load(), 2'003'000u);
+  EXPECT_GE(w.busy_ns.load(), 5'000'000u);  // from taking each job to its result
   EXPECT_EQ(w.bytes_in.load(), 1'100u);
   EXPECT_EQ(w.bytes_out.load(), 540u);
-  EXPECT_EQ(w.duration_buckets[duration_bucket(3'000)].load(), 1u);
-  EXPECT_EQ(w.duration_buckets[duration_bucket(200'000)].load(), 10u);
+  uint64_t counted = 0;
+  for (const Counter& b : w.duration_buckets) counted += b.load();
+  EXPECT_EQ(counted, 11u);
+  EXPECT_GE(w.duration_buckets[duration_bucket(3'000)].load(), 1u);
   // Bucket i holds durations up to 2^i µs.
   EXPECT_EQ(duration_bucket(1'000), 0u);
   EXPECT_EQ(duration_bucket(3'000), 2u);

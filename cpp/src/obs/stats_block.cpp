@@ -231,18 +231,22 @@ void WorkerStatsWriter::job_done(uint64_t job, uint32_t status, uint64_t run_ns,
   if (!on_ || job == last_done_job_) return;
   last_done_job_ = job;
   const uint64_t end = monotonic_ns();
-  // Marks that were not set for this job (a frame kind without them) count as none.
+  // Marks that were not set for this job (a worker that does not make them) count as none.
   const uint64_t call = std::max(call_ns_, recv_ns_), ret = std::max(ret_ns_, call);
-  bump(w_->busy_ns, run_ns);
+  // Busy: from taking the job to its result, on the clock the marks use (so
+  // that loading, the call and sending add up to it); the call alone is the
+  // task's duration, or the worker's own run_ns where it made no marks.
+  bump(w_->busy_ns, end > recv_ns_ ? end - recv_ns_ : run_ns);
   bump(w_->deserialize_ns, call - recv_ns_);
   if (ret > call) bump(w_->serialize_ns, end > ret ? end - ret : 0);
+  const uint64_t duration = ret > call ? ret - call : run_ns;
   bump(w_->bytes_out, payload_bytes);
   if (arena_bytes) bump(w_->arena_bytes_out, arena_bytes);
   bump(w_->jobs_completed);
   failed = std::min(failed, items);
   bump(w_->tasks_completed, items - failed);
   bump(w_->tasks_failed, failed);
-  if (items > 0) bump(w_->duration_buckets[duration_bucket(run_ns / items)], items);
+  if (items > 0) bump(w_->duration_buckets[duration_bucket(duration / items)], items);
   w_->job.store(0, std::memory_order_relaxed);
   w_->state.store(static_cast<uint32_t>(WorkerState::idle), std::memory_order_relaxed);
   if (block_->tracing())

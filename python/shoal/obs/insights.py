@@ -14,11 +14,12 @@ from typing import Optional
 
 from .snapshot import DURATION_BOUNDS_S, PoolSnapshot, SlowTask, WorkerSnapshot
 
-# A task shorter than this on average costs about as much to hand over as to run.
+# A job shorter than this on average costs about as much to hand over as to run.
 _SMALL_TASK_S = 50e-6
 _TOO_SMALL_SHARE = 0.5  # ... when workers spend less than this share of their time working
 _UNEVEN = 1.5  # the busiest worker worked this many times the mean
 _PICKLING_HEAVY = 0.5  # (de)serialisation above this share of the work
+_BIG_PAYLOAD = 16 * 1024  # ... of payloads this big per job (bytes pickled in and out)
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,18 @@ class Insights:
         busy = sum(w.busy_s for w in ws)
         pickling = sum(w.deserialize_s + w.serialize_s for w in ws)
         life = sum(max(w.alive_s, w.busy_s) for w in ws)
-        if tasks >= 100 and busy / tasks < _SMALL_TASK_S and _share(busy, life) < _TOO_SMALL_SHARE:
+        # The hand-over costs per job (a map chunk is one): what is small is a job's work.
+        if jobs >= 100 and busy / jobs < _SMALL_TASK_S and _share(busy, life) < _TOO_SMALL_SHARE:
             how = "use map() with a larger chunksize" if jobs < tasks else "use map() (it sends tasks in chunks)"
             hints.append(
-                f"tasks are too small for the pool: {format_seconds(busy / tasks)} of work each on average, and "
+                f"tasks are too small for the pool: {format_seconds(busy / jobs)} of work per job on average, and "
                 f"workers worked {_share(busy, life):.0%} of the time; the hand-over costs about as much as the "
                 f"work. {how.capitalize()}, or give each task more to do."
             )
         work = busy - pickling
-        if jobs >= 10 and pickling > _PICKLING_HEAVY * max(work, 1e-9):
+        moved = sum(w.bytes_in + w.bytes_out for w in ws)
+        # Heavy pickling of big payloads (tiny ones are the small-task case above).
+        if jobs >= 10 and pickling > _PICKLING_HEAVY * max(work, 1e-9) and moved / jobs >= _BIG_PAYLOAD:
             hints.append(
                 f"(de)serialisation takes {format_seconds(pickling)} against {format_seconds(work)} of work: pass "
                 "big arrays as shoal.SharedArray (zero-copy) and return less."

@@ -245,7 +245,9 @@ class WorkerStatsWriter {
   void call_returned() {
     if (on_) ret_ns_ = monotonic_ns();
   }
-  // A job's result was sent: `items` of it done, `failed` of them raised.
+  // A job's result is about to be sent: `items` of it done, `failed` of them
+  // raised; `run_ns` as the worker measured it (the duration, where it made
+  // no args_loaded/call_returned marks).
   void job_done(uint64_t job, uint32_t status, uint64_t run_ns, uint64_t items, uint64_t failed,
                 std::size_t payload_bytes, uint64_t arena_bytes = 0);
   void exiting();
