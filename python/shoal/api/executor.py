@@ -7,8 +7,7 @@ import time
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Iterable, Iterator, Optional, TypeVar, Union
 
-from ..obs.insights import Insights
-from ..obs.snapshot import PoolSnapshot
+from .observed import ObservedPool
 from ..runtime.core import PoolCore
 from ..runtime.options import CpuAffinity, PoolOptions, check_chunksize, check_timeout
 from ..runtime.progress import progress_bar
@@ -31,7 +30,7 @@ _T = TypeVar("_T")
 __all__ = ["Executor", "TaskOptions"]
 
 
-class Executor(futures.Executor):
+class Executor(futures.Executor, ObservedPool):
     """A process pool with the ``concurrent.futures`` API, on shoal's engine.
 
     Differences from ProcessPoolExecutor that only add: ``map`` reads its input
@@ -200,38 +199,6 @@ class Executor(futures.Executor):
             self._core.terminate()
         else:
             self.shutdown(wait=True)
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers."""
-        return self._core.worker_pids()
-
-    @property
-    def dashboard_url(self) -> Optional[str]:
-        """The live web page's address (with its access token) if the pool
-        was made with ``dashboard=True``; else None."""
-        return self._core.runtime.dashboard_url
-
-    @property
-    def metrics_url(self) -> Optional[str]:
-        """Where Prometheus scrapes this process's pools if the pool was made
-        with ``metrics_port=`` (``http://127.0.0.1:<port>/metrics``); else None."""
-        return self._core.runtime.metrics_url
-
-    def stats(self) -> PoolSnapshot:
-        """A snapshot of the pool's stats block (:class:`shoal.obs.PoolSnapshot`):
-        jobs submitted, completed, failed, cancelled and retried; workers
-        started and lost; queue depth; arena use; and per worker its state,
-        running job, time split into work and (de)serialisation, a task
-        duration histogram, its slowest tasks and recent errors. See
-        docs/observability.md."""
-        return self._core.stats()
-
-    def insights(self) -> Insights:
-        """A summary a person reads (print it): per worker the share of time
-        working, waiting and (de)serialising, start-up time; task duration
-        percentiles; the slowest tasks with their arguments; restarts and
-        their causes; hints when tasks are too small or the load is uneven."""
-        return Insights(self._core.stats())
 
 
 class TaskOptions:

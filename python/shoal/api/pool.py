@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Ma
 
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]  # missing from typeshed
 
-from ..obs.insights import Insights
-from ..obs.snapshot import PoolSnapshot
+from .observed import ObservedPool
 from ..runtime.outcome import Payload, decode
 from ..runtime.core import PoolCore
 from ..runtime.handle import JobHandle
@@ -191,7 +190,7 @@ class IMapIterator(Generic[_T]):
             raise
 
 
-class Pool:
+class Pool(ObservedPool):
     """A process pool with the ``multiprocessing.Pool`` API, on shoal's engine.
 
     ``chunksize=None`` (the default everywhere) sizes chunks from the measured
@@ -407,35 +406,3 @@ class Pool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.terminate()
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers."""
-        return self._core.worker_pids()
-
-    @property
-    def dashboard_url(self) -> Optional[str]:
-        """The live web page's address (with its access token) if the pool
-        was made with ``dashboard=True``; else None."""
-        return self._core.runtime.dashboard_url
-
-    @property
-    def metrics_url(self) -> Optional[str]:
-        """Where Prometheus scrapes this process's pools if the pool was made
-        with ``metrics_port=`` (``http://127.0.0.1:<port>/metrics``); else None."""
-        return self._core.runtime.metrics_url
-
-    def stats(self) -> PoolSnapshot:
-        """A snapshot of the pool's stats block (:class:`shoal.obs.PoolSnapshot`):
-        jobs submitted, completed, failed, cancelled and retried; workers
-        started and lost; queue depth; arena use; and per worker its state,
-        running job, time split into work and (de)serialisation, a task
-        duration histogram, its slowest tasks and recent errors. See
-        docs/observability.md."""
-        return self._core.stats()
-
-    def insights(self) -> Insights:
-        """A summary a person reads (print it): per worker the share of time
-        working, waiting and (de)serialising, start-up time; task duration
-        percentiles; the slowest tasks with their arguments; restarts and
-        their causes; hints when tasks are too small or the load is uneven."""
-        return Insights(self._core.stats())

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
+from ..obs.serving import process_exists
+
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod, RenderableType
     from rich.text import Text
@@ -138,7 +140,7 @@ class Sampler:
         from ..obs.reader import list_pools
 
         try:
-            snaps = [s for s in list_pools(self.pid) if _process_exists(s.pid)]
+            snaps = list_pools(self.pid)  # pools of live processes only
         except OSError as exc:  # /dev/shm unreadable: say so, keep trying
             return Sample((), f"cannot read this user's pools: {exc.strerror or exc}")
         now = time.monotonic()
@@ -175,22 +177,9 @@ class Sampler:
     def _why_none(self) -> str:
         if self.pid is None:
             return "no shoal pools of this user are running"
-        if not _process_exists(self.pid):
+        if not process_exists(self.pid):
             return f"no process {self.pid} is running (so no shoal pool either)"
         return f"process {self.pid} has no shoal pool"
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: exists
-        return True
-    return True
-
-
-# --- rendering ------------------------------------------------------------------------------------------------
 
 
 def format_duration(s: float) -> str:

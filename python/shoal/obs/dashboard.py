@@ -20,7 +20,6 @@ must not read it. Requests without the token get 403.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -31,10 +30,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from .serving import BackgroundServer, listen_error, process_exists
 from .snapshot import DURATION_BOUNDS_S, PoolSnapshot, WorkerSnapshot
 
 _log = logging.getLogger("shoal")
@@ -55,16 +54,6 @@ def _page() -> bytes:
 
 def _finite(x: float) -> Optional[float]:
     return x if math.isfinite(x) else None
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: it exists, its pools are not ours to read
-    return True
 
 
 def _worker_summary(w: WorkerSnapshot) -> dict[str, Any]:
@@ -99,7 +88,7 @@ def pool_summary(p: PoolSnapshot) -> dict[str, Any]:
         "label": p.label,
         # A process killed with SIGKILL leaves its block behind, still
         # "running": say it is gone rather than show a frozen pool as live.
-        "state": p.state if _process_exists(p.pid) else "gone",
+        "state": p.state if process_exists(p.pid) else "gone",
         "workers": p.workers,
         "created": p.created,
         "uptime_s": p.uptime_s,
@@ -140,7 +129,7 @@ def summary(pid: Optional[int] = None) -> dict[str, Any]:
     if not pools and not note:
         if pid is None:
             note = "no shoal pools running"
-        elif not _process_exists(pid):
+        elif not process_exists(pid):
             note = f"no shoal pools running: process {pid} does not exist"
         else:
             note = f"no shoal pools running in process {pid}"
@@ -245,52 +234,16 @@ class _Handler(BaseHTTPRequestHandler):
             stopping.wait(PUSH_INTERVAL_S)
 
 
-class Dashboard:
+class Dashboard(BackgroundServer):
     """A running dashboard: open `.url` in a browser. `close()` (or leaving a
     ``with`` block) stops it and frees the port; the page then says so."""
 
     def __init__(self, server: _Server, host: str) -> None:
-        self._server = server
-        self._lock = threading.Lock()
-        self._closed = False
-        self.host = host
-        self.port: int = server.server_address[1]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}/?token={server.token}"
-        self._thread = threading.Thread(target=self._serve, name="shoal-dashboard", daemon=True)
-        self._thread.start()
+        super().__init__(server, host, f"/?token={server.token}", "shoal-dashboard")
+        self._stream_server = server
 
-    def _serve(self) -> None:
-        try:
-            self._server.serve_forever(poll_interval=0.2)
-        except Exception:  # never out of the thread: the user's program goes on
-            _log.warning("shoal dashboard: the server stopped after an error", exc_info=True)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Stops the server and its streams and frees the port. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._server.stopping.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
-
-    def __enter__(self) -> "Dashboard":
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Dashboard {self.url}{' closed' if self._closed else ''}>"
+    def _stopping(self) -> None:
+        self._stream_server.stopping.set()  # the event streams end, so shutdown() need not wait for them
 
 
 def serve_dashboard(port: int = 0, host: str = "127.0.0.1", pid: Optional[int] = None) -> Dashboard:
@@ -314,9 +267,7 @@ def serve_dashboard(port: int = 0, host: str = "127.0.0.1", pid: Optional[int] =
     try:
         server = server_cls((host, port), token, pid)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"port {port} on {host} is in use; pass port=0 for a free one") from None
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise listen_error(exc, host, port) from None
     dash = Dashboard(server, host)
     # At DEBUG: its callers say where it is (the CLI prints and logs the URL,
     # Executor(dashboard=True) logs it at INFO).

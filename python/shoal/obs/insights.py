@@ -165,7 +165,7 @@ class Insights:
         if self.slowest:
             lines += ["", "  slowest tasks:"]
             for slot, t in self.slowest:
-                what = f"{t.items} items" if t.items > 1 else "task"
+                what = "chunk of" if t.items > 1 else "task"  # a chunk's args begin with its item count
                 lines.append(f"    {format_seconds(t.duration_s):>9}  worker {slot}  {what} {t.args}")
         errors = sorted((e for w in snap.worker_stats for e in w.recent_errors), key=lambda e: -e.at)
         if errors:

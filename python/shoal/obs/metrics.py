@@ -21,17 +21,15 @@ program name, to join on in queries.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import socket
-import threading
 from collections.abc import Iterable, Iterator
 from socketserver import ThreadingMixIn
-from types import TracebackType
 from typing import Any, Callable, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .reader import EXIT_CAUSES, list_pools
+from .serving import BackgroundServer, listen_error
 from .snapshot import DURATION_BOUNDS_S, POOL_STATES, WORKER_STATES, PoolSnapshot, WorkerSnapshot
 
 _missing: Optional[str] = None
@@ -254,52 +252,13 @@ def _dispatch(metrics_app: _WsgiApp) -> _WsgiApp:
     return app
 
 
-class MetricsServer:
+class MetricsServer(BackgroundServer):
     """A running /metrics endpoint (`.url`). `close()`, or leaving a ``with``
     block, stops it and frees the port."""
 
     def __init__(self, server: _Server, host: str, pid: Optional[int]) -> None:
-        self._server = server
-        self._lock = threading.Lock()
-        self._closed = False
-        self.host = host
+        super().__init__(server, host, "/metrics", "shoal-metrics")
         self.pid = pid
-        self.port: int = server.server_address[1]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}/metrics"
-        self._thread = threading.Thread(target=self._serve, name="shoal-metrics", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        try:
-            self._server.serve_forever(poll_interval=0.2)
-        except Exception:  # never out of the thread: the user's program goes on
-            _log.warning("shoal metrics: the server stopped after an error", exc_info=True)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Stops the server, waits for its thread and frees the port. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<MetricsServer {self.url}{' closed' if self._closed else ''}>"
 
 
 def serve_metrics(port: int = 0, host: str = "127.0.0.1", pid: Optional[int] = None) -> MetricsServer:
@@ -328,10 +287,7 @@ def serve_metrics(port: int = 0, host: str = "127.0.0.1", pid: Optional[int] = N
     try:
         server = server_cls((host, port), _Handler)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, f"port {port} on {host} is in use (another program listens there): "
-                                     "pass port=0 for a free one, or choose another port") from None
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise listen_error(exc, host, port) from None
     server.set_app(_dispatch(make_wsgi_app(registry)))
     metrics = MetricsServer(server, host, pid)
     _log.debug("shoal metrics: serving %s", metrics.url)

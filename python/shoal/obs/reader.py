@@ -14,6 +14,7 @@ import time
 from typing import Any, Optional
 
 from .. import _core
+from .serving import process_exists
 from .snapshot import POOL_STATES, WORKER_STATES, PoolSnapshot, SlowTask, TaskError, WorkerSnapshot
 
 #: How a slot's last worker ended (ExitCause in stats_block.hpp), as restart_causes names it.
@@ -40,7 +41,7 @@ def list_pools(pid: Optional[int] = None) -> list[PoolSnapshot]:
             snap = read_pool(name)
         except StatsError:
             continue
-        if snap.state != "closed" and _process_alive(snap.pid):
+        if snap.state != "closed" and process_exists(snap.pid):
             pools.append(snap)
     pools.sort(key=lambda p: (p.created, p.name))
     return pools
@@ -88,16 +89,6 @@ def snapshot_from_raw(raw: dict[str, Any]) -> PoolSnapshot:
         taken_at=time.monotonic(),
         tracing=raw["trace_on"],
     )
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
 
 
 def _name(names: tuple[str, ...], value: int) -> str:
