@@ -82,7 +82,9 @@ WorkerStats& StatsBlock::worker(uint32_t slot) const {
 
 namespace {
 void format(void* base, uint32_t slots, std::size_t bytes, std::string_view kind, std::string_view label) {
-  auto* h = new (base) StatsHeader{};
+  // Default-initialised, not value-initialised: the trace rings' events stay the
+  // zero pages a fresh segment (or anonymous mapping) is, never touched until traced.
+  auto* h = new (base) StatsHeader;
   h->version = StatsHeader::kVersion;
   h->slots = slots;
   h->block_bytes = bytes;
@@ -92,7 +94,7 @@ void format(void* base, uint32_t slots, std::size_t bytes, std::string_view kind
   h->created_mono_ns = monotonic_ns();
   copy_text(h->kind, sizeof h->kind, kind);
   copy_text(h->label, sizeof h->label, label);
-  for (uint32_t s = 0; s < slots; ++s) new (static_cast<std::byte*>(base) + kHeaderBytes + s * kWorkerBytes) WorkerStats{};
+  for (uint32_t s = 0; s < slots; ++s) new (static_cast<std::byte*>(base) + kHeaderBytes + s * kWorkerBytes) WorkerStats;
   release_fence();
   h->magic = StatsHeader::kMagic;  // last: a reader that sees it sees a formatted block
 }
