@@ -12,7 +12,7 @@ import sys
 from itertools import starmap
 from pickle import dumps
 from time import perf_counter_ns
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from .. import _core
 from ..shm.arena import pin_arenas, set_worker_arena
@@ -55,16 +55,11 @@ def worker_id() -> Optional[int]:
     return _worker_id
 
 
-class _Outcome:
-    """What a job came to: the status and payload to send, how many calls it
-    made and how many raised (for the stats block), and what it was called
-    with (kept, as the stdlib pools keep it, until its result is sent: a
-    slow job's arguments are shown in ``insights()``)."""
-
-    __slots__ = ("status", "payload", "items", "failed", "arguments")
-
-    def __init__(self, status: int, payload: bytes, items: int = 1, failed: int = 0, arguments: Any = None) -> None:
-        self.status, self.payload, self.items, self.failed, self.arguments = status, payload, items, failed, arguments
+# What a job came to: (status, payload to send, calls made, calls that
+# raised, what it was called with). The arguments are kept, as the stdlib
+# pools keep them, until the result is sent: a slow job's are shown in
+# insights(). A tuple: this is made once per task.
+_Outcome = Tuple[int, bytes, int, int, Any]
 
 
 def _failure(endpoint: _core.WorkerEndpoint, ident: int, exc: BaseException) -> bytes:
@@ -84,25 +79,25 @@ def _run_job(
             # A plain pickle (no arena blocks) is loaded directly: tiny tasks feel every call.
             args, kwargs = loads(payload) if payload.startswith(PICKLE_PROTOCOL_5) else unpack(payload, _arena)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
-            return _Outcome(ERROR, _failure(endpoint, ident, transfer_error("the task's arguments", exc)), 1, 1)
+            return ERROR, _failure(endpoint, ident, transfer_error("the task's arguments", exc)), 1, 1, None
         if _STATS:
             endpoint.args_loaded()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure travels home
             endpoint.call_returned()
-            return _Outcome(ERROR, _failure(endpoint, ident, exc), 1, 1, (args, kwargs))
+            return ERROR, _failure(endpoint, ident, exc), 1, 1, (args, kwargs)
         if _STATS:
             endpoint.call_returned()
         if type(result) in SCALAR_TYPES:
-            return _Outcome(OK, dumps(result, PROTOCOL), 1, 0, (args, kwargs))
+            return OK, dumps(result, PROTOCOL), 1, 0, (args, kwargs)
         status, out = _pickled_result(result)
-        return _Outcome(status, out, 1, 0 if status == OK else 1, (args, kwargs))
+        return status, out, 1, 0 if status == OK else 1, (args, kwargs)
     try:
         chunk = unpack(payload, _arena)
         items = iter(chunk)
     except BaseException as exc:  # noqa: BLE001 - the whole chunk fails, the worker goes on
-        return _Outcome(ERROR, _failure(endpoint, ident, transfer_error("the map's items", exc)), 1, 1)
+        return ERROR, _failure(endpoint, ident, transfer_error("the map's items", exc)), 1, 1, None
     endpoint.args_loaded()
     done = failed = 0  # items sent ahead, and how many of those raised
     results: list[Any] = []
@@ -139,7 +134,7 @@ def _run_job(
     endpoint.call_returned()
     status, out = _pickled_result(results, failures)
     n = len(results)
-    return _Outcome(status, out, done + n, failed + (len(failures) if _pickled(status, failures) else n), chunk)
+    return status, out, done + n, failed + (len(failures) if _pickled(status, failures) else n), chunk
 
 
 def _pickled(status: int, failures: Optional[dict[int, bytes]]) -> bool:
@@ -166,16 +161,16 @@ def _pickled_result(result: Any, failures: Optional[dict[int, bytes]] = None) ->
         return ERROR, dumps_exception(exc)
 
 
-def _arguments_repr(outcome: _Outcome) -> str:
+def _arguments_repr(items: int, arguments: Any) -> str:
     """A slow job's arguments, short: ``f(*args, **kwargs)``'s or a map chunk's items."""
     try:
-        if outcome.arguments is None:
+        if arguments is None:
             return "<arguments not loaded>"
-        if isinstance(outcome.arguments, tuple):
-            args, kwargs = outcome.arguments
+        if isinstance(arguments, tuple):
+            args, kwargs = arguments
             parts = [_REPR.repr(a) for a in args] + [f"{k}={_REPR.repr(v)}" for k, v in kwargs.items()]
             return _shorten("(" + ", ".join(parts) + ")", 110)
-        return _shorten(f"{outcome.items} items: {_REPR.repr(outcome.arguments)}", 110)
+        return _shorten(f"{items} items: {_REPR.repr(arguments)}", 110)
     except Exception:  # noqa: BLE001 - a __repr__ that raises
         return "<arguments without a repr>"
 
@@ -228,18 +223,18 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
         kind, tag, ident, arg, payload = frame
         if kind == JOB:
             start = perf_counter_ns()
-            outcome = _run_job(endpoint, ident, functions[arg], tag, payload)
+            status, out, items, failed, arguments = _run_job(endpoint, ident, functions[arg], tag, payload)
             run_ns = perf_counter_ns() - start
             # Before the result goes: whoever has it sees the stats that include it.
             if run_ns > slow_floor:  # among this worker's slowest jobs so far: keep what it was called with
-                slow_floor = endpoint.note_slow(ident, run_ns, outcome.items, _arguments_repr(outcome))
+                slow_floor = endpoint.note_slow(ident, run_ns, items, _arguments_repr(items, arguments))
             try:
-                endpoint.send_result(ident, outcome.status, run_ns, outcome.payload, outcome.items, outcome.failed)
+                endpoint.send_result(ident, status, run_ns, out, items, failed)
             except MemoryError as exc:
                 # Too big for the ring, and /dev/shm has no room to spill it:
                 # nothing was sent; this task fails with that, the worker goes on.
-                endpoint.send_result(ident, ERROR, run_ns, dumps_exception(exc), outcome.items, outcome.items)
-            del outcome
+                endpoint.send_result(ident, ERROR, run_ns, dumps_exception(exc), items, items)
+            del arguments, out
         elif kind == DEFINE_FUNCTION:
             functions[ident] = loads(payload)
         elif kind == DROP_FUNCTION:
