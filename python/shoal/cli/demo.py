@@ -88,6 +88,7 @@ def main(quick: bool = False) -> int:
     with shoal.Executor(workers) as shoal_ex:
         t, got = _timed(lambda: sum(shoal_ex.map(count_primes, work)))
         shoal_trip = _round_trip_us(lambda i: shoal_ex.submit(tiny, i).result(), trips)
+        insights = shoal_ex.insights()  # what the pool's stats block saw (docs/observability.md)
     rows.append(("shoal.Executor", t, shoal_trip, got))
 
     print(f"{'':22} {'wall time':>10} {'speed-up':>9} {'round trip (median)':>20}  result")
@@ -97,4 +98,6 @@ def main(quick: bool = False) -> int:
     agree = all(r[3] == expected for r in rows)
     print("\nall results agree" if agree else "\nRESULTS DISAGREE")
     print(f"shoal's round trip is {ppe_trip / shoal_trip:.1f}x faster than ProcessPoolExecutor's")
+    print("\nwhat shoal's pool saw (ex.insights(); live: python -m shoal top):")
+    print(insights)
     return 0 if agree else 1
