@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from ..obs.serving import process_exists
+from ..obs.reader import process_exists
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod, RenderableType

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from .serving import BackgroundServer, listen_error, process_exists
+from .reader import process_exists
+from .serving import BackgroundServer, listen_error
 from .snapshot import DURATION_BOUNDS_S, PoolSnapshot, WorkerSnapshot
 
 _log = logging.getLogger("shoal")

@@ -14,7 +14,6 @@ import time
 from typing import Any, Optional
 
 from .. import _core
-from .serving import process_exists
 from .snapshot import POOL_STATES, WORKER_STATES, PoolSnapshot, SlowTask, TaskError, WorkerSnapshot
 
 #: How a slot's last worker ended (ExitCause in stats_block.hpp), as restart_causes names it.
@@ -89,6 +88,17 @@ def snapshot_from_raw(raw: dict[str, Any]) -> PoolSnapshot:
         taken_at=time.monotonic(),
         tracing=raw["trace_on"],
     )
+
+
+def process_exists(pid: int) -> bool:
+    """Whether process `pid` lives (a pool killed with SIGKILL leaves its stats block behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it exists, its pools are not ours to read
+        return True
+    return True
 
 
 def _name(names: tuple[str, ...], value: int) -> str:

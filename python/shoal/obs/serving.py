@@ -1,31 +1,21 @@
 """What the servers of shoal.obs (the dashboard, /metrics) share: a socket
 server run in a daemon thread for as long as the caller holds it, stopped
 (its port freed) by ``close()`` or a ``with`` block; one-line messages for
-an address that cannot be bound; and whether a pool's process still lives.
+an address that cannot be bound.
 """
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import socketserver
 import threading
 from types import TracebackType
-from typing import Optional, TypeVar
+from typing import TYPE_CHECKING, Optional, TypeVar
+
+if TYPE_CHECKING:
+    import socketserver
 
 _log = logging.getLogger("shoal")
 _Self = TypeVar("_Self", bound="BackgroundServer")
-
-
-def process_exists(pid: int) -> bool:
-    """Whether process `pid` lives (a pool killed with SIGKILL leaves its stats block behind)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: it exists, its pools are not ours to read
-        return True
-    return True
 
 
 def listen_error(exc: OSError, host: str, port: int) -> OSError:

@@ -29,7 +29,6 @@ for the pending queue and the arena's use.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import threading
@@ -154,6 +153,8 @@ class Trace:
             for at, pending, arena in _SAMPLE.iter_unpack(s.samples):
                 add(f'{{"ph":"C","name":"pending jobs","pid":{parent},"ts":{us(at)},"args":{{"pending":{pending}}}}}')
                 add(f'{{"ph":"C","name":"arena bytes","pid":{parent},"ts":{us(at)},"args":{{"used":{arena}}}}}')
+        import json  # here: shoal imports this module, and most programs never write a trace
+
         dropped = sum(s.dropped for s in self._sources)
         meta = json.dumps({"tool": "shoal", "dropped_events": dropped, "pools": len(self._sources)})
         tmp = self.path + ".tmp"
@@ -193,6 +194,8 @@ _STATUS = {0: "ok", 1: "raised", 2: "worker lost", 3: "cancelled", 4: "broken", 
 
 
 def _meta(pid: int, tid: int, name: str, value: str, key: str = "name") -> str:
+    import json
+
     return json.dumps({"ph": "M", "pid": pid, "tid": tid, "name": name, "args": {key: value if key == "name" else int(value)}})
 
 
