@@ -307,3 +307,19 @@ def signal_then_wait_for_event(started, event, timeout=60):
     task runs), then waits for `event`."""
     started.release()
     return event.wait(timeout)
+
+
+class LoudRepr:
+    """An argument whose __repr__ must never run in a worker (it would print and raise)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        print("LoudRepr.__repr__ ran", flush=True)
+        raise RuntimeError("__repr__ ran")
+
+
+def value_after(arg, seconds):
+    time.sleep(seconds)
+    return arg.value

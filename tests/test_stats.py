@@ -162,6 +162,14 @@ def test_insights_show_shares_percentiles_slowest_tasks_and_hints(no_leaks):
     assert not any("too small" in h for h in insights.hints), insights.hints
 
 
+def test_a_slow_tasks_arguments_are_shown_without_running_their_repr(no_leaks, capfd):
+    with shoal.Executor(1) as ex:
+        assert ex.submit(tasks.value_after, tasks.LoudRepr(7), 0.05).result() == 7
+        slowest = ex.stats().worker_stats[0].slowest
+    assert slowest and slowest[0].args == "(<tasks.LoudRepr object>, 0.05)"
+    assert "__repr__ ran" not in capfd.readouterr().out
+
+
 def test_insights_say_when_tasks_are_too_small_for_the_pool(no_leaks):
     with shoal.Executor(2) as ex:
         for f in [ex.submit(tasks.square, i) for i in range(3000)]:

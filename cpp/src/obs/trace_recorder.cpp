@@ -1,5 +1,6 @@
 #include "shoal/obs/trace_recorder.hpp"
 
+#include <new>
 #include <utility>
 
 namespace shoal::obs {
@@ -34,20 +35,29 @@ void TraceRecorder::stop() {
   if (thread_.joinable()) thread_.join();
   std::lock_guard lk(mu_);
   block_->header().trace_on.store(0, std::memory_order_relaxed);
-  drain_locked();  // what was pushed before tracing went off
-  sample_locked();
+  try {
+    drain_locked();  // what was pushed before tracing went off
+    sample_locked();
+  } catch (const std::bad_alloc&) {  // no room for the last events: the trace ends without them
+  }
 }
 
 void TraceRecorder::run() {
   std::unique_lock lk(mu_);
-  auto next_sample = std::chrono::steady_clock::now();
-  while (!stopping_) {
-    drain_locked();
-    if (std::chrono::steady_clock::now() >= next_sample) {
-      sample_locked();
-      next_sample += sample_every_;
+  try {
+    auto next_sample = std::chrono::steady_clock::now();
+    while (!stopping_) {
+      drain_locked();
+      if (std::chrono::steady_clock::now() >= next_sample) {
+        sample_locked();
+        next_sample += sample_every_;
+      }
+      wake_.wait_for(lk, drain_every_, [&] { return stopping_; });
     }
-    wake_.wait_for(lk, drain_every_, [&] { return stopping_; });
+  } catch (...) {
+    // Out of memory for the events: the thread must not end the process.
+    // Tracing goes off; what the rings hold then counts as dropped.
+    block_->header().trace_on.store(0, std::memory_order_relaxed);
   }
 }
 

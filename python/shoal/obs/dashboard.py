@@ -87,9 +87,7 @@ def pool_summary(p: PoolSnapshot) -> dict[str, Any]:
         "pid": p.pid,
         "kind": p.kind,
         "label": p.label,
-        # A process killed with SIGKILL leaves its block behind, still
-        # "running": say it is gone rather than show a frozen pool as live.
-        "state": p.state if process_exists(p.pid) else "gone",
+        "state": p.state,  # a pool of a killed process is not listed (list_pools)
         "workers": p.workers,
         "created": p.created,
         "uptime_s": p.uptime_s,

@@ -51,7 +51,7 @@ class _Source:
 
     def __init__(self, engine: "_core.Engine") -> None:
         self.engine = engine
-        self.pool_pid = int(engine.stats_snapshot()["owner_pid"])
+        self.pool_pid = os.getpid()  # a trace records this process's pools
         self.recorder: Optional["_core.TraceRecorder"] = engine.record_trace()
         self.events = b""
         self.samples = b""

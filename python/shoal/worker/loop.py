@@ -44,10 +44,30 @@ PUBLISH_NS = 1_000_000
 # (docs/benchmarks.md): SHOAL_STATS=0 leaves every worker's stats untouched.
 _STATS = os.environ.get("SHOAL_STATS", "1") != "0"
 
-# Bounded reprs (a slow map chunk may hold a million items).
-_REPR = reprlib.Repr()
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 4
-_REPR.maxstring = _REPR.maxother = 40
+class _ArgumentsRepr(reprlib.Repr):
+    """Bounded reprs of a slow job's arguments that run none of the user's
+    code: a stdlib pool never calls __repr__ on arguments, so neither may the
+    stats (it could print, be slow, or raise). Built-in scalars and
+    containers are shown, bounded (a map chunk may hold a million items);
+    numpy arrays by shape and dtype; anything else by its type."""
+
+    _SHOWN = frozenset({int, float, complex, bool, type(None), str, bytes, list, tuple, dict, set, frozenset, range})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 4
+        self.maxstring = self.maxother = 40
+
+    def repr1(self, x: Any, level: int) -> str:
+        kind = type(x)
+        if kind in self._SHOWN:
+            return super().repr1(x, level)
+        if kind.__name__ == "ndarray" and kind.__module__ == "numpy":
+            return f"<ndarray shape={x.shape} dtype={x.dtype}>"
+        return f"<{kind.__module__}.{kind.__qualname__} object>"
+
+
+_REPR = _ArgumentsRepr()
 
 
 def worker_id() -> Optional[int]:
@@ -171,7 +191,7 @@ def _arguments_repr(items: int, arguments: Any) -> str:
             parts = [_REPR.repr(a) for a in args] + [f"{k}={_REPR.repr(v)}" for k, v in kwargs.items()]
             return _shorten("(" + ", ".join(parts) + ")", 110)
         return _shorten(f"{items} items: {_REPR.repr(arguments)}", 110)
-    except Exception:  # noqa: BLE001 - a __repr__ that raises
+    except Exception:  # noqa: BLE001 - e.g. an int too long to convert
         return "<arguments without a repr>"
 
 

@@ -251,8 +251,7 @@ class WorkerStatsWriter {
   void job_done(uint64_t job, uint32_t status, uint64_t run_ns, uint64_t items, uint64_t failed,
                 std::size_t payload_bytes, uint64_t arena_bytes = 0);
   void exiting();
-  // Whether a job of `ns` would be among the slowest kept (then call note_slow).
-  bool is_slow(uint64_t ns) const { return ns > slow_floor(); }
+  // A job longer than this would be among the slowest kept (then call note_slow).
   uint64_t slow_floor() const { return on_ ? w_->slowest_floor_ns.load(std::memory_order_relaxed) : UINT64_MAX; }
   void note_slow(uint64_t job, uint64_t ns, uint64_t items, std::string_view args);
   // Whether an error's text is wanted now: the first few, then a few a second
