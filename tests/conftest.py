@@ -78,3 +78,12 @@ def no_leaks():
         time.sleep(0.02)
     assert child_pids() == [], "worker processes outlived the pool"
     assert shoal_segments_of(os.getpid()) - before == set(), "shared-memory segments leaked"
+
+
+def eventually(check, what, timeout=60.0):
+    """Waits until ``check()`` is true; fails the test saying ``what`` did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)

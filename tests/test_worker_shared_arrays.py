@@ -16,6 +16,7 @@ import pytest
 
 import shoal
 import worker_shared_tasks as wst
+from conftest import eventually
 from shoal.wire import payload as wire
 from shoal.shm.shared_array import Arena, _view_of, in_shared_memory
 
@@ -23,14 +24,6 @@ TIMEOUT = 60
 KiB, MiB = 1 << 10, 1 << 20
 
 SIZES = {"8KiB": 8 * KiB, "1MiB": MiB, "64MiB": 64 * MiB}
-
-
-def eventually(check, what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def gone(pid):

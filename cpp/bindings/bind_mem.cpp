@@ -277,6 +277,26 @@ void bind_mem(nb::module_& m) {
         "Unpickling helper: a view over the block a descriptor names, holding a new reference. Raises "
         "ValueError if the block was freed meanwhile.");
 
+  m.def(
+      "same_bytes",
+      [](nb::handle a, nb::handle b) {
+        Py_buffer x, y;
+        if (PyObject_GetBuffer(a.ptr(), &x, PyBUF_ANY_CONTIGUOUS) != 0) throw nb::python_error();
+        std::unique_ptr<Py_buffer, void (*)(Py_buffer*)> hold_x(&x, PyBuffer_Release);
+        if (PyObject_GetBuffer(b.ptr(), &y, PyBUF_ANY_CONTIGUOUS) != 0) throw nb::python_error();
+        std::unique_ptr<Py_buffer, void (*)(Py_buffer*)> hold_y(&y, PyBuffer_Release);
+        if (x.len != y.len) return false;
+        const auto n = static_cast<std::size_t>(x.len);
+        if (n > kGilHeldCopyLimit) {
+          nb::gil_scoped_release unlocked;  // the buffers stay exported meanwhile
+          return std::memcmp(x.buf, y.buf, n) == 0;
+        }
+        return n == 0 || std::memcmp(x.buf, y.buf, n) == 0;
+      },
+      nb::arg("a"), nb::arg("b"),
+      "Whether two contiguous buffers hold the same bytes (memcmp, without the GIL for big ones): "
+      "a map checks that an array it copied once has not changed since.");
+
   nb::class_<SharedArena>(m, "Arena",
                           "A shared-memory arena of reference-counted blocks (see cpp/include/shoal/mem/arena.hpp).")
       .def_static(

@@ -109,13 +109,19 @@ void EngineImpl::dispatch_locked() {
   }
 }
 
-bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
+bool EngineImpl::send_function_drops_locked(uint32_t slot) {
   Slot& s = slots_[slot];
   while (!s.functions_to_drop.empty()) {
     if (!push_frame_locked(slot, FrameHeader{Kind::drop_function, 0, s.functions_to_drop.back(), 0}, nullptr))
       return false;
     s.functions_to_drop.pop_back();
   }
+  return true;
+}
+
+bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
+  Slot& s = slots_[slot];
+  if (!send_function_drops_locked(slot)) return false;
   if (!s.known_functions.count(job.fn_id)) {
     auto fn = functions_.find(job.fn_id);
     if (fn == functions_.end()) {

@@ -96,6 +96,8 @@ EngineImpl::~EngineImpl() {
     LockGuard lk(mu_);
     ended.swap(ended_arguments_);
     untaken.swap(completions_);
+    for (auto& entry : function_blocks_) ended.push_back(std::move(entry.second));
+    function_blocks_.clear();
   }
   release_ended_arguments(std::move(ended));
   if (options_.drop_owner)
@@ -104,17 +106,36 @@ EngineImpl::~EngineImpl() {
 }
 
 uint64_t EngineImpl::define_function(std::string pickled) {
+  auto blocks = packed::references(pickled);
   LockGuard lk(mu_);
   uint64_t id = next_fn_id_++;
   functions_.emplace(id, Blob(std::move(pickled)));
+  if (!blocks.empty()) function_blocks_.emplace(id, std::move(blocks));
   return id;
 }
 
 void EngineImpl::drop_function(uint64_t fn_id) {
-  LockGuard lk(mu_);
-  if (!functions_.erase(fn_id)) return;
-  for (auto& s : slots_)
-    if (s.known_functions.erase(fn_id)) s.functions_to_drop.push_back(fn_id);
+  std::vector<std::vector<packed::Reference>> ended(1);
+  {
+    LockGuard lk(mu_);
+    if (!functions_.erase(fn_id)) return;
+    if (auto blocks = function_blocks_.find(fn_id); blocks != function_blocks_.end()) {
+      ended[0].swap(blocks->second);
+      function_blocks_.erase(blocks);
+    }
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      Slot& s = slots_[i];
+      if (!s.known_functions.erase(fn_id)) continue;
+      s.functions_to_drop.push_back(fn_id);
+      // Now, not with the worker's next job: an idle worker lets go of what
+      // the function holds (a partial's array in the arena) at once.
+      if (!s.quarantined && !s.retired && s.state == SlotState::alive) (void)send_function_drops_locked(i);
+    }
+  }
+  // A worker that was sent the definition but has not read it yet finds its
+  // blocks gone and fails that function's jobs (TransferError), as for any
+  // payload whose blocks went; the runtime drops only its least recently used.
+  if (!ended[0].empty()) release_ended_arguments(std::move(ended));
 }
 
 uint64_t EngineImpl::submit(uint64_t fn_id, uint32_t tag, std::string payload, int retries, double timeout_s,

@@ -128,6 +128,9 @@ class EngineImpl {
   void dispatch_locked() SHOAL_REQUIRES(mu_);
   bool send_job_locked(uint32_t slot, Job& job) SHOAL_REQUIRES(mu_);
   bool push_frame_locked(uint32_t slot, proto::FrameHeader h, Blob* payload) SHOAL_REQUIRES(mu_);
+  // Tells the slot's worker to forget the functions dropped since its last
+  // frame; false if its inbox is full (they stay queued for its next job).
+  bool send_function_drops_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
   std::size_t prefetch_depth() const SHOAL_REQUIRES(mu_);
 
   // ---- outbox.cpp: worker outboxes -> completions -------------------------
@@ -290,6 +293,10 @@ class EngineImpl {
   // that takes results drops them outside mu_ (~ResultWaiter).
   std::vector<std::vector<packed::Reference>> ended_arguments_ SHOAL_GUARDED_BY(mu_);
   std::unordered_map<uint64_t, Blob> functions_ SHOAL_GUARDED_BY(mu_);
+  // The arena references a function's packed pickle holds (a partial's bound
+  // array): the engine owns them from define_function() until the function is
+  // dropped or the engine ends, as it owns a job's from submit to its end.
+  std::unordered_map<uint64_t, std::vector<packed::Reference>> function_blocks_ SHOAL_GUARDED_BY(mu_);
   uint64_t next_job_id_ SHOAL_GUARDED_BY(mu_) = 1;
   uint64_t next_fn_id_ SHOAL_GUARDED_BY(mu_) = 1;
   bool closing_ SHOAL_GUARDED_BY(mu_) = false;   // no new jobs

@@ -434,6 +434,13 @@ void SharedSegment::unlink() {
   owner_pid_ = 0;
 }
 
+void SharedSegment::prefault_for_write() const {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14; older headers lack it
+#endif
+  if (data_ != nullptr && size_ > 0) (void)::madvise(data_, size_, MADV_POPULATE_WRITE);  // best effort
+}
+
 void SharedSegment::close() {
   unlink();
   if (data_) munmap(data_, size_);

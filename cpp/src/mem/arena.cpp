@@ -871,6 +871,7 @@ Block SharedArena::alloc_dedicated(std::size_t size) {
   SharedSegment seg;
   try {
     seg = make_segment(slot, bytes);
+    seg.prefault_for_write();  // a huge block is made to be filled (store, share)
   } catch (const std::system_error& e) {
     {
       Locked lock(*this);

@@ -22,7 +22,7 @@ from ..errors import BrokenPoolError
 from ..obs.reader import snapshot_from_raw
 from ..obs.snapshot import PoolSnapshot
 from ..obs.trace import Trace
-from ..wire.payload import pack, pack_call
+from ..wire.payload import BufferMemo, is_packed, pack, pack_call, pack_callable, release
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
 from ..worker.cores import cores_config
@@ -176,11 +176,34 @@ class Runtime:
 
     # -- submitting -----------------------------------------------------------
 
-    @staticmethod
-    def prepare(fn: Callable[..., Any]) -> Task:
+    def prepare(self, fn: Callable[..., Any]) -> Task:
         """What a map hands to submit() for each of its chunks: ``fn`` itself
-        if it travels by reference, else its bytes, pickled once now."""
-        return fn if by_reference(fn) else Prepared(dumps_callable(fn))
+        if it travels by reference, else its bytes, pickled once now, with
+        the big buffers bound into it in the arena. It is defined in the
+        engine at once, which from then on owns the arena references."""
+        if by_reference(fn):
+            return fn
+        prepared = Prepared(pack_callable(fn, self._arena))
+        try:
+            self._function_id(prepared)
+        except BaseException:
+            release(prepared.blob, self._arena)
+            raise
+        return prepared
+
+    def forget(self, prepared: Task) -> None:
+        """Drops a packed Prepared's definition once its map has ended: its
+        blocks are that map's alone (a new map packs anew), and the engine
+        releases them now instead of when 256 other functions have pushed it
+        out of the cache."""
+        if type(prepared) is not Prepared or not is_packed(prepared.blob):
+            return
+        with self._lock:
+            entry = self._functions.pop(prepared.blob, None)
+            if self._last_function[0] is prepared:
+                self._last_function = (None, 0)
+        if entry is not None:
+            self._engine.drop_function(entry[1])
 
     def _function_id(self, fn: Task) -> int:
         """The engine's id for ``fn``'s pickle, defined on first use.
@@ -263,11 +286,12 @@ class Runtime:
         """The largest payload that travels inside a ring frame (larger ones are spilled)."""
         return self._engine.inline_payload_limit
 
-    def pack_chunk(self, chunk: list[Any], inband: bool = False) -> bytes:
-        """A map chunk's payload; ``inband``: its buffers inside the pickle (the arena is full)."""
+    def pack_chunk(self, chunk: list[Any], inband: bool = False, memo: Optional[BufferMemo] = None) -> bytes:
+        """A map chunk's payload; ``inband``: its buffers inside the pickle (the
+        arena is full); ``memo``: the map's copies of buffers repeated in its items."""
         if inband:
             return pack(chunk, self._arena, threshold=sys.maxsize, what="map item")
-        return pack(chunk, self._arena, what="map item")
+        return pack(chunk, self._arena, what="map item", memo=memo)
 
     def take_job(self, job_id: int, timeout: Optional[float]) -> bool:
         """Waits until job `job_id` finished (or `timeout` passed) and runs its

@@ -9,6 +9,7 @@ from ..obs.snapshot import PoolSnapshot
 from .outcome import Handler, Payload
 
 if TYPE_CHECKING:
+    from ..wire.payload import BufferMemo
     from .engine import Prepared
 
 #: What a runtime's submit() runs: a callable, or one pickled once for a map's jobs (Runtime.prepare).
@@ -28,10 +29,14 @@ class PoolRuntime(Protocol):
 
     def prepare(self, fn: Callable[..., Any]) -> Task: ...
 
+    def forget(self, prepared: Task) -> None:
+        """A map that prepare()d ``prepared`` has ended: what only it could
+        use (a copy of the buffers bound into its callable) may go."""
+
     def check_usable(self) -> None:
         """Raises BrokenPoolError if the runtime cannot run tasks."""
 
-    def pack_chunk(self, chunk: list[Any], inband: bool = False) -> Payload: ...
+    def pack_chunk(self, chunk: list[Any], inband: bool = False, memo: Optional[BufferMemo] = None) -> Payload: ...
 
     def submit(
         self, fn: Task, tag: int, payload: Payload, handler: Handler, retries: int = 0, timeout: Optional[float] = None

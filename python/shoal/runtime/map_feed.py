@@ -7,7 +7,7 @@ from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
-from ..wire.payload import unpack
+from ..wire.payload import BufferMemo, unpack
 from ..wire.pickling import as_pickling_error, loads_exception, transfer_error
 from ..wire.protocol import ERROR, OK, WORKER_LOST
 from .outcome import INLINE_OK, Payload, decode, log
@@ -110,6 +110,10 @@ class MapFeed:
         self._completion_reported = False
         self._abandoned = False  # nobody will read the results: discard them as they come
         self._stalled: Optional[list[Any]] = None  # a chunk read but waiting for room in the arena
+        # An array repeated in the items (map(f, [image] * n, ks)) is copied
+        # into the arena once for the map, not once per chunk; checked for
+        # changes where the input is lazy (a generator may refill a buffer).
+        self._memo = BufferMemo(verify=total is None)
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], object]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
@@ -172,9 +176,12 @@ class MapFeed:
 
     def _report_if_complete(self) -> None:
         with self._cond:
+            if self._exhausted and self._stalled is None:
+                self._memo.clear()  # every chunk is packed
             if self._completion_reported or not (self._exhausted and self._stalled is None and not self._in_flight):
                 return
             self._completion_reported = True
+        self._runtime.forget(self._fn)  # every chunk has finished: nothing runs it any more
         done = getattr(self._runtime, "_feed_done", None)
         if done is not None:
             done(self)
@@ -207,8 +214,17 @@ class MapFeed:
         finally:
             self._refilling = False
 
+    def _in_flight_limit(self) -> int:
+        if self._run_items or self._fixed_chunk:
+            return self._max_in_flight
+        # Until a chunk reports how long its items take, one chunk per worker:
+        # a map of long tasks would otherwise have cut its whole input into
+        # the first, growing chunks (1, 2, 4, ...) before knowing to keep them
+        # at one item, and end with one worker holding a long chunk.
+        return self._runtime.workers
+
     def _refill_loop(self) -> None:
-        while (self._stalled is not None or not self._exhausted) and not self._closed and len(self._in_flight) < self._max_in_flight:
+        while (self._stalled is not None or not self._exhausted) and not self._closed and len(self._in_flight) < self._in_flight_limit():
             if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
                 return  # the consumer is behind: stop reading ahead
             chunk, self._stalled = self._stalled, None
@@ -219,7 +235,7 @@ class MapFeed:
                     return
             try:
                 try:
-                    payload = self._runtime.pack_chunk(chunk)
+                    payload = self._runtime.pack_chunk(chunk, memo=self._memo)
                 except MemoryError:
                     if self._in_flight:  # the arena is full of this map's own chunks: wait for one to finish
                         self._stalled = chunk
@@ -296,12 +312,13 @@ class MapFeed:
 
     def _done(self, index: int, start: int, count: int, status: int, run_ns: int, payload: Payload) -> None:
         items = self._chunk_items.pop(index, None)
+        if status == OK and count:  # every item ran, in run_ns (results sent ahead or not)
+            self._run_ns = self.DECAY * self._run_ns + run_ns
+            self._run_items = self.DECAY * self._run_items + count
         if type(payload) is tuple and status != INLINE_OK:  # its worker sent results ahead, or died inside it
             self._mended(index, start, _Mending(items, count), 0, count, status, run_ns, payload)
             return
         if status == OK and count:
-            self._run_ns = self.DECAY * self._run_ns + run_ns
-            self._run_items = self.DECAY * self._run_items + count
             self._note_size(len(payload), count)
         values, failures = self._decode_chunk(status, payload, count)  # frees its blocks if dropped
         self._file(index, start, count, values, failures)
@@ -514,6 +531,7 @@ class MapFeed:
             if self._abandoned and not force:
                 return
             self._closed = True
+            self._memo.clear()
             in_flight = list(self._in_flight.values())
             self._cond.notify_all()
         for job_id in in_flight:

@@ -20,6 +20,7 @@ from .outcome import INLINE_ERROR, INLINE_OK, Handler, Payload
 from .options import PoolOptions
 
 if TYPE_CHECKING:
+    from ..wire.payload import BufferMemo
     from .interface import PoolRuntime, Task
 
 
@@ -51,11 +52,15 @@ class SerialRuntime:
         self._function_id(fn)
         return fn
 
+    @staticmethod
+    def forget(prepared: Task) -> None:
+        pass  # nothing was copied
+
     def check_usable(self) -> None:
         pass
 
     @staticmethod
-    def pack_chunk(chunk: list[Any], inband: bool = False) -> list[Any]:
+    def pack_chunk(chunk: list[Any], inband: bool = False, memo: Optional[BufferMemo] = None) -> list[Any]:
         return chunk
 
     def submit(

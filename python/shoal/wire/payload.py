@@ -67,16 +67,17 @@ from __future__ import annotations
 
 import pickle
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 from .. import _core
 from ..shm.arena import attach_all, default_arena, track
-from .pickling import cloudpickle_dumps
+from .pickling import cloudpickle_dumps, dumps_callable
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12 on
 
-__all__ = ["DEFAULT_THRESHOLD", "pack", "unpack", "release", "blocks", "is_packed"]
+__all__ = ["DEFAULT_THRESHOLD", "BufferMemo", "pack", "pack_callable", "unpack", "release", "blocks", "is_packed"]
 
 #: Buffers of at least this many bytes go to the arena; smaller ones stay in the pickle.
 DEFAULT_THRESHOLD: int = 64 * 1024
@@ -126,13 +127,101 @@ class _Probe:
         self.clean = False
 
 
+class BufferMemo:
+    """The big buffers one map has copied into the arena, by the object that
+    exports them: an array repeated in many items (``map(f, [image] * n, ks)``)
+    is copied once, and every later chunk's payload takes a reference on that
+    block instead of a copy of its own.
+
+    The memo holds no memory: a copy lives as long as some payload holds it
+    (a chunk in flight), and an object met again after its copy was freed is
+    copied anew. Its entries are weak (a map over fresh arrays keeps none
+    alive), at most ``SIZE`` of them, the most recently used.
+
+    Never stale: with ``verify``, an object met again is compared with its
+    copy first (memcmp without the GIL: a fraction of a copy into fresh
+    shared pages, but on the caller's CPU), and one whose bytes changed (a
+    generator that refills one buffer between items) is copied anew. A map
+    whose input is all there when it is called (a list: it has a length)
+    needs no check: its items go as they were when the map began, as the
+    stdlib pickles them some time after the call. Only within one map; each
+    separate submit copies. Thread-safe.
+    """
+
+    SIZE = 8
+
+    def __init__(self, verify: bool = True) -> None:
+        self._verify = verify
+        self._lock = threading.Lock()
+        # id(exporter) -> (weak reference to it, the copy: block, view offset, view length)
+        self._copies: dict[int, Tuple[weakref.ref[Any], _core.Block, int, int]] = {}
+
+    def take(self, arena: _core.Arena, exporter: object, raw: memoryview) -> Optional[_Shared]:
+        """A reference for a payload on the copy of ``exporter``'s buffer
+        ``raw`` (disowned, as a payload's are), if one is still live and holds
+        the same bytes; None if it must be copied."""
+        key = id(exporter)
+        with self._lock:
+            entry = self._copies.get(key)
+            if entry is None or entry[0]() is not exporter or entry[3] != raw.nbytes:
+                return None
+            self._copies[key] = self._copies.pop(key)  # most recently used last
+        _, block, offset, length = entry
+        if not arena.try_retain(block):
+            return None  # every payload that held it has ended: it was freed
+        if self._verify:
+            copy = arena.view(block, offset=offset, length=length)
+            same = _core.same_bytes(raw, copy)
+            copy.close()
+            if not same:  # refilled since: the item goes as it is now
+                arena.release(block)
+                return None
+        arena.disown(block)
+        return _Shared(block, offset, length)
+
+    def remember(self, exporter: object, view: _core.BlockView) -> None:
+        """``view`` (a payload's, about to be detached into it) is the copy of ``exporter``'s buffer."""
+        key = id(exporter)
+        try:
+            ref = weakref.ref(exporter, lambda _, key=key: self._forget(key))  # type: ignore[misc]
+        except TypeError:  # no weak references to it: its id could be reused after it dies
+            return
+        with self._lock:
+            self._copies.pop(key, None)
+            self._copies[key] = (ref, view.block, view.offset, view.nbytes)
+            while len(self._copies) > self.SIZE:
+                del self._copies[next(iter(self._copies))]
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._copies.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._copies.clear()
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+
+class _Shared:
+    """A buffer of this payload whose block another payload made: this one
+    holds its own, disowned reference on it."""
+
+    __slots__ = ("block", "offset", "length")
+
+    def __init__(self, block: _core.Block, offset: int, length: int) -> None:
+        self.block, self.offset, self.length = block, offset, length
+
+
 class _Packing:
     """One pack() call: the blocks it made and the references it took."""
 
-    def __init__(self, arena: _core.Arena, threshold: int) -> None:
+    def __init__(self, arena: _core.Arena, threshold: int, memo: Optional[BufferMemo] = None) -> None:
         self.arena = arena
         self.threshold = threshold
-        self.views: List[_core.BlockView] = []  # the copies
+        self.memo = memo
+        self.views: List[Union[_core.BlockView, _Shared]] = []  # the copies, in the pickle's order
         self.held: List[Tuple[_core.Arena, _core.Block]] = []  # references taken for SharedArrays
 
     def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
@@ -144,7 +233,14 @@ class _Packing:
         if raw.nbytes < self.threshold:
             return True
         try:
-            self.views.append(self.arena.store(raw))
+            shared = None if self.memo is None else self.memo.take(self.arena, raw.obj, raw)
+            if shared is not None:
+                self.views.append(shared)
+            else:
+                copy = self.arena.store(raw)
+                self.views.append(copy)
+                if self.memo is not None:
+                    self.memo.remember(raw.obj, copy)
         except Exception as error:  # noqa: BLE001
             raise _ArenaFailure(error) from None
         return False
@@ -156,7 +252,11 @@ class _Packing:
         self.held.append((arena, block))
 
     def discard(self) -> None:
-        self.views.clear()  # each view releases its block
+        views, self.views = self.views, []
+        for view in views:
+            if isinstance(view, _Shared):
+                self.arena.release_disowned(view.block)
+        views.clear()  # each BlockView releases its block
         held, self.held = self.held, []
         for arena, block in held:
             # Disowned in hold(): release() would take the pin of the SharedArray being pickled.
@@ -169,8 +269,11 @@ class _Packing:
         index = {self.arena.name: 0}
         entries: List[Entry] = []
         for view in self.views:
-            offset, length = view.offset, view.nbytes
-            entries.append((0, BUFFER, view.detach(), offset, length))
+            if isinstance(view, _Shared):
+                entries.append((0, BUFFER, view.block, view.offset, view.length))
+            else:
+                offset, length = view.offset, view.nbytes
+                entries.append((0, BUFFER, view.detach(), offset, length))
         self.views.clear()
         for arena, block in self.held:
             i = index.setdefault(arena.name, len(names))
@@ -240,11 +343,20 @@ def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any], arena: Optional[_co
     return pack((args, kwargs), arena)
 
 
-def pack(obj: Any, arena: Optional[_core.Arena] = None, threshold: int = DEFAULT_THRESHOLD, *, what: str = "argument") -> bytes:
+def pack(
+    obj: Any,
+    arena: Optional[_core.Arena] = None,
+    threshold: int = DEFAULT_THRESHOLD,
+    *,
+    what: str = "argument",
+    memo: Optional[BufferMemo] = None,
+) -> bytes:
     """Pickles ``obj`` (protocol 5; cloudpickle where plain pickle cannot),
     moving every out-of-band buffer of at least ``threshold`` bytes into
     ``arena`` (the process's default arena if None). Returns the payload, which
     owns one reference on each block it lists (see the module's docs).
+    ``memo``: a buffer some earlier pack() with the same memo copied is not
+    copied again (see BufferMemo); ``arena`` must be the same in every call.
 
     Raises:
         whatever the pickler raised (PicklingError, TypeError, ...) if ``obj``
@@ -275,7 +387,7 @@ def pack(obj: Any, arena: Optional[_core.Arena] = None, threshold: int = DEFAULT
         return pickled
     if arena is None:
         arena = default_arena()
-    state = _Packing(arena, threshold)
+    state = _Packing(arena, threshold, memo)
     stack.append(state)
     try:
         try:
@@ -293,6 +405,31 @@ def pack(obj: Any, arena: Optional[_core.Arena] = None, threshold: int = DEFAULT
                     error.add_note(f"shoal could not pickle {what} {_describe(obj)} to send it to another process")
                 raise
         return state.finish(pickled)
+    except _ArenaFailure as failure:
+        state.discard()
+        raise failure.error from None
+    except BaseException:
+        state.discard()
+        raise
+    finally:
+        stack.pop()
+
+
+def pack_callable(fn: Any, arena: Optional[_core.Arena] = None) -> bytes:
+    """``dumps_callable(fn)`` with its big buffers in ``arena``: a callable that
+    binds an array (``functools.partial(f, image)``) is copied into shared
+    memory once, and each worker maps it instead of unpickling a copy. The
+    payload owns references as pack()'s does (a pool's engine keeps them for
+    as long as the function is defined)."""
+    if arena is None:
+        arena = default_arena()
+    state = _Packing(arena, DEFAULT_THRESHOLD)
+    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(state)  # a SharedArray bound into fn is held by the payload too
+    try:
+        return state.finish(dumps_callable(fn, state.buffer_callback))
     except _ArenaFailure as failure:
         state.discard()
         raise failure.error from None

@@ -128,9 +128,9 @@ def cloudpickle_dumps(obj: Any, buffer_callback: Optional[BufferCallback] = None
 # --- callables and other payloads ---------------------------------------------
 
 
-def _by_value(obj: Any, what: str) -> bytes:
+def _by_value(obj: Any, what: str, buffer_callback: Optional[Callable[[pickle.PickleBuffer], Any]] = None) -> bytes:
     try:
-        return cloudpickle_dumps(obj)
+        return cloudpickle_dumps(obj, buffer_callback)
     except Exception as error:
         _note(error, f"when pickling {what} {_describe(obj)}")
         raise
@@ -141,13 +141,13 @@ def _note(error: BaseException, text: str) -> None:
         error.add_note(text)
 
 
-def dumps(obj: Any, what: str = "argument") -> bytes:
+def dumps(obj: Any, what: str = "argument", buffer_callback: Optional[Callable[[pickle.PickleBuffer], Any]] = None) -> bytes:
     """Pickle `obj` (cloudpickle if plain pickle cannot); a failure is the
     pickler's own exception, with a note saying what could not be pickled."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except Exception:
-        return _by_value(obj, what)
+        return _by_value(obj, what, buffer_callback)
 
 
 def by_reference(fn: object) -> bool:
@@ -172,14 +172,15 @@ def by_reference(fn: object) -> bool:
         return False
 
 
-def dumps_callable(fn: object) -> bytes:
+def dumps_callable(fn: object, buffer_callback: Optional[Callable[[pickle.PickleBuffer], Any]] = None) -> bytes:
     """Pickle a task's callable: by reference what the worker can import,
-    ``__main__`` objects as main references, the rest by value."""
+    ``__main__`` objects as main references, the rest by value.
+    ``buffer_callback``: pickle's, for out-of-band buffers (payload.pack_callable)."""
     if not callable(fn):
         raise TypeError(f"{_describe(fn)} is not callable")
     if getattr(fn, "__module__", None) == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
-        return _by_value(fn, "the callable")
-    return dumps(fn, "the callable")
+        return _by_value(fn, "the callable", buffer_callback)
+    return dumps(fn, "the callable", buffer_callback)
 
 
 def exception_text(exc: BaseException) -> str:

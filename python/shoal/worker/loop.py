@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from .. import _core
 from ..shm.arena import pin_arenas, set_worker_arena
-from ..wire.payload import PROTOCOL, SCALAR_TYPES, pack, release, unpack
+from ..wire.payload import PROTOCOL, SCALAR_TYPES, is_packed, pack, release, unpack
 from ..wire.pickling import (
     PICKLE_PROTOCOL_5,
     as_pickling_error,
@@ -89,6 +89,24 @@ def _failure(endpoint: _core.WorkerEndpoint, ident: int, exc: BaseException) -> 
     if endpoint.wants_error():
         endpoint.note_error(ident, tb)
     return dumps_exception(exc, tb)
+
+
+def _load_function(payload: bytes) -> Callable[..., Any]:
+    """A definition's callable; one that cannot be loaded here becomes a
+    callable raising why, so each of its tasks fails with that (TransferError)
+    and the worker goes on."""
+    try:
+        # Packed: a callable with big buffers bound into it (a partial of an
+        # array), over the arena's blocks for as long as it is defined here.
+        fn: Callable[..., Any] = unpack(payload, _arena) if is_packed(payload) else loads(payload)
+        return fn
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a __setstate__ included
+        error = transfer_error("the task's function", exc)
+
+        def unloadable(*args: Any, **kwargs: Any) -> Any:
+            raise error
+
+        return unloadable
 
 
 def _run_job(
@@ -256,7 +274,7 @@ def serve(segment: str, slot: int, arena: str, startup_error: str = "") -> None:
                 endpoint.send_result(ident, ERROR, run_ns, dumps_exception(exc), items, items)
             del arguments, out
         elif kind == DEFINE_FUNCTION:
-            functions[ident] = loads(payload)
+            functions[ident] = _load_function(payload)
         elif kind == DROP_FUNCTION:
             functions.pop(ident, None)
         elif kind == INITIALIZE:
