@@ -5,6 +5,12 @@
     python -m bench --workers 1,2,4 --scenarios cpu_10ms,balance   # a scaling run
     python -m bench --libs shoal,ProcessPoolExecutor --scenarios latency
     python -m bench --report bench/results/latest-full.json        # re-render docs from saved results
+    python -m bench --load 2 --scenarios latency,submit_100k --libs shoal,ProcessPoolExecutor
+
+--load N measures under load: one busy process per N usable CPUs (bench/load.py),
+each pinned to its own CPU, for the whole run. A loaded run is kept apart from the
+idle ones: it writes bench/results/<time>-<kind>-loaded.json (and
+latest-<kind>-loaded.json) and does not write docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import sys
 import time
 
 from .harness import run_suite
+from .load import describe, plan_cpus
 from .peers import DEFAULT_LIBS, STDLIB
 from .report import console_summary, render, write_doc, write_images
 from .scenarios import SCENARIOS
@@ -37,8 +44,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", default=None,
                     help="comma-separated scenarios (default: all): " + ",".join(s.name for s in SCENARIOS))
     ap.add_argument("--limit", type=float, default=None, help="seconds per library and scenario (default 120; quick 40)")
-    ap.add_argument("--out", default=None, help="raw results JSON (default bench/results/<time>-<kind>.json)")
+    ap.add_argument("--out", default=None, help="raw results JSON (default bench/results/<time>-<kind>.json; "
+                                                "loaded: <time>-<kind>-loaded.json)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and docs/img/")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="keep one busy process per N usable CPUs running, each pinned to its own CPU "
+                         "(default 0: off); implies --no-docs")
     ap.add_argument("--report", nargs="+", metavar="JSON",
                     help="only render docs from saved results (a main run, optionally a scaling run)")
     args = ap.parse_args(argv)
@@ -63,13 +74,19 @@ def main(argv=None) -> int:
     workers = [int(w) for w in _csv(args.workers)]
     repeats = args.repeats or (1 if args.quick else 5)
     limit = args.limit or (40.0 if args.quick else 120.0)
+    if args.load < 0:
+        ap.error("--load must be 0 (off) or a positive number of CPUs per busy process")
 
     t0 = time.monotonic()
     print(f"bench: {'quick' if args.quick else 'full'} run, libraries {', '.join(libs)}; workers {workers}; "
-          f"{repeats} repeat(s); limit {limit:.0f} s per library and scenario", flush=True)
-    result = run_suite(libs, names, workers, repeats, args.quick, limit, log=lambda m: print(m, flush=True))
+          f"{repeats} repeat(s); limit {limit:.0f} s per library and scenario"
+          + (f"; loaded: {describe(args.load, plan_cpus(args.load))}" if args.load else ""), flush=True)
+    result = run_suite(libs, names, workers, repeats, args.quick, limit, log=lambda m: print(m, flush=True),
+                       load_per_cpus=args.load)
 
     kind = result["kind"] if len(workers) == 1 else "scaling"
+    if args.load:
+        kind += "-loaded"  # never latest-full.json: that is the docs' idle main run
     os.makedirs(RESULTS, exist_ok=True)
     out = args.out or os.path.join(RESULTS, time.strftime("%Y%m%d-%H%M%S") + f"-{kind}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -81,7 +98,9 @@ def main(argv=None) -> int:
     print(console_summary(result))
     print(f"\nraw results: {out}")
 
-    if not args.quick and not args.no_docs:
+    if args.load and not args.quick and not args.no_docs:
+        print("loaded run: docs/benchmarks.md not written (it shows the idle runs)")
+    elif not args.quick and not args.no_docs:
         if kind == "scaling":
             main_path = os.path.join(RESULTS, "latest-full.json")
             if os.path.exists(main_path):

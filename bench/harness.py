@@ -8,6 +8,10 @@ turn (start-up first, while the process is fresh); a scenario that exceeds its
 time limit gets the process tree killed, is reported "timeout", and the
 process is started again for the remaining scenarios. A library that failed
 or timed out in a scenario is not run again in that scenario's later repeats.
+
+With ``load_per_cpus`` (``--load N``) busy processes (bench/load.py) keep CPUs
+loaded for the whole run, warm-ups included, so every library meets the same
+load.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import time
 from typing import Any, Optional
 
 from .child import MARK
+from .load import busy_cpus
 from .peers import ADAPTERS, check_available
 from .scenarios import BY_NAME, SCENARIOS, _tree
 
@@ -209,7 +214,7 @@ def run_batch(lib: str, scenarios: list, workers: int, quick: bool, limit_s: flo
 
 def runs(lib: str, sc) -> bool:
     """Whether ``lib`` takes part in scenario ``sc``."""
-    if lib == "shoal+SharedArray":
+    if lib in ("shoal+SharedArray", "shoal+fork"):
         return sc.name == "shared_image"  # everything else is plain shoal
     return sc.libs is None or lib in sc.libs
 
@@ -248,7 +253,7 @@ def shoal_revision() -> str:
 
 
 def run_suite(libs: list, scenario_names: list, workers_list: list, repeats: int, quick: bool,
-              limit_s: float, log=print) -> dict:
+              limit_s: float, log=print, load_per_cpus: int = 0) -> dict:
     started = time.time()
     t_start = time.monotonic()
     revision_at_start = shoal_revision()
@@ -266,32 +271,33 @@ def run_suite(libs: list, scenario_names: list, workers_list: list, repeats: int
     # start-up first: it must see a fresh process
     scen.sort(key=lambda s: not s.fresh_process)
     failed: set = set()  # (lib, scenario, workers) that failed or timed out: not repeated
-    load = [os.getloadavg()[0]]
-    for workers in workers_list:
-        for rep in range(repeats):
-            others = [lib for lib in run_libs if lib != "serial"]
-            k = rep % len(others) if others else 0
-            order = (["serial"] if "serial" in run_libs else []) + others[k:] + others[:k]
-            log(f"[workers={workers} repeat {rep + 1}/{repeats}] load {os.getloadavg()[0]:.2f}  "
-                f"elapsed {time.monotonic() - t_start:.0f} s")
-            for lib in order:
-                todo = [s.name for s in scen if runs(lib, s) and (lib, s.name, workers) not in failed]
-                if lib == "serial" and rep > 0:
-                    # the reference needs one run; only the speed-up comparison needs its timing
-                    todo = [n for n in todo if n in SERIAL_REPEATED]
-                if not todo:
-                    continue
-                t0 = time.monotonic()
+    with busy_cpus(load_per_cpus) as busy:
+        load = [os.getloadavg()[0]]
+        for workers in workers_list:
+            for rep in range(repeats):
+                others = [lib for lib in run_libs if lib != "serial"]
+                k = rep % len(others) if others else 0
+                order = (["serial"] if "serial" in run_libs else []) + others[k:] + others[:k]
+                log(f"[workers={workers} repeat {rep + 1}/{repeats}] load {os.getloadavg()[0]:.2f}  "
+                    f"elapsed {time.monotonic() - t_start:.0f} s")
+                for lib in order:
+                    todo = [s.name for s in scen if runs(lib, s) and (lib, s.name, workers) not in failed]
+                    if lib == "serial" and rep > 0:
+                        # the reference needs one run; only the speed-up comparison needs its timing
+                        todo = [n for n in todo if n in SERIAL_REPEATED]
+                    if not todo:
+                        continue
+                    t0 = time.monotonic()
 
-                def on_result(name: str, rec: dict, lib=lib, workers=workers, rep=rep) -> None:
-                    rec.update(lib=lib, scenario=name, workers=workers, repeat=rep)
-                    records.append(rec)
-                    if rec["status"] not in ("ok", "n/a"):
-                        failed.add((lib, name, workers))
+                    def on_result(name: str, rec: dict, lib=lib, workers=workers, rep=rep) -> None:
+                        rec.update(lib=lib, scenario=name, workers=workers, repeat=rep)
+                        records.append(rec)
+                        if rec["status"] not in ("ok", "n/a"):
+                            failed.add((lib, name, workers))
 
-                run_batch(lib, todo, workers, quick, limit_s, log, on_result)
-                log(f"  {lib:<22} {time.monotonic() - t0:6.1f} s")
-            load.append(os.getloadavg()[0])
+                    run_batch(lib, todo, workers, quick, limit_s, log, on_result)
+                    log(f"  {lib:<22} {time.monotonic() - t0:6.1f} s")
+                load.append(os.getloadavg()[0])
     result = {
         "kind": "quick" if quick else "full",
         "started": started,
@@ -299,6 +305,7 @@ def run_suite(libs: list, scenario_names: list, workers_list: list, repeats: int
         "machine": machine_info(),
         "shoal_revision": [revision_at_start, shoal_revision()],
         "load_1min": load,
+        "load": {"per_cpus": load_per_cpus, "hogs": len(busy), "cpus": busy},
         "workers": workers_list,
         "repeats": repeats,
         "limit_s": limit_s,

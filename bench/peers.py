@@ -203,11 +203,11 @@ class Shoal(Adapter):
         return _FuturesPool(shoal.Executor(self.workers, initializer=initializer, initargs=initargs), self.workers)
 
     def share_filters(self, image, ks):
-        # No SharedArray: the image is an argument of every task. shoal sends
-        # large buffers out of band through its shared-memory arena.
+        # No SharedArray, the natural code: the same image in every item of
+        # one map. shoal copies it into its shared-memory arena once for the
+        # map (not once per task) and each task maps it.
         with self.open() as pool:
-            futs = [pool.ex.submit(work.filter_image, image, k) for k in ks]
-            return [f.result() for f in futs]
+            return list(pool.ex.map(work.filter_image, [image] * len(ks), ks))
 
 
 class ShoalSharedArray(Shoal):
@@ -237,6 +237,19 @@ class ShoalSharedArray(Shoal):
         finally:
             if hasattr(shared, "close"):
                 shared.close()
+
+
+class ShoalFork(Shoal):
+    """shoal.Pool with ``start_method="fork"`` and the image in the
+    initializer, as multiprocessing users write it (only scenario 3)."""
+
+    name = "shoal+fork"
+
+    def share_filters(self, image, ks):
+        import shoal
+
+        with shoal.Pool(self.workers, work.set_image, (image,), start_method="fork") as pool:
+            return pool.map(work.filter_global, ks)
 
 
 class ProcessPoolExecutor(Adapter):
@@ -670,11 +683,11 @@ class Ray(Adapter):
 
 ADAPTERS: dict[str, type] = {
     a.name: a
-    for a in (Serial, Shoal, ShoalSharedArray, MultiprocessingPool, ProcessPoolExecutor, Joblib, Loky, Mpire, Dask, Ray)
+    for a in (Serial, Shoal, ShoalSharedArray, ShoalFork, MultiprocessingPool, ProcessPoolExecutor, Joblib, Loky, Mpire, Dask, Ray)
 }
 #: the libraries of a normal run, in table order (serial is the reference)
 DEFAULT_LIBS = [
-    "serial", "shoal", "shoal+SharedArray", "multiprocessing.Pool", "ProcessPoolExecutor",
+    "serial", "shoal", "shoal+SharedArray", "shoal+fork", "multiprocessing.Pool", "ProcessPoolExecutor",
     "joblib", "loky", "mpire", "dask", "ray",
 ]
 

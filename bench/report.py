@@ -7,6 +7,7 @@ import os
 import statistics
 from typing import Any, Optional
 
+from .load import describe
 from .peers import DEFAULT_LIBS, STDLIB
 from .scenarios import BY_NAME, SCENARIOS
 
@@ -19,6 +20,7 @@ SHORT = {
     "multiprocessing.Pool": "mp.Pool",
     "ProcessPoolExecutor": "PPE",
     "shoal+SharedArray": "shoal+SA",
+    "shoal+fork": "shoal+fork",
 }
 
 #: The pool issue's targets: (scenario, measure, peer, target factor, what the factor means)
@@ -360,7 +362,7 @@ def losses(result: dict, agg: dict, workers: int) -> list:
                 continue
             best = None
             for lib in libs_in(result):
-                if lib in ("shoal", "serial", "shoal+SharedArray"):
+                if lib in ("shoal", "serial", "shoal+SharedArray", "shoal+fork"):
                     continue
                 v = _value(agg, sc.name, workers, lib, ms.key)
                 if v is None:
@@ -371,6 +373,16 @@ def losses(result: dict, agg: dict, workers: int) -> list:
             if best is not None:
                 out.append((sc, ms, best[0], best[1], s[0]))
     return out
+
+
+def load_note(result: dict) -> str:
+    """The heading's "Loaded: ..." sentence for a run measured under --load
+    (empty for an idle run, or one from before --load existed): its numbers
+    are not comparable to an idle run's, and the heading must say so."""
+    load = result.get("load") or {}
+    if not load.get("cpus"):
+        return ""
+    return f" Loaded: {describe(load['per_cpus'], load['cpus'])}, for the whole run, warm-ups included."
 
 
 def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] = None) -> str:
@@ -388,7 +400,7 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
     loads = result.get("load_1min", [])
     parts = []
     if result["kind"] == "quick":
-        parts.append("Quick run: results checked only, no timing claims.\n")
+        parts.append(f"Quick run: results checked only, no timing claims.{load_note(result)}\n")
         parts.append(correctness_table(result, agg, workers))
         return "\n".join(parts) + "\n"
     parts.append("## Process pools side by side (`python -m bench`)\n")
@@ -398,7 +410,8 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
         f"{result['repeats']} repeats interleaved across libraries (median [min–max]), a {result['limit_s']:.0f} s "
         f"limit per library and scenario; the whole run took {result['duration_s'] / 60:.1f} min. "
         f"1-minute load average during the run: {min(loads):.2f}–{max(loads):.2f} "
-        f"(other work shared the machine at times: treat differences under ~20 % as noise).\n")
+        f"(other work shared the machine at times: treat differences under ~20 % as noise)."
+        f"{load_note(result)}\n")
     rev = result.get("shoal_revision")
     if rev:
         same = rev[0] == rev[-1]
@@ -475,7 +488,7 @@ def render(result: dict, scaling: Optional[dict] = None, images: Optional[dict] 
 
 
 COLORS = {
-    "shoal": "#d62728", "shoal+SharedArray": "#ff9896", "serial": "#7f7f7f",
+    "shoal": "#d62728", "shoal+SharedArray": "#ff9896", "shoal+fork": "#ffbb78", "serial": "#7f7f7f",
     "multiprocessing.Pool": "#1f77b4", "ProcessPoolExecutor": "#aec7e8", "joblib": "#2ca02c",
     "loky": "#98df8a", "mpire": "#9467bd", "dask": "#8c564b", "ray": "#e377c2",
 }
