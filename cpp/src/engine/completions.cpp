@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "engine/engine_impl.hpp"
+#include "shoal/base/spin.hpp"
 
 namespace shoal {
 
@@ -136,6 +137,13 @@ bool EngineImpl::collect(std::vector<Completion>& out, const Deadline& deadline)
   }
 }
 
+uint32_t EngineImpl::cpu_of_job_locked(uint64_t job_id) const {
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    for (const Job& job : slots_[i].in_flight)
+      if (job.id == job_id) return layout_.status(i).cpu.load(std::memory_order_relaxed);
+  return 0;  // queued: no worker has it yet
+}
+
 bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::optional<Completion>& out) {
   auto& bell = layout_.header().doorbell;
   // While a caller waits here, it drains the outboxes and the engine thread
@@ -158,11 +166,13 @@ bool EngineImpl::wait_for(uint64_t job_id, const Deadline& deadline, std::option
     if (stopped_ || !unfinished_locked(job_id)) return false;
     if (deadline.expired()) return true;
     const bool leftovers = !left_for_collector_.load() && collectable_locked();
+    const bool poll = worth_polling_for(cpu_of_job_locked(job_id));
     lk.unlock();
     if (leftovers) announce_completions();
     // Every completion rings the doorbell (a worker's result, or an
     // announcement); the short slices are only a safety net.
-    bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick));
+    bell.wait_until([&] { return bell.seq.load(std::memory_order_seq_cst) != seen; }, deadline.capped(kLimitTick),
+                    poll);
     lk.lock();
   }
 }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "shoal/base/errors.hpp"
+#include "shoal/base/spin.hpp"
 #include "engine/engine_impl.hpp"
 
 namespace shoal {
@@ -143,6 +144,7 @@ bool EngineImpl::send_job_locked(uint32_t slot, Job& job) {
 
 bool EngineImpl::push_frame_locked(uint32_t slot, FrameHeader h, Blob* payload) {
   Slot& s = slots_[slot];
+  layout_.status(slot).parent_cpu.store(cpu_hint(), std::memory_order_relaxed);
   std::string_view body;
   if (payload) {
     body = payload->wire(proto::inline_payload_limit(s.inbox.max_frame()));

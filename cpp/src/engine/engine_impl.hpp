@@ -131,6 +131,8 @@ class EngineImpl {
   // Tells the slot's worker to forget the functions dropped since its last
   // frame; false if its inbox is full (they stay queued for its next job).
   bool send_function_drops_locked(uint32_t slot) SHOAL_REQUIRES(mu_);
+  // The cpu_hint() of the worker that holds `job_id` (0: none, or not known).
+  uint32_t cpu_of_job_locked(uint64_t job_id) const SHOAL_REQUIRES(mu_);
   std::size_t prefetch_depth() const SHOAL_REQUIRES(mu_);
 
   // ---- outbox.cpp: worker outboxes -> completions -------------------------

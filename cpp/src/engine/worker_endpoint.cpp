@@ -57,6 +57,7 @@ pid_t WorkerEndpoint::owner_of(const std::string& segment_name) {
 uint64_t WorkerEndpoint::mark_running(uint64_t job_id) {
   const uint64_t now = obs::monotonic_ns();
   SlotStatus& st = layout_.status(slot_);
+  st.cpu.store(cpu_hint(), std::memory_order_relaxed);
   st.started_ns.store(now, std::memory_order_relaxed);
   st.running_item.store(0, std::memory_order_relaxed);
   st.running_job.store(job_id, std::memory_order_seq_cst);
@@ -163,6 +164,10 @@ bool WorkerEndpoint::send_partial(uint64_t job_id, proto::Status status, uint64_
   const std::initializer_list<SpscRing::Bytes> parts{std::as_bytes(std::span(&h, 1)),
                                                     std::as_bytes(std::span(payload.data(), payload.size()))};
   try {
+    // No doorbell: results sent ahead wait in the outbox for the job's own
+    // result (which rings it), or for the parent to drain the outbox of a
+    // worker that died. Waking the parent for each would cost it a wake-up
+    // and a poll per item of a long chunk, on CPUs the workers need.
     if (outbox_.try_push(parts)) return true;
     // Full: the parent must drain it, and it only looks when woken.
     layout_.header().doorbell.notify_all();
@@ -174,7 +179,6 @@ bool WorkerEndpoint::send_partial(uint64_t job_id, proto::Status status, uint64_
     throw CorruptFrameError("the pool's shared memory was corrupted: " + worker_name() + " found its outbox corrupt (" +
                             e.what() + "); this worker exits");
   }
-  layout_.header().doorbell.notify_all();
   return true;
 }
 

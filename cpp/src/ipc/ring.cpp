@@ -102,9 +102,9 @@ bool SpscRing::push_span(std::span<const Bytes> parts, const Deadline* deadline)
   return true;
 }
 
-bool SpscRing::wait_readable(const Deadline& deadline) {
+bool SpscRing::wait_readable(const Deadline& deadline, bool poll) {
   auto ready = [&] { return !empty() || is_closed(); };
-  if (!hdr_->readable.wait_until(ready, deadline)) return false;
+  if (!hdr_->readable.wait_until(ready, deadline, poll)) return false;
   if (empty()) throw ClosedError("ring is closed");
   return true;
 }

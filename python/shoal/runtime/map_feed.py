@@ -53,6 +53,7 @@ class MapFeed:
     """
 
     TARGET_CHUNK_NS = 5_000_000  # ~5 ms of work per chunk amortises the per-chunk cost
+    MAX_CHUNK_NS = 50_000_000  # chunks of a known input's middle, far from its end
     # Chunks and their results stay this far under the size that travels
     # inline in the ring: a spilled payload gets a segment of its own, and
     # both processes fault in every page of it.
@@ -197,7 +198,17 @@ class MapFeed:
             size = self._growth  # 1, 2, 4, ... until a chunk reports its time
             self._growth = min(self._growth * 2, 64)
         else:
-            size = int(self.TARGET_CHUNK_NS * self._run_items / max(self._run_ns, 1.0))
+            per_item_ns = max(self._run_ns, 1.0) / self._run_items
+            target_ns = float(self.TARGET_CHUNK_NS)
+            if self._remaining is not None:
+                # Guided: while much work remains, longer chunks cut what the
+                # caller does per chunk (a wake-up, a result to file, a chunk to
+                # pack), on CPUs the workers need; they shrink towards the
+                # target as the end nears, so no worker idles at the end while
+                # another still holds a long chunk.
+                guided_ns = per_item_ns * self._remaining / (4 * self._runtime.workers)
+                target_ns = min(float(self.MAX_CHUNK_NS), max(target_ns, guided_ns))
+            size = int(target_ns / per_item_ns)
         if self._bytes_per_item:
             size = min(size, int(self._inline_bytes / self._bytes_per_item))
         if self._remaining is not None:

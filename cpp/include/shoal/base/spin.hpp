@@ -16,6 +16,8 @@
 // the minimum and climbs back one step per short wait, or at once when a poll
 // succeeds. (Yielding instead does not help: it hands the CPU to whatever else
 // runs there, not to the peer.)
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -75,5 +77,18 @@ class AdaptiveSpin {
     return s;
   }
 };
+
+// 1 + the CPU this thread runs on now (0 if not known): what a waiter
+// publishes so that its peer does not poll on the same CPU, where polling only
+// keeps off the CPU the very process it waits for (under load, when the
+// scheduler puts both on the one CPU left). A hint: either may move at once.
+inline uint32_t cpu_hint() {
+  const int cpu = sched_getcpu();  // the vDSO: no system call
+  return cpu < 0 ? 0 : static_cast<uint32_t>(cpu) + 1;
+}
+
+// Whether to poll for an answer from a peer last seen on `peer_hint` (a
+// cpu_hint()): not when it is this thread's CPU.
+inline bool worth_polling_for(uint32_t peer_hint) { return peer_hint == 0 || peer_hint != cpu_hint(); }
 
 }  // namespace shoal

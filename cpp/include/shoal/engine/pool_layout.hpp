@@ -77,11 +77,21 @@ struct SlotStatus {
   alignas(64) std::atomic<uint64_t> running_job;  // 0 when idle
   std::atomic<uint64_t> started_ns;               // CLOCK_MONOTONIC when it started
   std::atomic<uint32_t> pid;
+  // 1 + the CPU the worker ran on when it last took a frame or began to wait
+  // for one (0: not known yet). A hint for the parent: polling for a result
+  // of a worker on the poller's own CPU only keeps the worker off it.
+  // (In what was padding: the layout's offsets did not change.)
+  std::atomic<uint32_t> cpu;
   // 1 + the index in its chunk of the map item being run; 0 when none is
   // (before the first item, between items and the chunk's end, idle). Stored
   // relaxed before each item: only read once the worker is dead.
   std::atomic<uint64_t> running_item;
+  // 1 + the CPU of the parent thread that last sent this worker a frame: the
+  // worker does not poll for its next frame on that CPU either.
+  std::atomic<uint32_t> parent_cpu;
 };
+
+static_assert(sizeof(SlotStatus) == 64, "the CPU hints live in what was padding: no offset moves");
 
 class PoolLayout {
  public:

@@ -11,6 +11,7 @@
 
 #include "shoal/base/deadline.hpp"
 #include "shoal/base/errors.hpp"
+#include "shoal/base/spin.hpp"
 #include "shoal/wire/blob.hpp"
 #include "shoal/engine/pool_layout.hpp"
 #include "shoal/obs/stats_block.hpp"
@@ -26,7 +27,14 @@ class WorkerEndpoint {
   uint32_t slot() const { return slot_; }
   // Waits until a frame is ready (true) or the deadline passes (false); throws
   // ClosedError once the pool has closed this worker's inbox and it is drained.
-  bool wait(const Deadline& deadline) { return inbox_.wait_readable(deadline); }
+  // It polls first only if the parent thread that last sent it a frame was on
+  // another CPU (SlotStatus::parent_cpu).
+  bool wait(const Deadline& deadline) {
+    SlotStatus& st = layout_.status(slot_);
+    const uint32_t here = cpu_hint();
+    st.cpu.store(here, std::memory_order_relaxed);
+    return inbox_.wait_readable(deadline, here == 0 || st.parent_cpu.load(std::memory_order_relaxed) != here);
+  }
   // Whether a frame is waiting now (no wait, no system call).
   bool frame_ready() const { return !inbox_.empty(); }
 

@@ -133,7 +133,8 @@ class SpscRing {
   }
 
   // Waits until a frame is available (true) or the deadline passes (false).
-  bool wait_readable(const Deadline& deadline);
+  // `poll`: poll before sleeping, as AdaptiveSpin allows (else sleep at once).
+  bool wait_readable(const Deadline& deadline, bool poll = true);
 
   // Wakes both sides for good: pushes fail, pops drain what is left then fail.
   void close();
