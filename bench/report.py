@@ -40,13 +40,16 @@ TARGETS = [
 #: Why shoal loses where it does, from profiling (py-spy) and micro-measurements
 #: of the shoal tree this suite was run against. Keyed by scenario, (scenario,
 #: measure) or "target-<tag>".
-_PER_TASK_COPY = (
-    "Cause: an ordinary array argument is copied into shoal's shared-memory arena once per task, "
-    "so the 100 MB image is shipped 20 times, where the winners share it once (fork inheritance "
-    "through the initializer for mp.Pool and PPE, a memory map for joblib, `shared_objects` for "
-    "mpire, the object store for Ray). Each shipment is one copy into arena pages, on the caller's "
-    "CPU, which the two workers need on this 2-core machine. (Until 2ab8a2f `pack()` copied the "
-    "buffer twice.) With `shoal.SharedArray` (column shoal+SA) the image is copied once. "
+_SHARED_IMAGE = (
+    "Cause: fork inheritance through the initializer (mp.Pool, PPE, shoal+fork) costs nothing up front: "
+    "the workers read the caller's pages, which numpy allocated as transparent huge pages. "
+    "shoal+SharedArray copies the 100 MB image into shared memory once (~50 ms, prefaulted with "
+    "MADV_POPULATE_WRITE) and the workers read it through 4 KiB pages: this kernel gives shared memory "
+    "no huge pages (shmem_enabled=never), ~5 % per filter (95 against 91 ms in one process). The shoal "
+    "row (the natural `map(f, [image] * n, ks)`) copies the image once per map and maps it once per task. "
+    "The first filters in any fresh worker wait for the kernel to compact memory into huge pages for "
+    "numpy's temporaries (0.3-0.8 s for a worker's first task here, in every library), which makes this "
+    "row noisy: differences under ~20 % are within it."
 )
 CAUSES: dict = {
     ("startup", "idle_rss_per_worker_mb"): (
@@ -82,7 +85,7 @@ CAUSES: dict = {
         "Cause: 5,000 tasks of a few µs take tens of ms in every pool that chunks: the differences "
         "here are per-map constants (shoal starts with small chunks, 1, 2, 4, ..., until it has "
         "measured the task time) and run-to-run noise."),
-    "shared_image": _PER_TASK_COPY,
+    "shared_image": _SHARED_IMAGE,
     "large_data": (
         "Cause: 64 slices of 4 MiB go in and 64 arrays of 4 MiB come back through the arena, one copy "
         "each way; the differences to the winner are within this machine's noise."),
@@ -95,10 +98,11 @@ CAUSES: dict = {
         "Cause: pool creation and the per-worker flush are inside the timing; the counting itself runs "
         "at the same speed in every pool, and differences of a few percent are this machine's noise."),
     "balance": (
-        "Cause: shoal's map sizes chunks to ~5 ms of measured work; with Pareto-distributed durations "
-        "a chunk's measured time swings widely, and the last chunks can leave one worker idle. joblib "
-        "sends small batches and adapts their size continuously. Differences under ~10 % are within "
-        "this machine's noise."),
+        "Cause: shoal sizes a map's chunks from the measured task time, up to ~50 ms of work while "
+        "much remains, shrinking to ~5 ms and single items near the end; what is left is the caller's "
+        "own CPU per chunk (~30 ms over the map, on the two CPUs the workers need) and the longest "
+        "task (up to 77 ms), which no chunking can split. Differences under ~2 % are within this "
+        "machine's noise."),
     "target-a": (
         "Cause: a round trip is one ring hop each way: the caller blocked in `result()` drains the "
         "workers' outboxes itself (`Engine::wait_for`), and both sides poll for a short adaptive "

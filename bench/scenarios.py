@@ -341,8 +341,11 @@ SCENARIOS: list = [
     ], run_shared_image, {"quick": {"side": 500, "filters_per_worker": 2},
                           "full": {"side": 5000, "filters_per_worker": 10}},
         note="One 5000x5000 float32 image (100 MB), numpy box/gradient filters over the whole image. "
-             "Sharing in each library's documented way: shoal passes the image as an argument "
-             "(out-of-band buffers through its shared-memory arena); multiprocessing.Pool, "
+             "Sharing in each library's documented way: shoal with the natural code, the same image in "
+             "every item of one map (`ex.map(f, [image] * n, ks)`: copied into its shared-memory arena "
+             "once for the map); shoal+SA with a `shoal.share()`d SharedArray (the copy is timed); "
+             "shoal+fork as multiprocessing users write it (`shoal.Pool(start_method='fork')` and the "
+             "initializer); multiprocessing.Pool, "
              "ProcessPoolExecutor and loky through the initializer (fork inherits it; loky pickles it "
              "once per worker); joblib memory-maps it; mpire shared_objects; Dask scatter(broadcast=True); "
              "Ray put. Timed from pool creation (cluster start excluded for Dask and Ray)."),

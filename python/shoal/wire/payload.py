@@ -65,10 +65,11 @@ parent's memory.
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import _core
 from ..shm.arena import attach_all, default_arena, track
@@ -369,9 +370,7 @@ def pack(
             return column
     if _only_scalars(obj):
         return pickle.dumps(obj, PROTOCOL)
-    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
+    stack = _stack()
     # Fast path, for the many small payloads: one plain pickling pass that only
     # watches for out-of-band buffers and SharedArrays; if there are none, the
     # result is the plain pickle and no arena is touched.
@@ -385,11 +384,7 @@ def pack(
         stack.pop()
     if probe.clean:
         return pickled
-    if arena is None:
-        arena = default_arena()
-    state = _Packing(arena, threshold, memo)
-    stack.append(state)
-    try:
+    with _packing(_Packing(arena if arena is not None else default_arena(), threshold, memo)) as state:
         try:
             pickled = pickle.dumps(obj, PROTOCOL, buffer_callback=state.buffer_callback)
         except _ArenaFailure:
@@ -405,6 +400,17 @@ def pack(
                     error.add_note(f"shoal could not pickle {what} {_describe(obj)} to send it to another process")
                 raise
         return state.finish(pickled)
+
+
+@contextlib.contextmanager
+def _packing(state: _Packing) -> Iterator[_Packing]:
+    """Runs a pickling pass into ``state``: SharedArrays pickled meanwhile are
+    held by it (hold_for_payload), and on any failure its blocks and references
+    go; an arena's error comes out as itself (MemoryError, a closed arena)."""
+    stack = _stack()
+    stack.append(state)
+    try:
+        yield state
     except _ArenaFailure as failure:
         state.discard()
         raise failure.error from None
@@ -413,6 +419,13 @@ def pack(
         raise
     finally:
         stack.pop()
+
+
+def _stack() -> List[Union[_Probe, _Packing]]:
+    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
 
 
 def pack_callable(fn: Any, arena: Optional[_core.Arena] = None) -> bytes:
@@ -421,23 +434,8 @@ def pack_callable(fn: Any, arena: Optional[_core.Arena] = None) -> bytes:
     memory once, and each worker maps it instead of unpickling a copy. The
     payload owns references as pack()'s does (a pool's engine keeps them for
     as long as the function is defined)."""
-    if arena is None:
-        arena = default_arena()
-    state = _Packing(arena, DEFAULT_THRESHOLD)
-    stack: Optional[List[Union[_Probe, _Packing]]] = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(state)  # a SharedArray bound into fn is held by the payload too
-    try:
+    with _packing(_Packing(arena if arena is not None else default_arena(), DEFAULT_THRESHOLD)) as state:
         return state.finish(dumps_callable(fn, state.buffer_callback))
-    except _ArenaFailure as failure:
-        state.discard()
-        raise failure.error from None
-    except BaseException:
-        state.discard()
-        raise
-    finally:
-        stack.pop()
 
 
 # --- the payload format ------------------------------------------------------
