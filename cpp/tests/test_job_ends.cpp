@@ -8,6 +8,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,30 @@ TEST_P(JobEnds, APackedArgumentsBlocksAreFreedWhenItsJobEndsAndNotBefore) {
   EXPECT_EQ(status.count(cancelled), 0u);
   EXPECT_TRUE(status.count(finished));
   EXPECT_EQ(arena->used_bytes(), 0u);  // every block freed once: a second release would throw and be logged
+}
+
+TEST_P(JobEnds, APackedFunctionsBlocksLiveUntilItIsDroppedOrTheEngineEnds) {
+  auto arena = SharedArena::create(64 << 20);
+  auto o = shoal_test::options(1, GetParam());
+  o.arena = arena;
+  {
+    Engine e(std::move(o));
+    const uint64_t dropped = e.define_function(payload_holding_a_block(*arena));
+    const uint64_t kept = e.define_function(payload_holding_a_block(*arena));
+    const uint64_t both = arena->used_bytes();  // two blocks of 64 KiB and their headers
+    EXPECT_GT(both, 2u << 16);
+    // Its worker is sent the definition before the job, and told to drop it after.
+    const uint64_t job = e.submit(dropped, 0, "echo:x");
+    std::optional<Completion> done;
+    ASSERT_TRUE(e.wait_for(job, Deadline::after(60s), done) && done);
+    EXPECT_EQ(done->status, Status::ok);
+    e.drop_function(dropped);
+    EXPECT_EQ(arena->used_bytes(), both / 2);  // the dropped one's block went at once
+    e.drop_function(dropped);                   // a second drop releases nothing again
+    EXPECT_EQ(arena->used_bytes(), both / 2);
+    (void)kept;
+  }
+  EXPECT_EQ(arena->used_bytes(), 0u);  // the engine's end released what it still owned
 }
 
 TEST(PackedPayload, DecodesWhatItEncodesAndRefusesWhatIsCutShort) {
