@@ -153,7 +153,9 @@ class BufferMemo:
 
     def __init__(self, verify: bool = True) -> None:
         self._verify = verify
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection while the lock is held (any allocation)
+        # may free an exporter whose weak reference's callback (_forget) locks too.
+        self._lock = threading.RLock()
         # id(exporter) -> (weak reference to it, the copy: block, view offset, view length)
         self._copies: dict[int, Tuple[weakref.ref[Any], _core.Block, int, int]] = {}
 
@@ -170,14 +172,14 @@ class BufferMemo:
         _, block, offset, length = entry
         if not arena.try_retain(block):
             return None  # every payload that held it has ended: it was freed
+        arena.disown(block)  # the payload's reference from here on (dropped with release_disowned)
         if self._verify:
             copy = arena.view(block, offset=offset, length=length)
             same = _core.same_bytes(raw, copy)
             copy.close()
             if not same:  # refilled since: the item goes as it is now
-                arena.release(block)
+                arena.release_disowned(block)
                 return None
-        arena.disown(block)
         return _Shared(block, offset, length)
 
     def remember(self, exporter: object, view: _core.BlockView) -> None:
