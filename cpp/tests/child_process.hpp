@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <thread>
 
@@ -21,7 +23,12 @@ class ChildProcess {
       int rc = 1;
       try {
         rc = body();
+      } catch (const std::exception& e) {
+        // The parent sees only the exit status: say here what went wrong.
+        std::fprintf(stderr, "[child %d] uncaught exception: %s\n", static_cast<int>(getpid()), e.what());
+        rc = 99;
       } catch (...) {
+        std::fprintf(stderr, "[child %d] uncaught exception of unknown type\n", static_cast<int>(getpid()));
         rc = 99;
       }
       _exit(rc);

@@ -376,6 +376,13 @@ void SharedArena::start_service() {
     return;
   }
   service_started_ = true;
+  // Until the new thread runs our code, its start-up (the C library's, a
+  // sanitizer's) may hold allocator locks; a fork() of the owner meanwhile
+  // (start_method="fork", a test's child) would give the child those locks
+  // held forever. So the owner returns only once the thread is serving.
+  const Deadline started = Deadline::after(std::chrono::seconds(5));
+  while (service_running_.load(std::memory_order_acquire) == 0 && !started.expired())
+    futex_wait(service_running_, 0, started.capped(std::chrono::milliseconds(50)));
 }
 
 void SharedArena::stop_service() {
@@ -404,6 +411,8 @@ void* SharedArena::service_main(void* arena) {
 
 void SharedArena::serve() {
   Control& c = ctl();
+  service_running_.store(1, std::memory_order_release);
+  futex_wake_all(service_running_);
   while (!service_stop_.load(std::memory_order_acquire)) {
     const uint32_t seen = c.service_seq.load(std::memory_order_acquire);
     try {

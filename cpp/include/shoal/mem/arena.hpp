@@ -435,6 +435,7 @@ class SharedArena : public std::enable_shared_from_this<SharedArena> {
   // The owner's segment service thread.
   pthread_t service_thread_{};
   bool service_started_ = false;
+  std::atomic<uint32_t> service_running_{0};  // 1 once the thread has started: start_service() waits for it
   std::atomic<bool> service_stop_{false};
   std::once_flag service_stopped_;
   // How long a non-owner waits for the owner to take a memfd (tests shorten it).
