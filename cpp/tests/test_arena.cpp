@@ -937,6 +937,29 @@ struct Name {
 
 }  // namespace
 
+// This process's threads named `name` (the arena's service names itself first thing).
+int threads_named(const std::string& name) {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(entry.path() / "comm");
+    std::string text;
+    if (std::getline(comm, text) && text == name) ++n;
+  }
+  return n;
+}
+
+// A fork of the owner while the new service thread was still starting could
+// inherit a lock of its start-up held forever (a hung child under ASan). So
+// create() returns only once the service runs our code, ready to fork from.
+TEST(ArenaMemfd, CreateReturnsOnlyOnceItsSegmentServiceRuns) {
+  SKIP_WITHOUT_MEMFD();
+  for (int round = 0; round < 20; ++round) {
+    const int before = threads_named("shoal-arena");
+    auto arena = SharedArena::create(64 * kMiB);
+    EXPECT_EQ(threads_named("shoal-arena"), before + 1) << "round " << round;
+  }
+}
+
 TEST(ArenaMemfd, SegmentsAreSealedMemfdsTheOwnerHoldsNotNamesInDevShm) {
   SKIP_WITHOUT_MEMFD();
   const auto names_before = dev_shm_names_of(getpid());
