@@ -54,10 +54,9 @@ def test_a_map_over_a_generator_that_refills_one_buffer_sends_each_item_as_it_wa
             yield buf  # the same object every time, with new contents
 
     with shoal.Executor(2) as ex:
-        # chunksize=1: each item is pickled when read (items of one chunk are
-        # one object in one pickle, as in any pool that chunks).
-        got = list(ex.map(tasks.first_value, refilled(20), chunksize=1))
-    assert got == [float(i) for i in range(20)]
+        for chunksize in (1, None):  # None: chunks of shoal's choosing (test_lazy_map_items.py)
+            got = list(ex.map(tasks.first_value, refilled(20), chunksize=chunksize))
+            assert got == [float(i) for i in range(20)]
 
 
 def test_arrays_that_differ_are_each_sent_with_their_own_data(ex):

@@ -7,7 +7,7 @@ from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
-from ..wire.payload import BufferMemo, unpack
+from ..wire.payload import SCALAR_TYPES, BufferMemo, freeze_item, unpack
 from ..wire.pickling import as_pickling_error, loads_exception, transfer_error
 from ..wire.protocol import ERROR, OK, WORKER_LOST
 from .outcome import INLINE_OK, Payload, decode, log
@@ -115,6 +115,10 @@ class MapFeed:
         # into the arena once for the map, not once per chunk; checked for
         # changes where the input is lazy (a generator may refill a buffer).
         self._memo = BufferMemo(verify=total is None)
+        # A lazy input read in chunks of our choosing: items that may change
+        # after they were read are frozen as they come (see _read_chunk).
+        self._freeze = total is None and chunksize is None
+        self._unfrozen: list[Any] = []  # an item that could not be frozen: the next chunk, alone
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], object]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
@@ -283,18 +287,49 @@ class MapFeed:
                 self._in_flight[index] = job_id
 
     def _read_chunk(self) -> list[Any]:
+        if self._unfrozen:
+            chunk, self._unfrozen = self._unfrozen, []
+            return chunk
         size = self._chunk_size()
-        chunk: list[Any] = []
+        chunk = []
         try:
-            chunk.extend(islice(self._items, size))  # keeps the items read before a failure
+            if self._freeze:
+                self._read_frozen(chunk, size)
+            else:
+                chunk.extend(islice(self._items, size))  # keeps the items read before a failure
+                if len(chunk) < size:
+                    self._exhausted = True
         except BaseException as exc:  # noqa: BLE001 - surfaces in the consumer
             self._input_error = exc
             self._exhausted = True
             if self._abandoned:
                 log.error("the input of an unread map failed: %r", exc, exc_info=exc)
+        return chunk
+
+    def _read_frozen(self, chunk: list[Any], size: int) -> None:
+        """Reads up to ``size`` items of a lazy input into ``chunk``, each as
+        it was when read, as the stdlib's ``imap`` (chunksize 1) pickles each
+        item before reading the next: a generator that refills one buffer or
+        yields one dict updated in place must not have its items sent with the
+        values of the last one read. An item that cannot be frozen cheaply
+        (a big buffer, a SharedArray, cloudpickle's) ends the chunk and goes
+        alone as the next one, packed before another item is read (BufferMemo
+        compares big buffers with their copies); one that cannot be pickled
+        then fails only itself, as in the stdlib."""
+        for item in islice(self._items, size):
+            if type(item) in SCALAR_TYPES:  # the common case, without a call
+                chunk.append(item)
+                continue
+            frozen = freeze_item(item)
+            if frozen is None:
+                if chunk:
+                    self._unfrozen = [item]
+                else:
+                    chunk.append(item)
+                return
+            chunk.append(frozen)
         if len(chunk) < size:
             self._exhausted = True
-        return chunk
 
     def _file_chunk(self, chunk: list[Any]) -> tuple[int, int]:
         """Numbers a chunk about to be submitted: (chunk index, index of its first item)."""

@@ -333,6 +333,111 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
     return False
 
 
+def _immutable(obj: Any, depth: int = 2) -> bool:
+    """Whether nothing can change ``obj`` after it was read: a scalar, or a
+    small tuple of such (an item of ``zip()``)."""
+    if type(obj) in SCALAR_TYPES:
+        return True
+    if depth == 0 or type(obj) is not tuple or len(obj) > 8:
+        return False
+    for item in obj:
+        if not _immutable(item, depth - 1):
+            return False
+    return True
+
+
+_NOT_SCALARS = object()
+
+
+def _scalar_copy(obj: Any, depth: int = 2) -> Any:
+    """A copy of a small list, tuple or dict nesting scalars (what
+    _only_scalars() accepts): its containers new, its scalars shared; or
+    _NOT_SCALARS. One pass that checks and copies: this runs once per item of
+    a lazy map."""
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        if len(obj) > 8:
+            return _NOT_SCALARS
+        items = []
+        for item in obj:
+            if type(item) not in SCALAR_TYPES:
+                item = _scalar_copy(item, depth - 1) if depth > 1 else _NOT_SCALARS
+                if item is _NOT_SCALARS:
+                    return _NOT_SCALARS
+            items.append(item)
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        if len(obj) > 8:
+            return _NOT_SCALARS
+        copy = {}
+        for key, value in obj.items():
+            if type(key) not in SCALAR_TYPES:
+                return _NOT_SCALARS
+            if type(value) not in SCALAR_TYPES:
+                value = _scalar_copy(value, depth - 1) if depth > 1 else _NOT_SCALARS
+                if value is _NOT_SCALARS:
+                    return _NOT_SCALARS
+            copy[key] = value
+        return copy
+    return _NOT_SCALARS
+
+
+class FrozenItem:
+    """A map's input item pickled at the moment it was read: it unpickles as
+    that item, whatever the caller's generator did to the object afterwards
+    (a refilled buffer, a reused dict). The stdlib's ``imap`` pickles each item
+    before reading the next; a chunk of many items is pickled only once all
+    are read, so those that can change are frozen as they come."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> Tuple[Any, Tuple[bytes]]:
+        return pickle.loads, (self.data,)
+
+
+def freeze_item(item: Any) -> Any:
+    """``item`` itself if nothing can change it, a copy if it is a small
+    container of scalars, else a FrozenItem of its pickle now, or None if it
+    cannot be frozen cheaply (it holds a big buffer or a
+    SharedArray, or needs cloudpickle): the caller then packs its chunk at once,
+    before reading on."""
+    if type(item) in SCALAR_TYPES or (type(item) is tuple and _immutable(item)):
+        return item
+    copy = _scalar_copy(item)  # a small list or dict of scalars: a copy is the item as it is now
+    if copy is not _NOT_SCALARS:
+        return copy
+    stack = _stack()
+    probe = _FreezeProbe()
+    stack.append(probe)
+    try:
+        data = pickle.dumps(item, PROTOCOL, buffer_callback=probe.buffer_callback)
+    except Exception:  # noqa: BLE001 - pack() tries cloudpickle, and explains if that fails too
+        return None
+    finally:
+        stack.pop()
+    return FrozenItem(data) if probe.clean else None
+
+
+class _FreezeProbe(_Probe):
+    """freeze_item()'s pickling pass: small buffers go into the frozen pickle
+    (as pack() sends them in-band too); a big one, or a SharedArray, marks the
+    item as one for pack() itself (the arena, BufferMemo, held blocks)."""
+
+    __slots__ = ()
+
+    def buffer_callback(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            small = buffer.raw().nbytes < DEFAULT_THRESHOLD
+        except BufferError:  # not contiguous: pack() keeps it in-band too
+            small = True
+        if not small:
+            self.clean = False
+        return True
+
+
 def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any], arena: Optional[_core.Arena] = None) -> bytes:
     """``pack((args, kwargs), arena)`` for a task's arguments; the common
     ``f(x, ...)`` with scalar arguments is pickled at once (this is on the
