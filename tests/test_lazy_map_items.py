@@ -75,9 +75,11 @@ def value_of(item):
     return item["x"] if isinstance(item, dict) else float(item[0])
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "inline"], ids=["workers", "serial"])
 @pytest.mark.parametrize("make", GENERATORS, ids=lambda f: f.__name__)
-def test_pool_imap_of_a_generator_that_changes_its_items_gets_each_as_it_was_read(make, no_leaks):
-    with shoal.Pool(2) as pool:
+def test_pool_imap_of_a_generator_that_changes_its_items_gets_each_as_it_was_read(make, start_method, no_leaks):
+    # "inline", the serial debug mode, runs chunks in the caller: the same items.
+    with shoal.Pool(2, start_method=start_method) as pool:
         got = list(pool.imap(value_of, make(N)))
         unordered = sorted(pool.imap_unordered(value_of, make(N)))
     assert got == [float(i) for i in range(N)] or got == list(range(N))

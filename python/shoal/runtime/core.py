@@ -80,11 +80,15 @@ class PoolCore:
         ``timeout``: each task's time limit. ``on_chunk(n)`` runs when n more items
         finished; ``on_complete(feed)`` once all did. ``gather``: the results are
         wanted whole (``feed.gathered()``), not chunk by chunk."""
+        # Chunks of our choosing over an input without a length: its items are
+        # frozen as they are read (MapFeed._read_frozen), as the stdlib's imap
+        # pickles each before reading the next.
+        freeze = chunksize is None and timeout is None and total is None
         if chunksize is None:
             # A time limit is per task: one task per job.
             chunksize = 1 if timeout is not None else self.runtime.default_chunksize
         feed = MapFeed(self.runtime, fn, iter(items), MAP_STAR if star else MAP_ONE, chunksize, ordered, retries,
-                       total, bounded)
+                       total, bounded, freeze)
         feed.timeout = timeout
         return feed.start(on_chunk, on_complete, gather)
 

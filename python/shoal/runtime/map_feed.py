@@ -72,6 +72,7 @@ class MapFeed:
         retries: int,
         total: Optional[int],
         bounded: bool,
+        freeze: bool = False,
     ) -> None:
         self._runtime = runtime
         self._fn: Task = fn
@@ -115,9 +116,9 @@ class MapFeed:
         # into the arena once for the map, not once per chunk; checked for
         # changes where the input is lazy (a generator may refill a buffer).
         self._memo = BufferMemo(verify=total is None)
-        # A lazy input read in chunks of our choosing: items that may change
-        # after they were read are frozen as they come (see _read_chunk).
-        self._freeze = total is None and chunksize is None
+        # Items that may change after they were read are frozen as they come
+        # (see _read_frozen): the caller's choice, for a lazy input in chunks of ours.
+        self._freeze = freeze
         self._unfrozen: list[Any] = []  # an item that could not be frozen: the next chunk, alone
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], object]] = None  # items finished, for progress bars

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..obs.snapshot import PoolSnapshot
+from ..wire.payload import FrozenItem, thaw
 from ..wire.protocol import CALL, MAP_STAR
 from .outcome import INLINE_ERROR, INLINE_OK, Handler, Payload
 from .options import PoolOptions
@@ -61,7 +62,8 @@ class SerialRuntime:
 
     @staticmethod
     def pack_chunk(chunk: list[Any], inband: bool = False, memo: Optional[BufferMemo] = None) -> list[Any]:
-        return chunk
+        # The items of a lazy input as they were read (what a worker would get).
+        return [thaw(item) if type(item) is FrozenItem else item for item in chunk]
 
     def submit(
         self, fn: Task, tag: int, payload: Payload, handler: Handler, retries: int = 0, timeout: Optional[float] = None

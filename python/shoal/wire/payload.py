@@ -398,6 +398,11 @@ class FrozenItem:
         return pickle.loads, (self.data,)
 
 
+def thaw(item: FrozenItem) -> Any:
+    """The item a FrozenItem froze (what unpickling it gives)."""
+    return pickle.loads(item.data)
+
+
 def freeze_item(item: Any) -> Any:
     """``item`` itself if nothing can change it, a copy if it is a small
     container of scalars, else a FrozenItem of its pickle now, or None if it
