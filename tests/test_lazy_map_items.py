@@ -176,6 +176,17 @@ def test_freeze_item_keeps_immutable_items_copies_small_containers_and_pickles_t
     assert freeze_item(lambda: 1) is None
     shared = shoal.share(np.zeros(8))
     try:
-        assert freeze_item(shared) is None
+        assert freeze_item([shared]) is None  # held by the payload that carries it
+        assert freeze_item(shared) is shared  # shared by design: as it is
+    finally:
+        del shared
+
+
+def test_a_lazy_map_of_shared_arrays_passes_them_by_reference(no_leaks):
+    shared = shoal.share(np.arange(1000.0))
+    try:
+        with shoal.Pool(2) as pool:
+            views = (shared[i:i + 10] for i in range(0, 1000, 10))
+            assert list(pool.imap(tasks.first_value, views)) == [float(i) for i in range(0, 1000, 10)]
     finally:
         del shared

@@ -169,6 +169,10 @@ class SharedArray(np.ndarray):
         TypeError: for a dtype that holds Python objects.
     """
 
+    # A lazy map passes it as it is (payload.freeze_item): it travels by
+    # reference, and a frozen copy would not be the memory it shares.
+    _shoal_by_reference = True
+
     def __new__(
         cls,
         shape: Union[int, Sequence[int]],

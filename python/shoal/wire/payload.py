@@ -404,13 +404,15 @@ def thaw(item: FrozenItem) -> Any:
 
 
 def freeze_item(item: Any) -> Any:
-    """``item`` itself if nothing can change it, a copy if it is a small
-    container of scalars, else a FrozenItem of its pickle now, or None if it
-    cannot be frozen cheaply (it holds a big buffer or a
-    SharedArray, or needs cloudpickle): the caller then packs its chunk at once,
+    """``item`` itself if nothing can change it (or it is a SharedArray), a
+    copy if it is a small container of scalars, else a FrozenItem of its
+    pickle now; None if it cannot be frozen cheaply (it holds a big buffer,
+    a SharedArray, or needs cloudpickle): the caller then packs it at once,
     before reading on."""
     if type(item) in SCALAR_TYPES or (type(item) is tuple and _immutable(item)):
         return item
+    if getattr(type(item), "_shoal_by_reference", False):
+        return item  # a SharedArray: its memory is shared by design; pack() holds its block
     copy = _scalar_copy(item)  # a small list or dict of scalars: a copy is the item as it is now
     if copy is not _NOT_SCALARS:
         return copy
