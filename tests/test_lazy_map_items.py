@@ -182,7 +182,7 @@ def test_freeze_item_keeps_immutable_items_copies_small_containers_and_pickles_t
         del shared
 
 
-def test_a_lazy_map_of_shared_arrays_passes_them_by_reference(no_leaks):
+def test_a_lazy_map_of_shared_arrays_passes_them_by_reference():  # share(): the process-wide arena
     shared = shoal.share(np.arange(1000.0))
     try:
         with shoal.Pool(2) as pool:

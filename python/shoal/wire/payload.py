@@ -421,7 +421,7 @@ def freeze_item(item: Any) -> Any:
     stack.append(probe)
     try:
         data = pickle.dumps(item, PROTOCOL, buffer_callback=probe.buffer_callback)
-    except Exception:  # noqa: BLE001 - pack() tries cloudpickle, and explains if that fails too
+    except (Exception, SystemExit):  # noqa: BLE001 - pack() tries cloudpickle, and fails the item if it must
         return None
     finally:
         stack.pop()
@@ -441,8 +441,8 @@ class _FreezeProbe(_Probe):
         except BufferError:  # not contiguous: pack() keeps it in-band too
             small = True
         if not small:
-            self.clean = False
-        return True
+            self.clean = False  # this pickle is not kept: the big buffer stays out of it
+        return small
 
 
 def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any], arena: Optional[_core.Arena] = None) -> bytes:
