@@ -109,10 +109,11 @@ def test_a_big_array_refilled_by_a_generator_is_sent_with_each_items_data(no_lea
         assert list(pool.imap(tasks.first_value, refilled_big_array(40))) == [float(i) for i in range(40)]
 
 
-def test_items_that_cannot_be_pickled_fail_only_themselves_as_in_the_stdlib(no_leaks):
+@pytest.mark.parametrize("lazy", [True, False], ids=["generator", "list"])
+def test_items_that_cannot_be_pickled_fail_only_themselves_as_in_the_stdlib(lazy, no_leaks):
     def items():
-        for i in range(12):
-            yield [threading.Lock()] if i in (3, 7) else [i]
+        source = ([threading.Lock()] if i in (3, 7) else [i] for i in range(12))
+        return source if lazy else list(source)
 
     def outcomes(results):
         out = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
@@ -119,7 +120,10 @@ class MapFeed:
         # Items that may change after they were read are frozen as they come
         # (see _read_frozen): the caller's choice, for a lazy input in chunks of ours.
         self._freeze = freeze
-        self._unfrozen: list[Any] = []  # an item that could not be frozen: the next chunk, alone
+        # Chunks read but not packed yet, sent before any more input is read:
+        # an item that could not be frozen (alone), the items of a chunk that
+        # could not be pickled (each alone, so only the bad ones fail).
+        self._queued: deque[list[Any]] = deque()
         self.timeout: Optional[float] = None
         self.on_chunk: Optional[Callable[[int], object]] = None  # items finished, for progress bars
         self.on_complete: Optional[Callable[["MapFeed"], None]] = None  # every chunk finished
@@ -176,15 +180,19 @@ class MapFeed:
         ``finished``: until every chunk has finished too, re-runs of the items
         a dead worker did not finish included (they need the engine open)."""
         with self._cond:
-            while not ((self._exhausted and self._stalled is None and not (finished and self._in_flight))
+            while not ((self._all_read() and not (finished and self._in_flight))
                        or self._closed):
                 self._cond.wait(0.1)
 
+    def _all_read(self) -> bool:
+        """Whether every input item has been read and submitted (or failed)."""
+        return self._exhausted and self._stalled is None and not self._queued
+
     def _report_if_complete(self) -> None:
         with self._cond:
-            if self._exhausted and self._stalled is None:
+            if self._all_read():
                 self._memo.clear()  # every chunk is packed
-            if self._completion_reported or not (self._exhausted and self._stalled is None and not self._in_flight):
+            if self._completion_reported or not (self._all_read() and not self._in_flight):
                 return
             self._completion_reported = True
         self._runtime.forget(self._fn)  # every chunk has finished: nothing runs it any more
@@ -240,7 +248,7 @@ class MapFeed:
         return self._runtime.workers
 
     def _refill_loop(self) -> None:
-        while (self._stalled is not None or not self._exhausted) and not self._closed and len(self._in_flight) < self._in_flight_limit():
+        while not self._all_read() and not self._closed and len(self._in_flight) < self._in_flight_limit():
             if self._bounded and self._held_items > 64 * self._max_in_flight * (self._fixed_chunk or 1) + 100_000:
                 return  # the consumer is behind: stop reading ahead
             chunk, self._stalled = self._stalled, None
@@ -257,8 +265,13 @@ class MapFeed:
                         self._stalled = chunk
                         return
                     payload = self._runtime.pack_chunk(chunk, inband=True)  # slower, but it goes
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - an item that cannot be pickled fails its chunk
-                self._fail_chunk(chunk, as_pickling_error(exc))
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - an item that cannot be pickled fails
+                if len(chunk) > 1:
+                    # Each item again on its own, before anything more is read:
+                    # only those that cannot be pickled fail, as in the stdlib.
+                    self._queued.extendleft([item] for item in reversed(chunk))
+                else:
+                    self._fail_chunk(chunk, as_pickling_error(exc))
                 continue
             index, start = self._file_chunk(chunk)
             if type(payload) is bytes:  # the serial runtime hands over the list itself
@@ -288,9 +301,8 @@ class MapFeed:
                 self._in_flight[index] = job_id
 
     def _read_chunk(self) -> list[Any]:
-        if self._unfrozen:
-            chunk, self._unfrozen = self._unfrozen, []
-            return chunk
+        if self._queued:
+            return self._queued.popleft()
         size = self._chunk_size()
         chunk = []
         try:
@@ -324,7 +336,7 @@ class MapFeed:
             frozen = freeze_item(item)
             if frozen is None:
                 if chunk:
-                    self._unfrozen = [item]
+                    self._queued.append([item])
                 else:
                     chunk.append(item)
                 return
@@ -496,7 +508,7 @@ class MapFeed:
     def complete(self) -> bool:
         """True once every chunk has finished (all input read)."""
         with self._cond:
-            return self._exhausted and not self._in_flight
+            return self._all_read() and not self._in_flight
 
     def _gather(self, gathered: list[Any], start: int, values: list[Any], failures: dict[int, BaseException]) -> None:
         end = start + len(values)
@@ -541,7 +553,7 @@ class MapFeed:
                             key = next(iter(self._finished)) if ready else 0  # (read only when ready)
                         if ready:
                             break
-                        if self._exhausted and not self._in_flight and not self._finished:
+                        if self._all_read() and not self._in_flight and not self._finished:
                             if self._input_error is not None:
                                 raise self._input_error
                             return
@@ -568,7 +580,7 @@ class MapFeed:
                     continue
                 yield values, failures, count
         finally:
-            if not self._exhausted or self._in_flight:
+            if not self._all_read() or self._in_flight:
                 self.close()
 
     def close(self, force: bool = False) -> None:
