@@ -325,7 +325,7 @@ class MapFeed:
         item before reading the next: a generator that refills one buffer or
         yields one dict updated in place must not have its items sent with the
         values of the last one read. An item that cannot be frozen cheaply
-        (a big buffer, a SharedArray, cloudpickle's) ends the chunk and goes
+        (a big buffer, a container of SharedArrays, cloudpickle's) ends the chunk and goes
         alone as the next one, packed before another item is read (BufferMemo
         compares big buffers with their copies); one that cannot be pickled
         then fails only itself, as in the stdlib."""
