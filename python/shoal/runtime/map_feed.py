@@ -304,7 +304,7 @@ class MapFeed:
         if self._queued:
             return self._queued.popleft()
         size = self._chunk_size()
-        chunk = []
+        chunk: list[Any] = []
         try:
             if self._freeze:
                 self._read_frozen(chunk, size)
