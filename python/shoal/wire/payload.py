@@ -333,38 +333,30 @@ def _only_scalars(obj: Any, depth: int = 2) -> bool:
     return False
 
 
-def _immutable(obj: Any, depth: int = 2) -> bool:
-    """Whether nothing can change ``obj`` after it was read: a scalar, or a
-    small tuple of such (an item of ``zip()``)."""
-    if type(obj) in SCALAR_TYPES:
-        return True
-    if depth == 0 or type(obj) is not tuple or len(obj) > 8:
-        return False
-    for item in obj:
-        if not _immutable(item, depth - 1):
-            return False
-    return True
-
-
 _NOT_SCALARS = object()
 
 
 def _scalar_copy(obj: Any, depth: int = 2) -> Any:
-    """A copy of a small list, tuple or dict nesting scalars (what
-    _only_scalars() accepts): its containers new, its scalars shared; or
-    _NOT_SCALARS. One pass that checks and copies: this runs once per item of
-    a lazy map."""
+    """``obj`` as it is now, if it is a small list, tuple or dict nesting
+    scalars (what _only_scalars() accepts): a copy of its lists and dicts, its
+    scalars shared, and a tuple that holds neither itself; else _NOT_SCALARS.
+    One pass that checks and copies: this runs once per item of a lazy map."""
     kind = type(obj)
     if kind is list or kind is tuple:
         if len(obj) > 8:
             return _NOT_SCALARS
         items = []
+        copied = kind is list
         for item in obj:
             if type(item) not in SCALAR_TYPES:
-                item = _scalar_copy(item, depth - 1) if depth > 1 else _NOT_SCALARS
-                if item is _NOT_SCALARS:
+                copy = _scalar_copy(item, depth - 1) if depth > 1 else _NOT_SCALARS
+                if copy is _NOT_SCALARS:
                     return _NOT_SCALARS
+                copied = copied or copy is not item
+                item = copy
             items.append(item)
+        if not copied:
+            return obj  # a tuple of scalars (a zip() item): nothing in it can change
         return items if kind is list else tuple(items)
     if kind is dict:
         if len(obj) > 8:
@@ -404,18 +396,17 @@ def thaw(item: FrozenItem) -> Any:
 
 
 def freeze_item(item: Any) -> Any:
-    """``item`` itself if nothing can change it (or it is a SharedArray), a
-    copy if it is a small container of scalars, else a FrozenItem of its
-    pickle now; None if it cannot be frozen cheaply (it holds a big buffer,
+    """``item`` itself if nothing can change it (or it is a SharedArray), its
+    small containers of scalars copied, else a FrozenItem of its pickle now; None if it cannot be frozen cheaply (it holds a big buffer,
     a SharedArray, or needs cloudpickle): the caller then packs it at once,
     before reading on."""
-    if type(item) in SCALAR_TYPES or (type(item) is tuple and _immutable(item)):
+    if type(item) in SCALAR_TYPES:
         return item
-    if getattr(type(item), "_shoal_by_reference", False):
-        return item  # a SharedArray: its memory is shared by design; pack() holds its block
-    copy = _scalar_copy(item)  # a small list or dict of scalars: a copy is the item as it is now
+    copy = _scalar_copy(item)  # small containers of scalars: copies of what could change
     if copy is not _NOT_SCALARS:
         return copy
+    if getattr(type(item), "_shoal_by_reference", False):
+        return item  # a SharedArray: its memory is shared by design; pack() holds its block
     stack = _stack()
     probe = _FreezeProbe()
     stack.append(probe)
