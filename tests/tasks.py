@@ -325,10 +325,6 @@ def value_after(arg, seconds):
     return arg.value
 
 
-def first_item(seq):
-    return seq[0]
-
-
 def kill_self_once_on_first(seq, marker_dir):
     """kill_self_once() of ``seq[0]``: a task whose item is a container."""
     return kill_self_once(seq[0], marker_dir)

@@ -126,9 +126,9 @@ def test_items_that_cannot_be_pickled_fail_only_themselves_as_in_the_stdlib(lazy
                 out.append("TypeError")
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        expected = outcomes(pool.imap(tasks.first_item, items()))
+        expected = outcomes(pool.imap(tasks.first_value, items()))
     with shoal.Pool(2) as pool:
-        got = outcomes(pool.imap(tasks.first_item, items()))
+        got = outcomes(pool.imap(tasks.first_value, items()))
     assert got == expected == [0, 1, 2, "TypeError", 4, 5, 6, "TypeError", 8, 9, 10, 11]
 
 
