@@ -15,6 +15,10 @@ def add(a, b):
     return a + b
 
 
+def echo_call(*args, **kwargs):
+    return args, kwargs
+
+
 def identity(x):
     return x
 

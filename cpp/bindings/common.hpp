@@ -44,6 +44,7 @@ void bind_queue(nb::module_& m);
 void bind_pool(nb::module_& m);
 void bind_mem(nb::module_& m);
 void bind_column(nb::module_& m);
+void bind_scalar_pickle(nb::module_& m);
 void bind_payload(nb::module_& m);
 void bind_heap(nb::module_& m);
 void bind_obs(nb::module_& m);

@@ -38,6 +38,7 @@ NB_MODULE(_core, m) {
   shoal::py::bind_pool(m);
   shoal::py::bind_mem(m);
   shoal::py::bind_column(m);
+  shoal::py::bind_scalar_pickle(m);
   shoal::py::bind_payload(m);
   shoal::py::bind_heap(m);
   shoal::py::bind_obs(m);

@@ -28,10 +28,9 @@ class _Condition(RLock):  # type: ignore[misc]  # final in typeshed; a subclass 
     completing a Future cost more than sending its task.
     """
 
-    __slots__ = ("_sleepers",)
-
-    def __init__(self) -> None:
-        self._sleepers: Optional[list[LockType]] = None  # made by the first wait(): most futures never see one
+    # Made by the first wait(): most futures never see one. A class default,
+    # not an __init__: a Python-level __init__ would run for every future.
+    _sleepers: Optional[list[LockType]] = None
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         # As threading.Condition.wait: sleep on a fresh lock that notify releases.
@@ -130,7 +129,7 @@ class Future(futures.Future[_T], JobHandle):
             if self._waiter_list:  # as_completed(), wait()
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
-            if self._condition._sleepers:  # type: ignore[attr-defined]  # our _Condition (__init__)
+            if self._condition._sleepers:  # type: ignore[attr-defined]  # our _Condition's
                 self._condition.notify_all()
         if self._callback_list:
             self._invoke_callbacks()  # type: ignore[attr-defined]  # the base class's, private: not in typeshed

@@ -22,7 +22,7 @@ from ..errors import BrokenPoolError
 from ..obs.reader import snapshot_from_raw
 from ..obs.snapshot import PoolSnapshot
 from ..obs.trace import Trace
-from ..wire.payload import BufferMemo, is_packed, pack, pack_call, pack_callable, release
+from ..wire.payload import BufferMemo, is_packed, pack, pack_callable, pickle_call, release
 from ..wire.pickling import as_pickling_error, by_reference, dumps, dumps_callable
 from ..wire.protocol import CALL, LOG
 from ..worker.cores import cores_config
@@ -269,17 +269,21 @@ class Runtime:
         """Submits ``fn(*args, **kwargs)``. A callable or argument that cannot
         be pickled fails the job (through ``handler``, as the stdlib fails the
         future), not the call; a full arena raises MemoryError here."""
-        if timeout is not None:
-            check_timeout(timeout)
+        # submit_as() and _function_id()'s fast path, inlined: every submit
+        # runs this, and each Python call shows.
+        limit = 0.0 if timeout is None else check_timeout(timeout)
         try:
-            fn_id = self._function_id(fn)
-            payload = pack_call(args, kwargs, self._arena)
+            last = self._last_function
+            fn_id = last[1] if fn is last[0] else self._function_id(fn)
+            payload = pickle_call(args, kwargs)
+            if payload is None:
+                payload = pack((args, kwargs), self._arena)
         except MemoryError:
             raise
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the pickler's error, for the caller's result
             handler(INLINE_ERROR, 0, as_pickling_error(exc))
             return 0
-        return self.submit_as(fn_id, CALL, payload, handler, retries, timeout)
+        return self._engine.submit(fn_id, CALL, payload, handler, retries, limit)
 
     @property
     def inline_payload_limit(self) -> int:

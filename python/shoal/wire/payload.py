@@ -75,6 +75,12 @@ from .. import _core
 from ..shm.arena import attach_all, default_arena, track
 from .pickling import cloudpickle_dumps, dumps_callable
 
+# Plain values (numbers, strings, bytes, tuples and dicts of them) pickled by
+# the engine in one call, None for anything else: a submit's ((x,), {}) and a
+# tiny task's result, where pickle.dumps()'s set-up costs more than the pickle.
+pickle_call = _core.pickle_call
+pickle_value = _core.pickle_value
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12 on
 
@@ -434,19 +440,6 @@ class _FreezeProbe(_Probe):
         if not small:
             self.clean = False  # this pickle is not kept: the big buffer stays out of it
         return small
-
-
-def pack_call(args: tuple[Any, ...], kwargs: dict[str, Any], arena: Optional[_core.Arena] = None) -> bytes:
-    """``pack((args, kwargs), arena)`` for a task's arguments; the common
-    ``f(x, ...)`` with scalar arguments is pickled at once (this is on the
-    path of every submit, where even the generic check's calls show)."""
-    if not kwargs:
-        for arg in args:
-            if type(arg) not in SCALAR_TYPES:
-                break
-        else:
-            return pickle.dumps((args, kwargs), PROTOCOL)
-    return pack((args, kwargs), arena)
 
 
 def pack(

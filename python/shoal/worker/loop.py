@@ -10,13 +10,12 @@ import reprlib
 import signal
 import sys
 from itertools import starmap
-from pickle import dumps
 from time import perf_counter_ns
 from typing import Any, Callable, Optional, Tuple
 
 from .. import _core
 from ..shm.arena import pin_arenas, set_worker_arena
-from ..wire.payload import PROTOCOL, SCALAR_TYPES, is_packed, pack, release, unpack
+from ..wire.payload import is_packed, pack, pickle_value, release, unpack
 from ..wire.pickling import (
     PICKLE_PROTOCOL_5,
     as_pickling_error,
@@ -127,8 +126,9 @@ def _run_job(
             return ERROR, _failure(endpoint, ident, exc), 1, 1, (args, kwargs)
         if _STATS:
             endpoint.call_returned()
-        if type(result) in SCALAR_TYPES:
-            return OK, dumps(result, PROTOCOL), 1, 0, (args, kwargs)
+        plain = pickle_value(result)  # a number, a str, a tuple of them: without a Pickler
+        if plain is not None:
+            return OK, plain, 1, 0, (args, kwargs)
         status, out = _pickled_result(result)
         return status, out, 1, 0 if status == OK else 1, (args, kwargs)
     try:

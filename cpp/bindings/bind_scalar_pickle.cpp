@@ -1,0 +1,97 @@
+// Pickles of plain values (shoal/wire/scalar_pickle.hpp) from Python objects:
+// _core.pickle_call(args, kwargs) for a submit's arguments and
+// _core.pickle_value(value) for a worker's result, used by
+// python/shoal/wire/payload.py and python/shoal/worker/loop.py.
+//
+// Both walk exact types only (no subclass, no __index__, no __reduce__) with
+// the GIL held and call no Python code, so nothing they walk can change under
+// them; anything else answers None and goes to pickle as before.
+#include "common.hpp"
+#include "shoal/wire/scalar_pickle.hpp"
+
+namespace shoal::py {
+namespace {
+
+using scalar_pickle::Writer;
+
+// How deep tuples and dicts may nest inside the value written (a call's
+// arguments are one level down already).
+constexpr int kMaxDepth = 2;
+
+// Writes `obj`; false, with the Writer left unusable, unless `obj` is a plain value.
+bool write(Writer& w, PyObject* obj, int depth) {
+  if (obj == Py_None) {
+    w.none();
+  } else if (obj == Py_True || obj == Py_False) {
+    w.boolean(obj == Py_True);
+  } else if (PyLong_CheckExact(obj)) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow != 0) return false;  // beyond 64 bits: pickle writes every digit
+    w.integer(v);
+  } else if (PyFloat_CheckExact(obj)) {
+    w.real(PyFloat_AS_DOUBLE(obj));
+  } else if (PyUnicode_CheckExact(obj)) {
+    Py_ssize_t n = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(obj, &n);
+    if (utf8 == nullptr) {  // lone surrogates: pickle writes them with "surrogatepass"
+      PyErr_Clear();
+      return false;
+    }
+    if (static_cast<std::size_t>(n) > scalar_pickle::kMaxLength) return false;
+    w.text({utf8, static_cast<std::size_t>(n)});
+  } else if (PyBytes_CheckExact(obj)) {
+    const auto n = static_cast<std::size_t>(PyBytes_GET_SIZE(obj));
+    if (n > scalar_pickle::kMaxLength) return false;
+    w.data({PyBytes_AS_STRING(obj), n});
+  } else if (depth > 0 && PyTuple_CheckExact(obj)) {
+    const auto n = static_cast<std::size_t>(PyTuple_GET_SIZE(obj));
+    w.tuple_begin(n);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!write(w, PyTuple_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
+    w.tuple_end(n);
+  } else if (depth > 0 && PyDict_CheckExact(obj)) {
+    const auto n = static_cast<std::size_t>(PyDict_GET_SIZE(obj));
+    w.dict_begin(n);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(obj, &pos, &key, &value))
+      if (!write(w, key, 0) || !write(w, value, depth - 1)) return false;
+    w.dict_end(n);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+nb::object finished(Writer& w) {
+  const std::string_view pickle = w.finish();
+  return nb::bytes(pickle.data(), pickle.size());
+}
+
+nb::object pickle_call(nb::handle args, nb::handle kwargs) {
+  if (!PyTuple_CheckExact(args.ptr()) || !PyDict_CheckExact(kwargs.ptr())) return nb::none();
+  Writer w;
+  w.tuple_begin(2);
+  if (!write(w, args.ptr(), kMaxDepth) || !write(w, kwargs.ptr(), kMaxDepth)) return nb::none();
+  w.tuple_end(2);
+  return finished(w);
+}
+
+nb::object pickle_value(nb::handle value) {
+  Writer w;
+  if (!write(w, value.ptr(), kMaxDepth)) return nb::none();
+  return finished(w);
+}
+
+}  // namespace
+
+void bind_scalar_pickle(nb::module_& m) {
+  m.def("pickle_call", &pickle_call, nb::arg("args").none(), nb::arg("kwargs").none(),
+        "pickle.dumps((args, kwargs), 5) as pickle.loads reads it, or None unless both hold only None, bools,\n"
+        "ints within 64 bits, floats, str and bytes (in tuples and dicts two levels deep).");
+  m.def("pickle_value", &pickle_value, nb::arg("value").none(),
+        "pickle.dumps(value, 5) as pickle.loads reads it, or None unless the value is one of pickle_call's.");
+}
+
+}  // namespace shoal::py
