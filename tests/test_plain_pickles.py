@@ -28,7 +28,7 @@ PLAIN = [
     2**32, 2**40, -2**40, 2**55, -2**55 - 7, 2**63 - 1, -2**63,
     0.0, -0.0, 1.5, -2.25e-300, 1e-310, float("inf"), float("-inf"),
     "", "a", "é" * 200, "x" * 300, "日本語", "\x00",
-    b"", b"\x00" * 255, b"y" * 256, b"z" * 70_000,
+    b"", b"\x00" * 255, b"y" * 256, b"z" * 65536, "s" * 65536,
     (), (1,), (1, "2"), (1, 2, 3), (1, 2, 3, 4, 5), ((1, 2), ("a", b"b")),
     {}, {"a": 1, "b": (2, 3)}, {1: "one", 2.5: None},
 ]
@@ -59,12 +59,13 @@ def test_nan_loads_as_nan():
     assert math.isnan(pickle.loads(_core.pickle_value(float("nan"))))
 
 
-@pytest.mark.parametrize(
-    "value",
-    [2**64, -2**63 - 1, 1 + 2j, "\ud800", [1], {2, 3}, bytearray(b"x"), Colour.RED, Name("n"), object(),
-     (((1,),),), ((1, [2]),), {"k": [1]}],
-    ids=repr,
-)
+NOT_PLAIN = [
+    2**64, -2**63 - 1, 1 + 2j, "\ud800", b"z" * 65537, "s" * 65537, ("s" * 65537,),
+    [1], {2, 3}, bytearray(b"x"), Colour.RED, Name("n"), object(), (((1,),),), ((1, [2]),), {"k": [1]},
+]
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN, ids=lambda v: repr(v)[:30])
 def test_anything_else_is_left_to_pickle(value):
     assert _core.pickle_value(value) is None
 
@@ -83,7 +84,7 @@ def ex():
         yield pool
 
 
-@pytest.mark.parametrize("value", PLAIN + [2**64, 1 + 2j, "\ud800", Colour.RED, Name("n"), [1, 2]],
+@pytest.mark.parametrize("value", PLAIN + [2**64, 1 + 2j, "\ud800", b"z" * 70_000, Colour.RED, Name("n"), [1, 2]],
                          ids=lambda v: repr(v)[:30])
 def test_a_task_gets_and_returns_exactly_its_values(ex, value):
     # tasks.identity returns its argument: it travels both ways.

@@ -49,9 +49,10 @@ inline constexpr char EMPTY_DICT = '}';
 inline constexpr char SETITEMS = 'u';
 }  // namespace op
 
-// The longest str or bytes written with a 4-byte length; longer ones are
-// left to pickle (BINUNICODE8 and friends are not written here).
-inline constexpr std::size_t kMaxLength = 0xffffffffu;
+// The longest str or bytes written here. Longer ones are left to pickle,
+// which writes a big value into its output with one copy, where a Writer
+// would make two (into its buffer, then into the bytes object).
+inline constexpr std::size_t kMaxLength = 64 * 1024;
 
 class Writer {
  public:
@@ -98,9 +99,8 @@ class Writer {
     append(reinterpret_cast<const char*>(&bits), sizeof bits);
   }
 
-  // `utf8` must be the str's UTF-8 and no longer than kMaxLength.
+  // `utf8` is the str's UTF-8; both no longer than kMaxLength (a 4-byte length at most).
   void text(std::string_view utf8) { sized(op::SHORT_BINUNICODE, op::BINUNICODE, utf8); }
-  // No longer than kMaxLength.
   void data(std::string_view bytes) { sized(op::SHORT_BINBYTES, op::BINBYTES, bytes); }
 
   // A tuple: tuple_begin(n), its n items, tuple_end(n).
