@@ -78,6 +78,22 @@ def test_a_call_loads_as_its_args_and_kwargs():
     assert _core.pickle_call((1,), {"k": object()}) is None
 
 
+def test_an_object_given_twice_loads_as_one_object_twice():
+    # As pickle's memo keeps it: f(s, s) sees `a is b`, as with the stdlib's pools.
+    s, b, t, d = "x" * 50, b"y" * 50, (1, "z"), {"k": 1}
+    args, kwargs = pickle.loads(_core.pickle_call((s, s, b, b, t, t, d, d, (s, b)), {"again": s}))
+    assert args[0] is args[1] and args[2] is args[3] and args[4] is args[5] and args[6] is args[7]
+    assert args[8][0] is args[0] and args[8][1] is args[2] and kwargs["again"] is args[0]
+    assert same(args, (s, s, b, b, t, t, d, d, (s, b)))
+    assert args[0] is not s  # a copy, loaded
+
+
+def test_more_objects_than_the_memo_holds_go_to_pickle():
+    # 63 strings and their tuple fill the memo's 64.
+    assert _core.pickle_value(tuple(str(i) for i in range(63))) is not None
+    assert _core.pickle_value(tuple(str(i) for i in range(64))) is None
+
+
 @pytest.fixture(scope="module")
 def ex():
     with shoal.Executor(2) as pool:

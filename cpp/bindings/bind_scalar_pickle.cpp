@@ -18,8 +18,48 @@ using scalar_pickle::Writer;
 // arguments are one level down already).
 constexpr int kMaxDepth = 2;
 
+// The objects pickle memoizes (str, bytes, non-empty tuples, dicts) in the
+// order they were written: the memo's indices. A value with more of them
+// than this goes to pickle (the lookup is a scan).
+class Memo {
+ public:
+  static constexpr std::size_t kMax = 64;
+  // The object's memo index if it was written before; -1 if not.
+  int find(PyObject* obj) const {
+    for (std::size_t i = 0; i < size_; ++i)
+      if (seen_[i] == obj) return static_cast<int>(i);
+    return -1;
+  }
+  bool add(PyObject* obj) {
+    if (size_ == kMax) return false;
+    seen_[size_++] = obj;
+    return true;
+  }
+
+ private:
+  PyObject* seen_[kMax];
+  std::size_t size_ = 0;
+};
+
+bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth);
+
 // Writes `obj`; false, with the Writer left unusable, unless `obj` is a plain value.
-bool write(Writer& w, PyObject* obj, int depth) {
+// What pickle memoizes is memoized here too: once written, later copies are memo gets.
+bool write(Writer& w, Memo& memo, PyObject* obj, int depth) {
+  const bool memoized = PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) || PyDict_CheckExact(obj) ||
+                        (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) > 0);
+  if (!memoized) return write_fresh(w, memo, obj, depth);
+  if (const int index = memo.find(obj); index >= 0) {
+    w.memo_get(static_cast<std::uint32_t>(index));
+    return true;
+  }
+  if (PyDict_CheckExact(obj)) return write_fresh(w, memo, obj, depth);  // memoized before its items, as pickle does
+  if (!write_fresh(w, memo, obj, depth) || !memo.add(obj)) return false;
+  w.memoize();
+  return true;
+}
+
+bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth) {
   if (obj == Py_None) {
     w.none();
   } else if (obj == Py_True || obj == Py_False) {
@@ -48,15 +88,16 @@ bool write(Writer& w, PyObject* obj, int depth) {
     const auto n = static_cast<std::size_t>(PyTuple_GET_SIZE(obj));
     w.tuple_begin(n);
     for (std::size_t i = 0; i < n; ++i)
-      if (!write(w, PyTuple_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
+      if (!write(w, memo, PyTuple_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
     w.tuple_end(n);
   } else if (depth > 0 && PyDict_CheckExact(obj)) {
     const auto n = static_cast<std::size_t>(PyDict_GET_SIZE(obj));
+    if (!memo.add(obj)) return false;
     w.dict_begin(n);
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(obj, &pos, &key, &value))
-      if (!write(w, key, 0) || !write(w, value, depth - 1)) return false;
+      if (!write(w, memo, key, 0) || !write(w, memo, value, depth - 1)) return false;
     w.dict_end(n);
   } else {
     return false;
@@ -72,15 +113,17 @@ nb::object finished(Writer& w) {
 nb::object pickle_call(nb::handle args, nb::handle kwargs) {
   if (!PyTuple_CheckExact(args.ptr()) || !PyDict_CheckExact(kwargs.ptr())) return nb::none();
   Writer w;
+  Memo memo;
   w.tuple_begin(2);
-  if (!write(w, args.ptr(), kMaxDepth) || !write(w, kwargs.ptr(), kMaxDepth)) return nb::none();
+  if (!write(w, memo, args.ptr(), kMaxDepth) || !write(w, memo, kwargs.ptr(), kMaxDepth)) return nb::none();
   w.tuple_end(2);
   return finished(w);
 }
 
 nb::object pickle_value(nb::handle value) {
   Writer w;
-  if (!write(w, value.ptr(), kMaxDepth)) return nb::none();
+  Memo memo;
+  if (!write(w, memo, value.ptr(), kMaxDepth)) return nb::none();
   return finished(w);
 }
 

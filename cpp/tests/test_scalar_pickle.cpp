@@ -1,6 +1,6 @@
 // The scalar pickle writer: the opcodes it writes for each value, as
 // CPython's pickle.py defines them (protocol 5, little-endian lengths and
-// ints, big-endian floats), and its move from the stack buffer to the heap.
+// ints, big-endian floats), memo gets, and its move from the stack buffer to the heap.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -88,14 +88,25 @@ TEST(ScalarPickle, ConstantsTuplesAndDicts) {
               w.dict_begin(0);
               w.dict_end(0);
             }),
-            "}");
+            "}\x94"s);
   EXPECT_EQ(body([](Writer& w) {
               w.dict_begin(1);
               w.text("k");
               w.integer(1);
               w.dict_end(1);
             }),
-            "}(\x8c\x01kK\x01u"s);
+            "}\x94(\x8c\x01kK\x01u"s);
+}
+
+TEST(ScalarPickle, MemoGetsUseTheShortOpcodeUpTo255) {
+  EXPECT_EQ(body([](Writer& w) {
+              w.text("s");
+              w.memoize();
+              w.memo_get(0);
+            }),
+            "\x8c\x01s\x94h\x00"s);
+  EXPECT_EQ(body([](Writer& w) { w.memo_get(255); }), "h\xff"s);
+  EXPECT_EQ(body([](Writer& w) { w.memo_get(256); }), "j\x00\x01\x00\x00"s);
 }
 
 TEST(ScalarPickle, APickleLongerThanTheStackBufferMovesToTheHeapWhole) {

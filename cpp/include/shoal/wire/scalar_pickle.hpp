@@ -7,9 +7,9 @@
 // what it writes: a Pickler, a 4 KiB output buffer (a malloc that also makes
 // glibc consolidate the small chunks other threads freed), a memo. A Writer
 // keeps up to kInline bytes on the stack and writes what pickle.loads() reads
-// back as the same values. The bytes are not dumps()'s own (no FRAME, no
-// MEMOIZE: neither changes what loads() builds from scalars, which have no
-// identity a caller could see).
+// back as the same values. The bytes are not dumps()'s own (no FRAME), but
+// the memo is kept as pickle keeps it: a str, bytes, tuple or dict seen twice
+// in one pickle loads as one object seen twice (f(s, s) gets `a is b`).
 //
 // No Python here: the bindings walk the objects (bind_scalar_pickle.cpp).
 #include <bit>
@@ -47,6 +47,9 @@ inline constexpr char TUPLE2 = '\x86';
 inline constexpr char TUPLE3 = '\x87';
 inline constexpr char EMPTY_DICT = '}';
 inline constexpr char SETITEMS = 'u';
+inline constexpr char MEMOIZE = '\x94';
+inline constexpr char BINGET = 'h';
+inline constexpr char LONG_BINGET = 'j';
 }  // namespace op
 
 // The longest str or bytes written here. Longer ones are left to pickle,
@@ -113,12 +116,27 @@ class Writer {
   }
 
   // A dict: dict_begin(n), then key, value for each of its n items, dict_end(n).
+  // It is memoized before its items, as pickle does: count it in the memo then.
   void dict_begin(std::size_t n) {
     put(op::EMPTY_DICT);
+    put(op::MEMOIZE);
     if (n) put(op::MARK);
   }
   void dict_end(std::size_t n) {
     if (n) put(op::SETITEMS);
+  }
+
+  // Stores the str, bytes or tuple just written in the memo, at the next index (0, 1, ...).
+  void memoize() { put(op::MEMOIZE); }
+  // The object the memo holds at `index`, again.
+  void memo_get(std::uint32_t index) {
+    if (index <= 0xff) {
+      put(op::BINGET);
+      put(static_cast<char>(index));
+    } else {
+      put(op::LONG_BINGET);
+      put_le(index);
+    }
   }
 
   // The whole pickle, STOP included; valid until the Writer is written to or gone.
