@@ -157,6 +157,23 @@ def test_unpicklable_callable_fails_through_the_result(no_leaks):
             pool.apply_async(tasks.identity, (lock,)).get(timeout=60)
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "inline"])
+@pytest.mark.parametrize("not_callable", [None, 5])
+def test_a_callable_that_is_not_one_fails_through_the_result_as_the_stdlibs(start_method, not_callable, no_leaks):
+    # As ProcessPoolExecutor and multiprocessing.Pool: the future (or get()) raises
+    # the TypeError that calling it raises; the pool goes on. None once ran as the
+    # pool's "no function yet" and broke the task instead.
+    message = f"'{type(not_callable).__name__}' object is not callable"
+    with shoal.Executor(1, start_method=start_method) as ex:
+        with pytest.raises(TypeError, match=message):
+            ex.submit(not_callable).result(timeout=60)
+        assert ex.submit(tasks.identity, 7).result(timeout=60) == 7
+    with shoal.Pool(1, start_method=start_method) as pool:
+        with pytest.raises(TypeError, match=message):
+            pool.apply(not_callable)
+        assert pool.apply(tasks.identity, (8,)) == 8
+
+
 # --- argument validation, as the stdlib's ---------------------------------------
 
 

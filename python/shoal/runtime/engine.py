@@ -50,6 +50,7 @@ _RING_BYTES = 1 << 20
 
 
 _init_tokens = itertools.count(1)
+_NO_FUNCTION = object()  # what Runtime._last_function holds before a first submit
 
 _IMPORTING_MAIN = """
         An attempt has been made to start a new process before the
@@ -167,7 +168,9 @@ class Runtime:
         self._engine_closing = False  # shutdown began: the last feed to finish closes the engine
         # By id() or pickled bytes (see _function_id): (what keeps the key valid, engine id).
         self._functions: OrderedDict[Union[int, bytes], tuple[Optional[Task], int]] = OrderedDict()
-        self._last_function: tuple[Optional[Task], int] = (None, 0)  # (fn, id) of the latest submit
+        # (fn, id) of the latest submit; _NO_FUNCTION before the first, never
+        # None, which is a callable's value a caller may pass (and get a TypeError).
+        self._last_function: tuple[object, int] = (_NO_FUNCTION, 0)
         self._cancel_at_exit = options.cancel_at_exit
         self._collector = threading.Thread(target=self._collect, name="shoal-results", daemon=True)
         self._collector.start()
@@ -201,7 +204,7 @@ class Runtime:
         with self._lock:
             entry = self._functions.pop(prepared.blob, None)
             if self._last_function[0] is prepared:
-                self._last_function = (None, 0)
+                self._last_function = (_NO_FUNCTION, 0)
         if entry is not None:
             self._engine.drop_function(entry[1])
 

@@ -46,7 +46,7 @@ class SerialRuntime:
 
     def _function_id(self, fn: Callable[..., Any]) -> int:
         if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")  # as calling it says
         return 0
 
     def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:

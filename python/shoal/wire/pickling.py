@@ -177,7 +177,7 @@ def dumps_callable(fn: object, buffer_callback: Optional[Callable[[pickle.Pickle
     ``__main__`` objects as main references, the rest by value.
     ``buffer_callback``: pickle's, for out-of-band buffers (payload.pack_callable)."""
     if not callable(fn):
-        raise TypeError(f"{_describe(fn)} is not callable")
+        raise TypeError(f"{type(fn).__name__!r} object is not callable")  # as calling it says
     if getattr(fn, "__module__", None) == "__main__" or "<" in getattr(fn, "__qualname__", "<"):
         return _by_value(fn, "the callable", buffer_callback)
     return dumps(fn, "the callable", buffer_callback)
