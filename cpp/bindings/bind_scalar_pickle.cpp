@@ -1,7 +1,8 @@
 // Pickles of plain values (shoal/wire/scalar_pickle.hpp) from Python objects:
 // _core.pickle_call(args, kwargs) for a submit's arguments and
-// _core.pickle_value(value) for a worker's result, used by
-// python/shoal/wire/payload.py and python/shoal/worker/loop.py.
+// _core.pickle_value(value) for any payload (payload.pack()'s first try: a
+// worker's result, a map's chunk), used by python/shoal/wire/payload.py,
+// runtime/engine.py and worker/loop.py.
 //
 // Both walk exact types only (no subclass, no __index__, no __reduce__) with
 // the GIL held and call no Python code, so nothing they walk can change under
@@ -18,7 +19,7 @@ using scalar_pickle::Writer;
 // arguments are one level down already).
 constexpr int kMaxDepth = 2;
 
-// The objects pickle memoizes (str, bytes, non-empty tuples, dicts) in the
+// The objects pickle memoizes (str, bytes, non-empty tuples, lists, dicts) in the
 // order they were written: the memo's indices. A value with more of them
 // than this goes to pickle (the lookup is a scan).
 class Memo {
@@ -47,13 +48,14 @@ bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth);
 // What pickle memoizes is memoized here too: once written, later copies are memo gets.
 bool write(Writer& w, Memo& memo, PyObject* obj, int depth) {
   const bool memoized = PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) || PyDict_CheckExact(obj) ||
-                        (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) > 0);
+                        PyList_CheckExact(obj) || (PyTuple_CheckExact(obj) && PyTuple_GET_SIZE(obj) > 0);
   if (!memoized) return write_fresh(w, memo, obj, depth);
   if (const int index = memo.find(obj); index >= 0) {
     w.memo_get(static_cast<std::uint32_t>(index));
     return true;
   }
-  if (PyDict_CheckExact(obj)) return write_fresh(w, memo, obj, depth);  // memoized before its items, as pickle does
+  if (PyDict_CheckExact(obj) || PyList_CheckExact(obj))
+    return write_fresh(w, memo, obj, depth);  // memoized before their items, as pickle does
   if (!write_fresh(w, memo, obj, depth) || !memo.add(obj)) return false;
   w.memoize();
   return true;
@@ -90,6 +92,15 @@ bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth) {
     for (std::size_t i = 0; i < n; ++i)
       if (!write(w, memo, PyTuple_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
     w.tuple_end(n);
+  } else if (depth > 0 && PyList_CheckExact(obj)) {
+    // No Python code runs while it is walked (exact types only), so the list
+    // cannot change size under the loop.
+    const auto n = static_cast<std::size_t>(PyList_GET_SIZE(obj));
+    if (!memo.add(obj)) return false;
+    w.list_begin(n);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!write(w, memo, PyList_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
+    w.list_end(n);
   } else if (depth > 0 && PyDict_CheckExact(obj)) {
     const auto n = static_cast<std::size_t>(PyDict_GET_SIZE(obj));
     if (!memo.add(obj)) return false;
@@ -132,7 +143,7 @@ nb::object pickle_value(nb::handle value) {
 void bind_scalar_pickle(nb::module_& m) {
   m.def("pickle_call", &pickle_call, nb::arg("args").none(), nb::arg("kwargs").none(),
         "pickle.dumps((args, kwargs), 5) as pickle.loads reads it, or None unless both hold only None, bools,\n"
-        "ints within 64 bits, floats, str and bytes (in tuples and dicts two levels deep).");
+        "ints within 64 bits, floats, str and bytes (in tuples, lists and dicts two levels deep).");
   m.def("pickle_value", &pickle_value, nb::arg("value").none(),
         "pickle.dumps(value, 5) as pickle.loads reads it, or None unless the value is one of pickle_call's.");
 }

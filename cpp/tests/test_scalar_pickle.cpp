@@ -98,6 +98,21 @@ TEST(ScalarPickle, ConstantsTuplesAndDicts) {
             "}\x94(\x8c\x01kK\x01u"s);
 }
 
+TEST(ScalarPickle, ListsAreMemoizedBeforeTheirItemsAsPickleDoes) {
+  EXPECT_EQ(body([](Writer& w) {
+              w.list_begin(0);
+              w.list_end(0);
+            }),
+            "]\x94"s);
+  EXPECT_EQ(body([](Writer& w) {
+              w.list_begin(2);
+              w.none();
+              w.boolean(true);
+              w.list_end(2);
+            }),
+            "]\x94(N\x88" "e"s);
+}
+
 TEST(ScalarPickle, MemoGetsUseTheShortOpcodeUpTo255) {
   EXPECT_EQ(body([](Writer& w) {
               w.text("s");

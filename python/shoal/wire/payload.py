@@ -75,9 +75,10 @@ from .. import _core
 from ..shm.arena import attach_all, default_arena, track
 from .pickling import cloudpickle_dumps, dumps_callable
 
-# Plain values (numbers, strings, bytes, tuples and dicts of them) pickled by
-# the engine in one call, None for anything else: a submit's ((x,), {}) and a
-# tiny task's result, where pickle.dumps()'s set-up costs more than the pickle.
+# Plain values (numbers, strings, bytes, tuples, lists and dicts of them)
+# pickled by the engine in one call, None for anything else: pack()'s first
+# try, which the hottest callers (a submit's ((x,), {}), a tiny task's result)
+# make themselves, where pickle.dumps()'s set-up costs more than the pickle.
 pickle_call = _core.pickle_call
 pickle_value = _core.pickle_value
 
@@ -313,38 +314,12 @@ def _describe(obj: object) -> str:
 SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def _only_scalars(obj: Any, depth: int = 2) -> bool:
-    """Whether ``obj`` is a scalar, or a small tuple/list/dict nesting scalars:
-    a payload that cannot hold an out-of-band buffer or a SharedArray (the
-    common ``((x,), {})`` of a submit), so it needs no probing pass."""
-    kind = type(obj)
-    if kind in SCALAR_TYPES:
-        return True
-    if depth == 0:
-        return False
-    if kind is tuple or kind is list:
-        if len(obj) > 8:
-            return False
-        for item in obj:
-            if not _only_scalars(item, depth - 1):
-                return False
-        return True
-    if kind is dict:
-        if len(obj) > 8:
-            return False
-        for key, value in obj.items():
-            if type(key) not in SCALAR_TYPES or not _only_scalars(value, depth - 1):
-                return False
-        return True
-    return False
-
-
 _NOT_SCALARS = object()
 
 
 def _scalar_copy(obj: Any, depth: int = 2) -> Any:
-    """``obj`` as it is now, if it is a small list, tuple or dict nesting
-    scalars (what _only_scalars() accepts): a copy of its lists and dicts, its
+    """``obj`` as it is now, if it is a small list, tuple or dict (8 items at
+    most) nesting scalars two levels deep: a copy of its lists and dicts, its
     scalars shared, and a tuple that holds neither itself; else _NOT_SCALARS.
     One pass that checks and copies: this runs once per item of a lazy map."""
     kind = type(obj)
@@ -403,9 +378,9 @@ def thaw(item: FrozenItem) -> Any:
 
 def freeze_item(item: Any) -> Any:
     """``item`` itself if nothing can change it (or it is a SharedArray), its
-    small containers of scalars copied, else a FrozenItem of its pickle now; None if it cannot be frozen cheaply (it holds a big buffer,
-    a SharedArray, or needs cloudpickle): the caller then packs it at once,
-    before reading on."""
+    small containers of scalars copied, else a FrozenItem of its pickle now;
+    None if it cannot be frozen cheaply (it holds a big buffer, a SharedArray,
+    or needs cloudpickle): the caller then packs it at once, before reading on."""
     if type(item) in SCALAR_TYPES:
         return item
     copy = _scalar_copy(item)  # small containers of scalars: copies of what could change
@@ -466,8 +441,9 @@ def pack(
         column = _core.encode_numbers(obj)  # a map's chunk or results, often all ints or all floats
         if column is not None:
             return column
-    if _only_scalars(obj):
-        return pickle.dumps(obj, PROTOCOL)
+    plain = pickle_value(obj)  # plain values (the common ((x,), {}), a result): no probing pass
+    if plain is not None:
+        return plain
     stack = _stack()
     # Fast path, for the many small payloads: one plain pickling pass that only
     # watches for out-of-band buffers and SharedArrays; if there are none, the

@@ -1,6 +1,6 @@
 #pragma once
 // Pickles of plain values, written opcode by opcode: None, bools, ints within
-// 64 bits, floats, str, bytes, and tuples and dicts of them, in protocol 5.
+// 64 bits, floats, str, bytes, and tuples, lists and dicts of them, in protocol 5.
 //
 // Every submit pickles its call's arguments, ((x,), {}), and every worker its
 // task's result, and for such small values pickle.dumps() costs more than
@@ -47,6 +47,8 @@ inline constexpr char TUPLE2 = '\x86';
 inline constexpr char TUPLE3 = '\x87';
 inline constexpr char EMPTY_DICT = '}';
 inline constexpr char SETITEMS = 'u';
+inline constexpr char EMPTY_LIST = ']';
+inline constexpr char APPENDS = 'e';
 inline constexpr char MEMOIZE = '\x94';
 inline constexpr char BINGET = 'h';
 inline constexpr char LONG_BINGET = 'j';
@@ -113,6 +115,17 @@ class Writer {
   void tuple_end(std::size_t n) {
     static constexpr char kSmall[] = {op::EMPTY_TUPLE, op::TUPLE1, op::TUPLE2, op::TUPLE3};
     put(n <= 3 ? kSmall[n] : op::TUPLE);
+  }
+
+  // A list: list_begin(n), its n items, list_end(n). Memoized before its
+  // items, as pickle does: count it in the memo then.
+  void list_begin(std::size_t n) {
+    put(op::EMPTY_LIST);
+    put(op::MEMOIZE);
+    if (n) put(op::MARK);
+  }
+  void list_end(std::size_t n) {
+    if (n) put(op::APPENDS);
   }
 
   // A dict: dict_begin(n), then key, value for each of its n items, dict_end(n).
