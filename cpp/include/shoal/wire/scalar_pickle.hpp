@@ -117,27 +117,13 @@ class Writer {
     put(n <= 3 ? kSmall[n] : op::TUPLE);
   }
 
-  // A list: list_begin(n), its n items, list_end(n). Memoized before its
-  // items, as pickle does: count it in the memo then.
-  void list_begin(std::size_t n) {
-    put(op::EMPTY_LIST);
-    put(op::MEMOIZE);
-    if (n) put(op::MARK);
-  }
-  void list_end(std::size_t n) {
-    if (n) put(op::APPENDS);
-  }
-
-  // A dict: dict_begin(n), then key, value for each of its n items, dict_end(n).
-  // It is memoized before its items, as pickle does: count it in the memo then.
-  void dict_begin(std::size_t n) {
-    put(op::EMPTY_DICT);
-    put(op::MEMOIZE);
-    if (n) put(op::MARK);
-  }
-  void dict_end(std::size_t n) {
-    if (n) put(op::SETITEMS);
-  }
+  // A list: list_begin(n), its n items, list_end(n); a dict: dict_begin(n),
+  // then key, value for each of its n items, dict_end(n). Both are memoized
+  // before their items, as pickle does: count them in the memo then.
+  void list_begin(std::size_t n) { filled_begin(op::EMPTY_LIST, n); }
+  void list_end(std::size_t n) { filled_end(op::APPENDS, n); }
+  void dict_begin(std::size_t n) { filled_begin(op::EMPTY_DICT, n); }
+  void dict_end(std::size_t n) { filled_end(op::SETITEMS, n); }
 
   // Stores the str, bytes or tuple just written in the memo, at the next index (0, 1, ...).
   void memoize() { put(op::MEMOIZE); }
@@ -159,6 +145,16 @@ class Writer {
   }
 
  private:
+  // An empty container, memoized, then (with items) the mark its filling opcode pops to.
+  void filled_begin(char empty, std::size_t n) {
+    put(empty);
+    put(op::MEMOIZE);
+    if (n) put(op::MARK);
+  }
+  void filled_end(char fill, std::size_t n) {
+    if (n) put(fill);
+  }
+
   void sized(char short_op, char long_op, std::string_view bytes) {
     if (bytes.size() < 256) {
       put(short_op);
