@@ -92,7 +92,9 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
-    if not args.out:
+    if not args.out and not args.no_docs:
+        # latest-*.json are what the docs render from (a scaling run joins
+        # the latest main run): a partial --no-docs run must not replace them.
         shutil.copyfile(out, os.path.join(RESULTS, f"latest-{kind}.json"))
     print()
     print(console_summary(result))

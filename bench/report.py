@@ -42,24 +42,17 @@ TARGETS = [
 #: measure) or "target-<tag>".
 _SHARED_IMAGE = (
     "Cause: fork inheritance through the initializer (mp.Pool, PPE, shoal+fork) costs nothing up front: "
-    "the workers read the caller's pages, which numpy allocated as transparent huge pages. "
-    "shoal+SharedArray copies the 100 MB image into shared memory once (~50 ms, prefaulted with "
-    "MADV_POPULATE_WRITE) and the workers read it through 4 KiB pages: this kernel gives shared memory "
-    "no huge pages (shmem_enabled=never), ~5 % per filter (95 against 91 ms in one process). The shoal "
-    "row (the natural `map(f, [image] * n, ks)`) copies the image once per map and maps it once per task. "
-    "The first filters in any fresh worker wait for the kernel to compact memory into huge pages for "
-    "numpy's temporaries (0.3-0.8 s for a worker's first task here, in every library), which makes this "
-    "row noisy: differences under ~20 % are within it."
+    "the workers read the caller's own pages. shoal+SharedArray first copies the 100 MB image into shared "
+    "memory (`shoal.share()`, ~56 ms, inside the timing); the filters then run as fast on the shared "
+    "mapping as on numpy's own array on the AMD host (49 against 50 ms per filter in one process; 95 "
+    "against 91 ms on the Intel host, where 4 KiB shared pages cost more than numpy's huge pages: this "
+    "kernel gives shared memory none). The shoal row (the natural `map(f, [image] * n, ks)`) copies the "
+    "image once per map and maps it once per task. The first pool to run after a pause pays for fresh "
+    "memory: a new process's first filters take 250-400 ms instead of 41-50 ms (no compaction stalls in "
+    "/proc/vmstat; whichever library runs first pays), and the same work's busy time per worker varies "
+    "550-730 ms from run to run, so differences under ~20 % are noise here."
 )
 CAUSES: dict = {
-    ("startup", "idle_rss_per_worker_mb"): (
-        "Cause: shoal's sum includes its fork server (one more process, divided over the workers), "
-        "and its workers hold the C++ extension and cloudpickle; RSS counts pages shared with the "
-        "fork server once per process, PSS splits them."),
-    ("startup", "idle_pss_per_worker_mb"): "Cause: as for RSS above.",
-    ("startup", "peak_rss_mb"): (
-        "Cause: the fork server is one more Python process (counted in the sum), and shoal's C++ "
-        "extension and cloudpickle are loaded in it and in every worker."),
     ("startup", "first_result_s"): (
         "Cause: shoal's fast start forks its fork server from the caller, which it does only while no "
         "other Python thread runs; otherwise it starts a fresh interpreter as fork server (~0.3 s). "
@@ -73,14 +66,19 @@ CAUSES: dict = {
         "extension and cloudpickle in it and in every worker; RSS counts the pages they share once per "
         "process."),
     ("startup", "idle_rss_per_worker_mb"): (
-        "Cause: the sum includes shoal's fork server (one more process, divided over the workers), and "
-        "its workers hold the C++ extension and cloudpickle; RSS counts pages shared with the fork "
-        "server once per process, PSS splits them (a difference of ~2 MB per worker)."),
-    ("startup", "idle_pss_per_worker_mb"): "Cause: as for RSS above.",
+        "Cause: the sum includes shoal's fork server, a third process with 2 workers: a forked copy of "
+        "the caller, so its RSS is about the caller's. Each shoal worker alone is as lean as a PPE "
+        "worker (2026-12-04: 1.9 MB of private dirty pages against PPE's 3.5 MB). The fork server is "
+        "kept on purpose: it is what replaces a crashed worker from a copy of the caller taken while no "
+        "other thread ran (see 'The rows a peer still won', item 2, below)."),
+    ("startup", "idle_pss_per_worker_mb"): "Cause: as for RSS above: the fork server's share.",
     ("overhead", "submit_s"): (
         "Cause: joblib's `return_as='generator_unordered'` batches tasks automatically "
         "(`batch_size='auto'`), so it never pays per task; shoal sends one job per `submit` and builds a "
-        "real `concurrent.futures.Future` for each (see (b) for what that costs)."),
+        "real `concurrent.futures.Future` for each (see (b) for what that costs). Per future the caller "
+        "spends ~5.4 µs of CPU under the GIL (submit, the stdlib's as_completed, completing the "
+        "future) and the workers ~4 µs, so on 2 CPUs shoal's floor is ~24 ms for the 5,000 "
+        "('The rows a peer still won', item 5, below)."),
     ("overhead", "map_s"): (
         "Cause: 5,000 tasks of a few µs take tens of ms in every pool that chunks: the differences "
         "here are per-map constants (shoal starts with small chunks, 1, 2, 4, ..., until it has "
@@ -94,6 +92,10 @@ CAUSES: dict = {
         "start takes the slow path (a fresh interpreter as fork server, see start-up) it costs ~0.3 s, "
         "where multiprocessing.Pool/PPE fork the caller in milliseconds and joblib reuses loky workers "
         "that are already running (and builds the table lazily in them)."),
+    "matmul": (
+        "Cause: none left to shoal: shoal and joblib (loky's inner_max_num_threads) both give each "
+        "worker's BLAS cores / workers threads and land within noise of each other (a few percent); "
+        "the pools that leave every worker's BLAS at one thread per core are 2.5-5x slower."),
     "prefixes": (
         "Cause: pool creation and the per-worker flush are inside the timing; the counting itself runs "
         "at the same speed in every pool, and differences of a few percent are this machine's noise."),
