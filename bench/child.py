@@ -69,6 +69,12 @@ def main(argv: list) -> None:
             except Exception:  # noqa: BLE001
                 pass
         emit(event="bye")
+    if "shoal" in sys.modules:
+        # The teardown skipped below would remove shoal's shared-memory names
+        # (its owner token among them): without it they stay in /dev/shm.
+        from shoal.runtime.lifecycle import run_exit_hooks
+
+        run_exit_hooks()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip teardown: some libraries' atexit hooks are slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ MUST_PASS = ("shoal", "multiprocessing.Pool", "ProcessPoolExecutor")
 
 @pytest.mark.timeout(330)
 def test_bench_quick(tmp_path):
+    before = set(_shoal_names())
     out = tmp_path / "quick.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), ROOT) if p)
@@ -58,3 +60,27 @@ def test_bench_quick(tmp_path):
     # No library may return a wrong result, installed peers included.
     wrong = [(r["lib"], r["scenario"]) for r in records if r["status"] == "wrong"]
     assert not wrong, f"wrong results: {wrong}"
+    # Each library's child ends with os._exit(): shoal's exit hooks must still
+    # have removed its names (the owner token among them), not left them for
+    # the next `import shoal` to reclaim.
+    left = [name for name in set(_shoal_names()) - before if not _alive(_owner_pid(name))]
+    assert not left, f"shared-memory names left by the bench's children: {left}"
+
+
+def _shoal_names():
+    return [n for n in os.listdir("/dev/shm") if n.startswith("shoal-")]
+
+
+def _owner_pid(name):
+    # shoal-<pid>-... (segments, arenas) and shoal-lock-<pid>-<hex> (owner tokens)
+    return int(re.match(r"shoal-(?:lock-)?(\d+)-", name).group(1))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -48,6 +48,22 @@ def stop_live_runtimes() -> None:
         runtime.at_exit()
 
 
+def run_exit_hooks() -> None:
+    """shoal's exit hooks, for a process about to end with ``os._exit()``
+    (which runs none): its pools are shut down, its arenas' and segments'
+    shared-memory names removed and its owner token given back. Without
+    them the names stay in /dev/shm until the next ``import shoal``
+    reclaims them. Each hook runs even if one before it fails."""
+    from .. import _core
+    from ..shm import arena
+
+    for hook in (stop_live_runtimes, arena.at_exit, _core.release_owner_token):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
 class _ForkedCopy:
     """What a pool's engine is in a child forked from the pool's process: the
     rings, arena and workers are the parent's, so every use is refused."""

@@ -314,14 +314,11 @@ def _exit_hooks() -> None:
     own exit hooks), and multiprocessing's finalizers run (mp.Queue feeders
     flush), as in multiprocessing's children."""
     from ..runtime import lifecycle
-    from ..shm import arena
 
-    hooks = [lifecycle.stop_live_runtimes, arena.at_exit, _core.release_owner_token]
+    lifecycle.run_exit_hooks()
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
-        hooks.append(util._exit_function)
-    for hook in hooks:
         try:
-            hook()
+            util._exit_function()
         except Exception:  # noqa: BLE001 - exiting anyway
             pass
