@@ -61,6 +61,17 @@ bool write(Writer& w, Memo& memo, PyObject* obj, int depth) {
   return true;
 }
 
+// The items of an exact tuple or list, one level further down. No Python code
+// runs while they are walked (exact types only), so a list cannot change size
+// under the loop.
+bool write_items(Writer& w, Memo& memo, PyObject* sequence, int depth) {
+  PyObject** items = PySequence_Fast_ITEMS(sequence);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (!write(w, memo, items[i], depth - 1)) return false;
+  return true;
+}
+
 bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth) {
   if (obj == Py_None) {
     w.none();
@@ -89,17 +100,13 @@ bool write_fresh(Writer& w, Memo& memo, PyObject* obj, int depth) {
   } else if (depth > 0 && PyTuple_CheckExact(obj)) {
     const auto n = static_cast<std::size_t>(PyTuple_GET_SIZE(obj));
     w.tuple_begin(n);
-    for (std::size_t i = 0; i < n; ++i)
-      if (!write(w, memo, PyTuple_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
+    if (!write_items(w, memo, obj, depth)) return false;
     w.tuple_end(n);
   } else if (depth > 0 && PyList_CheckExact(obj)) {
-    // No Python code runs while it is walked (exact types only), so the list
-    // cannot change size under the loop.
     const auto n = static_cast<std::size_t>(PyList_GET_SIZE(obj));
     if (!memo.add(obj)) return false;
     w.list_begin(n);
-    for (std::size_t i = 0; i < n; ++i)
-      if (!write(w, memo, PyList_GET_ITEM(obj, static_cast<Py_ssize_t>(i)), depth - 1)) return false;
+    if (!write_items(w, memo, obj, depth)) return false;
     w.list_end(n);
   } else if (depth > 0 && PyDict_CheckExact(obj)) {
     const auto n = static_cast<std::size_t>(PyDict_GET_SIZE(obj));
